@@ -1,0 +1,30 @@
+# Two commands set up and run everything on a fresh clone:
+#   make demo   # the built-in LoRi demo on the CPU (no downloads beyond PyPI)
+#   make test   # the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= out/demo
+
+$(BIN)/lori: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: a bare torch requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(BIN)/lori
+
+.PHONY: venv demo test test-fast
+venv: $(BIN)/lori
+
+demo: venv
+	$(BIN)/lori demo --out $(OUT)
+
+# pytest exits 5 when it collects nothing: that is a failure of the suite, not a pass, so it is
+# reported as such instead of being silently mapped to 0.
+test: venv
+	$(BIN)/python -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow" tests

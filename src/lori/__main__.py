@@ -1,0 +1,5 @@
+"""``python -m lori`` (and ``accelerate launch -m lori train ...``)."""
+
+from .cli import main
+
+raise SystemExit(main())

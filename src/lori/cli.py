@@ -1,0 +1,93 @@
+"""The ``lori`` command: a handful of verbs. Bad input exits 2 with a one-line message, never a traceback.
+
+    lori train CONFIG.yaml [key=value ...]       train any method (the method is a config field)
+    lori eval CHECKPOINT [CHECKPOINT ...] [--out DIR] [key=value ...]
+    lori prepare multiplication --digits 4x4 --count N --seed S --out FILE [--exclude FILE ...]
+    lori demo --out DIR                          the built-in end-to-end demo on the CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import LoriError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lori", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    t = sub.add_parser("train", help="train a model (method: cot-sft | no-cot | lori)")
+    t.add_argument("config", nargs="?", help="YAML preset (see configs/); defaults apply when omitted")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 method=no-cot")
+
+    e = sub.add_parser("eval", help="evaluate checkpoints: accuracy with 95%% CI, tokens, latency, throughput")
+    e.add_argument("checkpoints", nargs="+", help="checkpoint folders or run folders (newest checkpoint), "
+                                                  "then optional key=value overrides")
+    e.add_argument("--out", help="folder for results.json, results.md and predictions (default: RUN/eval-SPLIT)")
+
+    pr = sub.add_parser("prepare", help="write a data set in the iCoT format")
+    pr_sub = pr.add_subparsers(dest="what", required=True)
+    m = pr_sub.add_parser("multiplication", help="generate N x M digit multiplication problems")
+    m.add_argument("--digits", default="4x4", help="NxM, e.g. 4x4")
+    m.add_argument("--count", type=int, required=True)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--exclude", action="append", default=[], help="iCoT file whose pairs must not be emitted")
+    m.add_argument("--out", required=True)
+
+    d = sub.add_parser("demo", help="the whole pipeline on a built-in multiplication task, on the CPU")
+    d.add_argument("--out", default="out/demo")
+    d.add_argument("overrides", nargs="*", help="dotted overrides applied to every stage")
+    return p
+
+
+def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    paths = [x for x in items if "=" not in x]
+    return paths, [x for x in items if "=" in x]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.verb == "train":
+            from .config import load_config
+            from .training.loop import train
+
+            config, overrides = args.config, args.overrides
+            if config is not None and "=" in config:  # no preset: the first argument is already an override
+                config, overrides = None, [config, *overrides]
+            train(load_config(config, overrides))
+        elif args.verb == "eval":
+            from .evaluation.run import eval_checkpoints
+
+            paths, overrides = _split_overrides(args.checkpoints)
+            eval_checkpoints(paths, overrides, args.out)
+        elif args.verb == "prepare":
+            _prepare(args)
+        elif args.verb == "demo":
+            from .demo import run_demo
+
+            run_demo(Path(args.out), args.overrides)
+        return 0
+    except LoriError as e:
+        print(f"lori: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lori: interrupted; completed checkpoints and files are kept", file=sys.stderr)
+        return 130
+
+
+def _prepare(args) -> None:
+    from .data import generate_multiplication, read_examples, write_icot
+
+    try:
+        n, m = (int(x) for x in args.digits.lower().split("x"))
+    except ValueError:
+        raise LoriError(f"--digits {args.digits!r}: expected NxM, e.g. 4x4") from None
+    exclude = [ex for f in args.exclude for ex in read_examples(f, "icot")]
+    examples = generate_multiplication(n, m, args.count, args.seed, exclude=exclude)
+    write_icot(examples, args.out)
+    print(f"[lori] wrote {len(examples)} {n}x{m} problems to {args.out} (seed {args.seed}, "
+          f"{len(exclude)} excluded pairs)")

@@ -1,0 +1,294 @@
+"""Typed run configuration: the single source of truth for every command.
+
+A YAML preset is a serialized :class:`Config`; command-line overrides are dotted keys (``train.lr=3e-4``).
+Every key and value is checked: an unknown key or a bad value raises :class:`ConfigError` naming the dotted key
+and what is allowed. The resolved config is printed at start and saved with every run and checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from .errors import ConfigError
+
+MethodName = Literal["cot-sft", "no-cot", "lori"]
+Arch = Literal["llama", "qwen2", "gpt2"]
+
+
+@dataclass
+class DataConfig:
+    task: str = "multiplication"  # a key of lori.tasks.TASKS: answer extraction and matching
+    format: str = "icot"  # a key of lori.data.READERS; never inferred from the path
+    train_file: str | None = None  # None: generate (multiplication only)
+    valid_file: str | None = None  # None: generate a held-out set disjoint from train and test
+    test_file: str | None = None  # None: generate a held-out set disjoint from train and valid
+    digits: list[int] = field(default_factory=lambda: [4, 4])  # N x M for generated multiplication
+    train_size: int = 80_000  # generated training problems (ignored when train_file is set)
+    valid_size: int = 500
+    test_size: int = 1_000
+    seed: int = 0  # generator seed; splits use seed, seed+1, seed+2
+    max_length: int = 512  # rendered examples longer than this are an error, not silently cut
+
+    def __post_init__(self) -> None:
+        if len(self.digits) != 2 or min(self.digits) < 1:
+            raise ConfigError(f"data.digits must be two positive integers like [4, 4], got {self.digits}")
+        for key in ("train_size", "valid_size", "test_size", "max_length"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class ModelConfig:
+    # "tiny": a model built from config with random weights (arch below) and the project's small-vocabulary
+    # tokenizer; otherwise a Hugging Face hub id or local folder, used with its own tokenizer.
+    name: str = "tiny"
+    arch: Arch = "llama"  # architecture of a tiny model
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    init_from: str | None = None  # a checkpoint folder to start from (e.g. the teacher for a student)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self) -> None:
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})"
+            )
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1_500  # optimizer steps in the whole run (the schedule is defined over these)
+    global_batch: int = 64  # examples per optimizer step over all processes
+    micro_batch: int = 64  # examples per forward pass per process; accumulation is derived
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float | None = None  # max global grad norm; None = no clipping
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on a GPU that supports it
+    seed: int = 0
+    log_every: int = 25
+    eval_every: int = 250  # validation loss + accuracy on eval_size validation problems; 0 = only at end
+    eval_size: int = 200
+    save_every: int = 500
+    keep_checkpoints: int = 2  # newest N kept (the final one is always kept)
+    resume: str = "auto"  # "auto": newest checkpoint in out_dir, "never", or a checkpoint folder
+    stop_at: int | None = None  # stop after this step (checkpoint saved), e.g. to stage a run or test resume
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "global_batch", "micro_batch", "log_every", "save_every", "eval_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0 or self.eval_every < 0:
+            raise ConfigError("train.warmup_steps and train.eval_every must be >= 0")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"train.grad_clip must be > 0 or null, got {self.grad_clip}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class EvalConfig:
+    split: Literal["valid", "test"] = "test"
+    batch_size: int = 128  # batched greedy generation (throughput is measured at this batch size)
+    max_new_tokens: int = 160
+    limit: int | None = None  # evaluate the first N problems only
+    latency_problems: int = 16  # problems timed one by one at batch size 1
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.latency_problems < 0:
+            raise ConfigError("eval.batch_size and eval.max_new_tokens must be >= 1, eval.latency_problems >= 0")
+
+
+@dataclass
+class Config:
+    method: MethodName = "cot-sft"
+    out_dir: str = "out/run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading, overriding, validating
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints are accepted for floats)."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value not in get_args(tp):
+            allowed = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {allowed}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return None
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list like [1, 2], got {value!r}")
+        (item_tp,) = get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp} at {key}")  # a bug in this module, not user input
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown key {where}{unknown[0]}; allowed keys{' in ' + prefix if prefix else ''}: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value if value is not None else {}, key)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # pragma: no cover - defensive
+        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.get(p)
+        if not isinstance(child, dict):
+            child = {} if child is None else child
+            node[p] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``["train.lr=3e-4", "method=lori"]`` -> ``[("train.lr", 0.0003), ("method", "lori")]`` (values as YAML)."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. train.lr=3e-4")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from e
+        # YAML reads 3e-4 as a string (it wants 3.0e-4); accept the usual float spellings.
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") and value.strip() not in ("", ".") else value
+            except ValueError:
+                pass
+        out.append((key, value))
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML preset (or the defaults) and apply dotted overrides; validate everything."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys (method:, data:, train:, ...)")
+        tree = loaded
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    try:
+        return _build(Config, tree, "")
+    except ConfigError as e:
+        if path is not None:
+            raise ConfigError(f"{path}: {e}") from None
+        raise
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    return _build(Config, tree, "")
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from .utils import atomic_write_text
+
+    atomic_write_text(Path(path), dump_config(cfg))

@@ -1,0 +1,1 @@
+"""Evaluation: answer-matching metrics, confidence intervals and the results file (``report``)."""

@@ -1,0 +1,89 @@
+"""Batched greedy generation with a KV cache, for explicit and latent students alike (same stop rules).
+
+Prompts are left-padded; positions are derived from the attention mask so padding never shifts a sequence. A latent
+student runs ``latent_steps`` continuous steps after its prompt (which ends in ``<bot>``): each step feeds
+``project(last hidden state)`` back as the next input embedding — deterministic, no sampling — then ``<eot>``,
+then ordinary greedy tokens until EOS.
+
+``steps`` counts the sequential decoding steps after the prompt, per problem: latent steps, the ``<eot>`` step,
+and generated tokens up to and including EOS. It is the "generated tokens" figure in every report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]  # generated token ids per problem, EOS excluded
+    steps: list[int]  # decoding steps after the prompt per problem (see module docstring)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def greedy_generate(
+    model,
+    prompts: list[list[int]],
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    latent_steps: int = 0,
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    eot_id: int | None = None,
+) -> Generation:
+    """Greedy decoding of a batch of prompts; see the module docstring. ``project`` maps [B, 1, d] -> [B, 1, d]."""
+    if latent_steps and (project is None or eot_id is None):
+        raise ValueError("latent generation needs a projector and the <eot> id")
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id, device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                output_hidden_states=latent_steps > 0)
+    cache = out.past_key_values
+    next_pos = pos[:, -1:] + 1
+    batch = len(prompts)
+    ones = torch.ones((batch, 1), dtype=mask.dtype, device=device)
+
+    def step(**inputs):
+        nonlocal mask, next_pos, cache
+        mask = torch.cat([mask, ones], dim=1)
+        o = model(**inputs, attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True,
+                  output_hidden_states=latent_steps > 0)
+        cache, next_pos = o.past_key_values, next_pos + 1
+        return o
+
+    for _ in range(latent_steps):
+        out = step(inputs_embeds=project(out.hidden_states[-1][:, -1:]))
+    if latent_steps:
+        out = step(input_ids=torch.full((batch, 1), eot_id, dtype=torch.long, device=device))
+    prefix_steps = latent_steps + (1 if latent_steps else 0)
+
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    steps = [prefix_steps] * batch
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        nxt = out.logits[:, -1].argmax(-1)
+        for i in (~done).nonzero().flatten().tolist():
+            steps[i] += 1
+            if nxt[i].item() != eos_id:
+                tokens[i].append(nxt[i].item())
+        done |= nxt == eos_id
+        if bool(done.all()):
+            break
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        out = step(input_ids=nxt[:, None])
+    return Generation(tokens, steps)

@@ -1,0 +1,279 @@
+"""The results file every tool reads and writes: ``results.json`` (+ a human ``results.md``).
+
+``results.json`` has exactly this shape (accuracy and the CI are fractions in [0, 1])::
+
+    {"task": str, "split": str, "n": int,
+     "results": [{"method": str, "checkpoint": str, "accuracy": float, "ci95": [lo, hi],
+                  "mean_generated_tokens": float, "latency_ms_per_problem": float,
+                  "throughput_problems_per_s": float,
+                  "seed": int,      # only when the row has one
+                  "extra": {...}}]} # only when non-empty
+
+Both files are written atomically (temporary file in the same folder, then ``os.replace``), so a
+reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lori.errors import DataError, LoriError
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+BASELINE_METHOD = "cot-sft"
+
+_TOP_KEYS = ("task", "split", "n", "results")
+_ROW_KEYS = (
+    "method",
+    "checkpoint",
+    "accuracy",
+    "ci95",
+    "mean_generated_tokens",
+    "latency_ms_per_problem",
+    "throughput_problems_per_s",
+)
+_OPTIONAL_ROW_KEYS = ("seed", "extra")
+_NONNEG_KEYS = ("mean_generated_tokens", "latency_ms_per_problem", "throughput_problems_per_s")
+
+
+@dataclass
+class ResultRow:
+    """One evaluated (method, checkpoint[, seed]) on one task/split. ``accuracy`` and ``ci95`` are fractions."""
+
+    method: str
+    checkpoint: str
+    accuracy: float
+    ci95: tuple[float, float]
+    mean_generated_tokens: float
+    latency_ms_per_problem: float
+    throughput_problems_per_s: float
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "method": self.method,
+            "checkpoint": self.checkpoint,
+            "accuracy": float(self.accuracy),
+            "ci95": [float(self.ci95[0]), float(self.ci95[1])],
+            "mean_generated_tokens": float(self.mean_generated_tokens),
+            "latency_ms_per_problem": float(self.latency_ms_per_problem),
+            "throughput_problems_per_s": float(self.throughput_problems_per_s),
+        }
+        if self.seed is not None:
+            d["seed"] = int(self.seed)
+        if self.extra:
+            d["extra"] = dict(self.extra)
+        return d
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_row(row: ResultRow, where: str) -> None:
+    """Raise LoriError naming ``where.key`` for a value that cannot go into results.json."""
+    if not isinstance(row.method, str) or not row.method:
+        raise LoriError(f"{where}.method: must be a non-empty string, got {row.method!r}")
+    if not isinstance(row.checkpoint, str):
+        raise LoriError(f"{where}.checkpoint: must be a string, got {row.checkpoint!r}")
+    if not _is_number(row.accuracy) or not 0.0 <= row.accuracy <= 1.0:
+        raise LoriError(f"{where}.accuracy: must be a fraction in [0, 1], got {row.accuracy!r}")
+    ci = row.ci95
+    if (
+        not isinstance(ci, (tuple, list))
+        or len(ci) != 2
+        or not all(_is_number(c) and 0.0 <= c <= 1.0 for c in ci)
+        or ci[0] > ci[1]
+    ):
+        raise LoriError(f"{where}.ci95: must be [lo, hi] with 0 <= lo <= hi <= 1, got {ci!r}")
+    for key in _NONNEG_KEYS:
+        value = getattr(row, key)
+        if not _is_number(value) or value < 0:
+            raise LoriError(f"{where}.{key}: must be a finite number >= 0, got {value!r}")
+    if row.seed is not None and (not isinstance(row.seed, int) or isinstance(row.seed, bool)):
+        raise LoriError(f"{where}.seed: must be an integer or None, got {row.seed!r}")
+    if not isinstance(row.extra, dict):
+        raise LoriError(f"{where}.extra: must be a dict, got {type(row.extra).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow]) -> tuple[Path, Path]:
+    """Write ``out_dir/results.json`` and ``out_dir/results.md`` atomically; return both paths.
+
+    Raises LoriError (naming ``results[i].key``) for a row that does not fit the shape, before
+    anything is written.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise LoriError(f"n: must be an integer >= 0, got {n!r}")
+    for i, row in enumerate(rows):
+        _check_row(row, f"results[{i}]")
+    try:
+        payload_text = json.dumps(
+            {"task": task, "split": split, "n": n, "results": [r.to_dict() for r in rows]},
+            indent=2,
+            allow_nan=False,
+        )
+    except (TypeError, ValueError) as e:
+        raise LoriError(f"results: cannot be written as JSON ({e}); 'extra' must hold plain JSON values") from e
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / RESULTS_JSON, out / RESULTS_MD
+    md = f"# Results: {task} / {split} (n = {n})\n\n{markdown_table(rows)}\n\n" + (
+        "Accuracy in % with its 95% Wilson interval; tokens = mean generated tokens per problem; "
+        f"speedup = latency of {BASELINE_METHOD} / latency of the row.\n"
+    )
+    _atomic_write_text(json_path, payload_text + "\n")
+    _atomic_write_text(md_path, md)
+    return json_path, md_path
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def _row_from_dict(d: Any, path: Path, where: str) -> ResultRow:
+    def bad(key: str, problem: str) -> DataError:
+        return DataError(path, None, f"{where}.{key}: {problem}", "expected the shape written by lori.evaluation.report")
+
+    if not isinstance(d, dict):
+        raise DataError(path, None, f"{where}: must be an object, got {type(d).__name__}")
+    for key in _ROW_KEYS:
+        if key not in d:
+            raise bad(key, "missing key")
+    unknown = sorted(set(d) - set(_ROW_KEYS) - set(_OPTIONAL_ROW_KEYS))
+    if unknown:
+        raise bad(unknown[0], f"unknown key (allowed: {', '.join(_ROW_KEYS + _OPTIONAL_ROW_KEYS)})")
+    for key in ("method", "checkpoint"):
+        if not isinstance(d[key], str):
+            raise bad(key, f"must be a string, got {d[key]!r}")
+    for key in ("accuracy", *_NONNEG_KEYS):
+        if not _is_number(d[key]):
+            raise bad(key, f"must be a number, got {d[key]!r}")
+    ci = d["ci95"]
+    if not isinstance(ci, list) or len(ci) != 2 or not all(_is_number(c) for c in ci):
+        raise bad("ci95", f"must be a list [lo, hi] of two numbers, got {ci!r}")
+    seed = d.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise bad("seed", f"must be an integer, got {seed!r}")
+    extra = d.get("extra", {})
+    if not isinstance(extra, dict):
+        raise bad("extra", f"must be an object, got {extra!r}")
+    return ResultRow(
+        method=d["method"],
+        checkpoint=d["checkpoint"],
+        accuracy=float(d["accuracy"]),
+        ci95=(float(ci[0]), float(ci[1])),
+        mean_generated_tokens=float(d["mean_generated_tokens"]),
+        latency_ms_per_problem=float(d["latency_ms_per_problem"]),
+        throughput_problems_per_s=float(d["throughput_problems_per_s"]),
+        seed=seed,
+        extra=dict(extra),
+    )
+
+
+def read_results(path) -> tuple[str, str, int, list[ResultRow]]:
+    """Read a ``results.json`` (or the folder holding one) -> ``(task, split, n, rows)``.
+
+    Raises DataError naming the file and the missing or bad key (e.g. ``results[2].ci95``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_JSON
+    if not path.is_file():
+        raise DataError(path, None, "no such results file", "run `lori evaluate` first or check the path")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(path, None, f"not UTF-8 text ({e})") from e
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, f"not valid JSON: {e.msg} (column {e.colno})") from e
+    if not isinstance(data, dict):
+        raise DataError(path, None, f"top level must be an object with keys {', '.join(_TOP_KEYS)}")
+    for key in _TOP_KEYS:
+        if key not in data:
+            raise DataError(path, None, f"{key}: missing key", f"required top-level keys: {', '.join(_TOP_KEYS)}")
+    unknown = sorted(set(data) - set(_TOP_KEYS))
+    if unknown:
+        raise DataError(path, None, f"{unknown[0]}: unknown top-level key (allowed: {', '.join(_TOP_KEYS)})")
+    for key in ("task", "split"):
+        if not isinstance(data[key], str):
+            raise DataError(path, None, f"{key}: must be a string, got {data[key]!r}")
+    n = data["n"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise DataError(path, None, f"n: must be an integer >= 0, got {n!r}")
+    if not isinstance(data["results"], list):
+        raise DataError(path, None, f"results: must be a list, got {type(data['results']).__name__}")
+    rows = [_row_from_dict(d, path, f"results[{i}]") for i, d in enumerate(data["results"])]
+    return data["task"], data["split"], n, rows
+
+
+# ----------------------------------------------------------------------------------------------- markdown
+def _cell(text: str) -> str:
+    return str(text).replace("\n", " ").replace("|", "\\|")
+
+
+def _fmt_pct(row: ResultRow) -> str:
+    return f"{100 * row.accuracy:.1f} [{100 * row.ci95[0]:.1f}, {100 * row.ci95[1]:.1f}]"
+
+
+def markdown_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> str:
+    """A GitHub Markdown table of ``rows`` (no trailing newline), e.g. for results.md or the console.
+
+    Columns: method, checkpoint, seed (only if some row has one), accuracy % [95% CI], mean generated
+    tokens (1 decimal), latency ms/problem, throughput problems/s, and -- only when a ``baseline``
+    row exists -- speedup = baseline latency / row latency (the mean latency of the baseline rows
+    when there are several, e.g. one per seed). Pipes inside cells are escaped as ``\\|``.
+    """
+    with_seed = any(r.seed is not None for r in rows)
+    base_lat = [r.latency_ms_per_problem for r in rows if r.method == baseline]
+    base = math.fsum(base_lat) / len(base_lat) if base_lat else None
+    header = ["method", "checkpoint"] + (["seed"] if with_seed else []) + [
+        "accuracy % [95% CI]",
+        "tokens",
+        "latency ms",
+        "problems/s",
+    ]
+    if base is not None:
+        header.append(f"speedup vs {baseline}")
+    align = ["---", "---"] + (["---:"] if with_seed else []) + ["---:"] * (len(header) - 2 - with_seed)
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(align) + "|"]
+    for r in rows:
+        cells = [_cell(r.method), _cell(r.checkpoint)]
+        if with_seed:
+            cells.append("" if r.seed is None else str(r.seed))
+        cells += [
+            _fmt_pct(r),
+            f"{r.mean_generated_tokens:.1f}",
+            f"{r.latency_ms_per_problem:.1f}",
+            f"{r.throughput_problems_per_s:.2f}",
+        ]
+        if base is not None:
+            cells.append(f"{base / r.latency_ms_per_problem:.2f}x" if r.latency_ms_per_problem > 0 else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+__all__ = ["BASELINE_METHOD", "RESULTS_JSON", "RESULTS_MD", "ResultRow", "markdown_table", "read_results",
+           "write_results"]

@@ -1,0 +1,16 @@
+"""Methods: each module only says how it renders an example and computes its loss; everything else is shared.
+
+A method module provides:
+- ``name``; ``render(example, tokenizer) -> {"input_ids", "labels", ...}``; ``prompt(example, tokenizer)`` (the
+  generation prompt);
+- ``wrap(lm, tokenizer, cfg, checkpoint) -> module``: what is trained (the LM itself, or a wrapper holding it and
+  the method's extra modules, restored from ``checkpoint`` when resuming);
+- ``loss(module, batch, norm) -> (loss, parts)``: the loss normalised by the step's global counts, and its
+  detached parts for logging;
+- ``generation_kwargs(module, tokenizer)``: extra arguments for ``greedy_generate`` (latent steps, projector);
+- ``extra_tensors(module)``: ``{file name: tensors}`` saved beside the LM in a checkpoint, or None.
+"""
+
+from . import cot_sft, no_cot
+
+METHODS = {m.name: m for m in (cot_sft, no_cot)}

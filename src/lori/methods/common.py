@@ -1,0 +1,67 @@
+"""Pieces several methods share: batching rendered examples and the plain causal-LM loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..losses import token_cross_entropy
+from .render import IGNORE
+
+
+@dataclass(frozen=True)
+class Norm:
+    """Global normalisers of one optimizer step (all micro-batches, all processes), so that gradient accumulation
+    and the number of processes do not change the loss: ``tokens`` supervised tokens, ``examples`` examples."""
+
+    tokens: int
+    examples: int
+
+
+def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad rendered examples into tensors: input_ids, attention_mask, labels (IGNORE on padding).
+
+    Extra per-example integer fields (e.g. ``index``) are stacked as 1-D tensors.
+    """
+    width = max(len(it["input_ids"]) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, it in enumerate(items):
+        n = len(it["input_ids"])
+        ids[i, :n] = torch.tensor(it["input_ids"])
+        labels[i, :n] = torch.tensor(it["labels"])
+        mask[i, :n] = 1
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    for key in items[0]:
+        if key not in batch and isinstance(items[0][key], int):
+            batch[key] = torch.tensor([it[key] for it in items], dtype=torch.long)
+    return batch
+
+
+def supervised_tokens(item: dict) -> int:
+    """Tokens that the causal-LM loss counts for one rendered example (labels after the shift)."""
+    return sum(1 for t in item["labels"][1:] if t != IGNORE)
+
+
+def causal_lm_loss(model, batch: dict[str, torch.Tensor], norm: Norm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Next-token cross-entropy on the supervised positions, summed and divided by the step's global token count."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss = token_cross_entropy(logits[:, :-1], batch["labels"][:, 1:], num_tokens=norm.tokens)
+    return loss, {"ce": loss.detach()}
+
+
+def plain_lm(lm, tokenizer, cfg, checkpoint=None):
+    """``wrap`` of methods that train the language model itself."""
+    return lm
+
+
+def no_generation_kwargs(module, tokenizer) -> dict:
+    """``generation_kwargs`` of explicit methods: plain greedy decoding."""
+    return {}
+
+
+def no_extra_tensors(module) -> None:
+    """``extra_tensors`` of methods whose checkpoint is the language model alone."""
+    return None

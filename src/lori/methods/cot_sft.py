@@ -1,0 +1,28 @@
+"""CoT-SFT (explicit chain of thought): question -> rationale -> answer, cross-entropy on rationale and answer.
+
+This trains the teacher of every implicit method. Generation writes the rationale, then ``#### answer``.
+"""
+
+from __future__ import annotations
+
+from ..data.schema import Example
+from .common import causal_lm_loss, no_extra_tensors, no_generation_kwargs, plain_lm
+from .render import segments, supervised
+
+name = "cot-sft"
+latent_steps = 0  # explicit generation
+
+
+def render(example: Example, tokenizer) -> dict[str, list[int]]:
+    s = segments(example, tokenizer)
+    return supervised(s.prompt, s.rationale + s.answer)
+
+
+def prompt(example: Example, tokenizer) -> list[int]:
+    return segments(example, tokenizer).prompt
+
+
+loss = causal_lm_loss
+wrap = plain_lm
+generation_kwargs = no_generation_kwargs
+extra_tensors = no_extra_tensors

@@ -1,0 +1,89 @@
+"""Loading Hugging Face causal LMs, or building tiny ones from config with random weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..config import ModelConfig
+from ..errors import LoriError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, max_positions: int) -> PreTrainedModel:
+    """A randomly initialised LLaMA / Qwen2 / GPT-2 model of the configured size for ``tokenizer``'s vocabulary."""
+    common = dict(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    if cfg.arch == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        mc = LlamaConfig(
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_heads,
+            max_position_embeddings=max_positions,
+            **common,
+        )
+        model = LlamaForCausalLM(mc)
+    elif cfg.arch == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        mc = Qwen2Config(
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_heads,
+            max_position_embeddings=max_positions,
+            **common,
+        )
+        model = Qwen2ForCausalLM(mc)
+    elif cfg.arch == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        mc = GPT2Config(
+            n_embd=cfg.hidden_size,
+            n_inner=cfg.intermediate_size,
+            n_layer=cfg.num_layers,
+            n_head=cfg.num_heads,
+            n_positions=max_positions,
+            **common,
+        )
+        model = GPT2LMHeadModel(mc)
+    else:  # the config's Literal already refuses this; kept for direct callers
+        raise LoriError(f"model.arch: unknown architecture {cfg.arch!r}; choose llama, qwen2 or gpt2")
+    return model.to(DTYPES[cfg.dtype])
+
+
+def load_pretrained(name_or_path: str | Path, dtype: str = "float32"):
+    """A Hugging Face causal LM and its own tokenizer, from a hub id or a local folder (our checkpoints too)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=DTYPES[dtype])
+    except OSError as e:
+        raise LoriError(
+            f"cannot load model {name_or_path!r}: {e}. Give a local folder with config.json and weights, "
+            "or a hub id with network access."
+        ) from e
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder-only LMs often ship without a pad token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def hidden_size(model: PreTrainedModel) -> int:
+    return model.get_input_embeddings().weight.shape[1]
+
+
+def num_layers(model: PreTrainedModel) -> int:
+    return model.config.get_text_config().num_hidden_layers

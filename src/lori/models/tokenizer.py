@@ -1,0 +1,44 @@
+"""The project's small-vocabulary tokenizer for built-in tasks, as a standard ``PreTrainedTokenizerFast``.
+
+Built-in tasks (multiplication) are written as whitespace-separated symbols, so a word-level vocabulary of the
+symbols seen in the data is exact and tiny: the output layer, not the transformer, dominates the cost of tiny
+models. It is saved with every checkpoint with ``save_pretrained`` and reloads with ``AutoTokenizer``, so
+built-in and Hugging Face models go through one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+# Latent-reasoning markers, always in the built-in vocabulary so that a teacher and its students share ids.
+BOT, EOT = "<bot>", "<eot>"
+SPECIALS = [PAD, BOS, EOS, UNK, BOT, EOT]
+# Structural symbols of the rendering (see lori.methods.render), always present.
+STRUCTURAL = ["||", "####"]
+
+
+def build_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose vocabulary is the specials, the structural symbols and every whitespace-
+    separated symbol in ``texts`` (sorted, so the same data always gives the same ids)."""
+    symbols = set()
+    for text in texts:
+        symbols.update(text.split())
+    vocab_list = SPECIALS + STRUCTURAL + sorted(symbols - set(SPECIALS) - set(STRUCTURAL))
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # No decoder: tokenizers then joins words with single spaces, which is exactly the written form.
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        additional_special_tokens=[BOT, EOT],
+        padding_side="left",
+    )
+    return tok

@@ -1,0 +1,78 @@
+"""Self-describing checkpoints: ``step-NNNNNN/`` with the weights (safetensors), tokenizer, resolved config and the
+resumable state (optimizer, scheduler, RNG, data position). Written to a temporary folder and renamed, so a folder
+named ``step-*`` is always complete."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..config import Config, save_config
+from ..errors import LoriError
+
+STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "lori_config.yaml"
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def list_checkpoints(out_dir: Path) -> list[Path]:
+    """Complete checkpoints under ``out_dir/checkpoints``, oldest first."""
+    root = checkpoint_dir(out_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, state: dict,
+                    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None, keep: int = 2) -> Path:
+    """Write ``out_dir/checkpoints/step-{step:06d}`` atomically and prune all but the newest ``keep``."""
+    root = checkpoint_dir(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        save_config(cfg, tmp / CONFIG_FILE)
+        if extra_tensors:
+            from safetensors.torch import save_file
+
+            for name, tensors in extra_tensors.items():
+                save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))
+        torch.save(state, tmp / STATE_FILE)
+        if final.exists():  # re-saving the same step (e.g. a resumed run that stops where it started)
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder itself, or the newest checkpoint of a run folder."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    found = list_checkpoints(path)
+    if found:
+        return found[-1]
+    raise LoriError(f"{path} is neither a checkpoint folder (with config.json) nor a run folder with checkpoints/step-*")
+
+
+def load_state(ckpt: Path) -> dict:
+    f = Path(ckpt) / STATE_FILE
+    if not f.is_file():
+        raise LoriError(f"{ckpt} has no {STATE_FILE}: it holds weights only and cannot be resumed")
+    return torch.load(f, map_location="cpu", weights_only=False)

@@ -1,0 +1,278 @@
+"""The one training loop. Every method runs through it; only rendering and the loss differ.
+
+Built on ``accelerate`` so that ``accelerate launch -m lori train ...`` scales it to several processes with no
+change: the user sets the global batch, and gradient accumulation is derived from micro batch x processes.
+Data order is a seeded permutation per epoch, indexed by a global example cursor, so a resumed run sees exactly
+the examples an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from ..config import Config, dump_config, save_config
+from ..data.schema import Example
+from ..data.splits import load_split
+from ..errors import ConfigError, LoriError
+from ..evaluation.evaluate import evaluate
+from ..methods import METHODS
+from ..methods.common import Norm, collate, supervised_tokens
+from ..tasks import TASKS
+from ..utils import rng_state, seed_everything, set_rng_state
+from .checkpoint import list_checkpoints, load_state, resolve_checkpoint, save_checkpoint
+from .model_setup import build_model
+
+
+def lr_lambda(cfg: Config):
+    t = cfg.train
+
+    def f(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / (t.warmup_steps + 1)
+        if t.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def batch_arithmetic(cfg: Config, world: int) -> int:
+    """Gradient-accumulation steps from global batch = micro batch x processes x accumulation."""
+    t = cfg.train
+    per_step = t.micro_batch * world
+    if t.global_batch % per_step:
+        raise ConfigError(
+            f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch ({t.micro_batch}) x "
+            f"processes ({world}); e.g. set train.micro_batch={math.gcd(t.global_batch, t.micro_batch)}"
+        )
+    return t.global_batch // per_step
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def step_indices(n: int, seed: int, cursor: int, count: int) -> list[int]:
+    """The ``count`` example indices starting at global position ``cursor`` (epochs wrap, each reshuffled)."""
+    out = []
+    while len(out) < count:
+        epoch, offset = divmod(cursor, n)
+        order = epoch_order(n, seed, epoch)
+        take = min(count - len(out), n - offset)
+        out += order[offset : offset + take].tolist()
+        cursor += take
+    return out
+
+
+class MetricsLog:
+    """One JSON line per record in ``metrics.jsonl`` (main process only); TensorBoard optional, imported lazily."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise LoriError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from e
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+
+def render_all(method, examples: list[Example], tokenizer, max_length: int) -> list[dict]:
+    items = []
+    for i, ex in enumerate(examples):
+        item = method.render(ex, tokenizer)
+        if len(item["input_ids"]) > max_length:
+            raise LoriError(
+                f"{ex.source}: renders to {len(item['input_ids'])} tokens, over data.max_length={max_length}; "
+                "raise data.max_length or drop the example"
+            )
+        item["index"] = i
+        items.append(item)
+    return items
+
+
+def validate(cfg: Config, method, module, tokenizer, valid: list[Example], progress: bool) -> dict:
+    lm = getattr(module, "lm", module)
+    examples = valid[: cfg.train.eval_size]
+    ev = evaluate(
+        lm, tokenizer, [method.prompt(ex, tokenizer) for ex in examples], examples, TASKS[cfg.data.task],
+        method=cfg.method, checkpoint="", batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+        latency_problems=0, **method.generation_kwargs(module, tokenizer), progress=progress,
+    )
+    return {"valid_accuracy": ev.row.accuracy, "valid_generated_tokens": ev.row.mean_generated_tokens}
+
+
+def train(cfg: Config) -> Path:
+    """Train ``cfg.method`` and return the final checkpoint folder."""
+    out_dir = Path(cfg.out_dir)
+    mixed = cfg.train.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(mixed_precision=mixed)
+    main = accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
+    accum = batch_arithmetic(cfg, world)
+    method = METHODS[cfg.method]
+    if cfg.data.task not in TASKS:
+        raise ConfigError(f"data.task: unknown task {cfg.data.task!r}; choose one of {', '.join(TASKS)}")
+
+    resume_from = None
+    if cfg.train.resume == "auto":
+        found = list_checkpoints(out_dir)
+        resume_from = found[-1] if found else None
+    elif cfg.train.resume != "never":
+        resume_from = resolve_checkpoint(cfg.train.resume)
+
+    seed_everything(cfg.train.seed)
+    train_set = load_split(cfg.data, "train")
+    valid_set = load_split(cfg.data, "valid")
+    module, tokenizer = build_model(cfg, method, train_set, resume_from)
+    items = render_all(method, train_set, tokenizer, cfg.data.max_length)
+    n_tokens = [supervised_tokens(it) for it in items]
+
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+        print(dump_config(cfg), end="")
+        n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        print(f"[lori] method={cfg.method} task={cfg.data.task} train={len(items)} valid={len(valid_set)} "
+              f"trainable_params={n_params:,}")
+        print(f"[lori] global batch {cfg.train.global_batch} = micro batch {cfg.train.micro_batch} x "
+              f"{world} process(es) x {accum} accumulation step(s); mixed precision: {mixed}")
+
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    step, cursor = 0, 0
+    if resume_from is not None:
+        state = load_state(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        step, cursor = state["step"], state["cursor"]
+        if main:
+            print(f"[lori] resumed from {resume_from} at step {step}")
+    module, optimizer = accelerator.prepare(module, optimizer)
+    module.train()
+    log = MetricsLog(out_dir, main, cfg.train.tensorboard)
+    stop = min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
+    per_proc = cfg.train.global_batch // world
+    bar = tqdm(total=stop, initial=step, desc=f"train {cfg.method}", disable=not main, dynamic_ncols=True)
+    t_last, tok_since = time.perf_counter(), 0
+    totals: dict[str, float] = {}
+    last_saved = None
+
+    def save(at_step: int) -> Path:
+        unwrapped = accelerator.unwrap_model(module)
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                 "step": at_step, "cursor": cursor}
+        path = None
+        if main:
+            path = save_checkpoint(out_dir, at_step, getattr(unwrapped, "lm", unwrapped), tokenizer, cfg, state,
+                                   extra_tensors=method.extra_tensors(unwrapped), keep=cfg.train.keep_checkpoints)
+        accelerator.wait_for_everyone()
+        return path or checkpoint_path(out_dir, at_step)
+
+    while step < stop:
+        idx = step_indices(len(items), cfg.train.seed, cursor, cfg.train.global_batch)
+        cursor += cfg.train.global_batch
+        norm = Norm(tokens=sum(n_tokens[i] for i in idx), examples=len(idx))
+        mine = idx[rank * per_proc : (rank + 1) * per_proc]
+        parts_sum: dict[str, float] = {}
+        for a in range(accum):
+            micro = [items[i] for i in mine[a * cfg.train.micro_batch : (a + 1) * cfg.train.micro_batch]]
+            batch = {k: v.to(accelerator.device) for k, v in collate(micro, tokenizer.pad_token_id).items()}
+            ctx = accelerator.no_sync(module) if a < accum - 1 else _null()
+            with ctx, accelerator.autocast():
+                loss, parts = method.loss(module, batch, norm)
+                # DDP averages gradients over processes; the loss is already normalised globally, so undo that.
+                accelerator.backward(loss * world)
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
+            parts_sum["loss"] = parts_sum.get("loss", 0.0) + float(loss.detach())
+        grad_norm = None
+        if cfg.train.grad_clip is not None:
+            grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), cfg.train.grad_clip))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tok_since += norm.tokens
+        bar.update(1)
+        # Sum the per-process parts (each already divided by the global normaliser) into step totals.
+        if step % cfg.train.log_every == 0 or step == stop:
+            reduced = accelerator.reduce(torch.tensor(list(parts_sum.values()), device=accelerator.device), "sum")
+            totals = dict(zip(parts_sum.keys(), reduced.tolist()))
+            bad = [k for k, v in totals.items() if not math.isfinite(v)]
+            if bad:
+                raise LoriError(f"non-finite loss at step {step}: {', '.join(f'{k}={totals[k]}' for k in bad)}; "
+                                f"the last good checkpoint is {last_saved}")
+            now = time.perf_counter()
+            record = {"step": step, **{k: round(v, 6) for k, v in totals.items()},
+                      "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tok_since / (now - t_last), 1)}
+            if grad_norm is not None:
+                record["grad_norm"] = round(grad_norm, 4)
+            t_last, tok_since = now, 0
+            log.write(record)
+            bar.set_postfix(loss=f"{totals['loss']:.4f}")
+            if main:
+                bar.write(" ".join(f"{k}={v}" for k, v in record.items()))
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < stop:
+            if main:
+                record = {"step": step, **validate(cfg, method, accelerator.unwrap_model(module), tokenizer,
+                                                   valid_set, progress=False)}
+                log.write(record)
+                bar.write(" ".join(f"{k}={v}" for k, v in record.items()))
+            accelerator.wait_for_everyone()
+            t_last, tok_since = time.perf_counter(), 0  # throughput counts training time only
+        if step % cfg.train.save_every == 0 and step < stop:
+            last_saved = save(step)
+    bar.close()
+    final = save(step)
+    if main:
+        record = {"step": step, **validate(cfg, method, accelerator.unwrap_model(module), tokenizer, valid_set,
+                                           progress=False)}
+        log.write(record)
+        print(" ".join(f"{k}={v}" for k, v in record.items()))
+        print(f"[lori] checkpoint: {final}")
+    accelerator.end_training()
+    return final
+
+
+def checkpoint_path(out_dir: Path, step: int) -> Path:
+    return out_dir / "checkpoints" / f"step-{step:06d}"
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
