@@ -1,6 +1,7 @@
 """The ``lori`` command: a handful of verbs. Bad input exits 2 with a one-line message, never a traceback.
 
     lori train CONFIG.yaml [key=value ...]       train any method (the method is a config field)
+    lori precompute CONFIG.yaml [key=value ...]  teacher statistics for a LoRi student (lori.cache_dir)
     lori eval CHECKPOINT [CHECKPOINT ...] [--out DIR] [key=value ...]
     lori prepare multiplication --digits 4x4 --count N --seed S --out FILE [--exclude FILE ...]
     lori demo --out DIR                          the built-in end-to-end demo on the CPU
@@ -22,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (method: cot-sft | no-cot | lori)")
     t.add_argument("config", nargs="?", help="YAML preset (see configs/); defaults apply when omitted")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 method=no-cot")
+
+    pc = sub.add_parser("precompute", help="run the frozen teacher once; write LoRi teacher statistics (lori.cache_dir)")
+    pc.add_argument("config", nargs="?", help="YAML preset of the LoRi student run (lori.teacher, lori.cache_dir)")
+    pc.add_argument("overrides", nargs="*", help="dotted overrides, e.g. lori.rank=8")
 
     e = sub.add_parser("eval", help="evaluate checkpoints: accuracy with 95%% CI, tokens, latency, throughput")
     e.add_argument("checkpoints", nargs="+", help="checkpoint folders or run folders (newest checkpoint), "
@@ -48,17 +53,41 @@ def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     return paths, [x for x in items if "=" in x]
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, letting key=value overrides follow options (``lori eval RUN --out DIR eval.limit=8``).
+
+    argparse alone stops filling a positional list at the first option, so words after it would be
+    "unrecognized"; those that are not options go back into the verb's positional list.
+    """
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    target = {"train": "overrides", "precompute": "overrides", "eval": "checkpoints", "demo": "overrides"}.get(
+        args.verb)
+    if extra and target is not None and not any(x.startswith("-") for x in extra):
+        setattr(args, target, [*(getattr(args, target) or []), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
-        if args.verb == "train":
+        if args.verb in ("train", "precompute"):
             from .config import load_config
-            from .training.loop import train
 
             config, overrides = args.config, args.overrides
             if config is not None and "=" in config:  # no preset: the first argument is already an override
                 config, overrides = None, [config, *overrides]
-            train(load_config(config, overrides))
+            cfg = load_config(config, overrides)
+            if args.verb == "train":
+                from .training.loop import train
+
+                train(cfg)
+            else:
+                from .precompute import precompute
+
+                precompute(cfg)
         elif args.verb == "eval":
             from .evaluation.run import eval_checkpoints
 

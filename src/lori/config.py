@@ -120,6 +120,53 @@ class EvalConfig:
 
 
 @dataclass
+class LoRiConfig:
+    """LoRi low-rank distillation (docs/method.md). Every "(choice)" of the method is a field here."""
+
+    teacher: str | None = None  # the frozen explicit-CoT teacher checkpoint (run folder or step-* folder)
+    cache_dir: str | None = None  # precomputed teacher statistics (lori precompute writes, lori train reads)
+    layers: list[int] | None = None  # hidden-state layers 1..L to align; None = all
+    rank: int | None = 16  # subspace rank r (a cap when energy is set)
+    energy: float | None = None  # choose r as the smallest rank keeping this fraction of the spectrum
+    shared_basis: bool = False  # one hidden-mode basis for all layers instead of one per layer
+    layer_rank: int | None = None  # optional layer-mode (HOSVD) factor rank; None = no layer factor
+    centred: bool = True  # covariance (centred) or uncentred second moment
+    calib_size: int = 2_000  # training examples used to fit the subspace
+    shard_size: int = 10_000  # examples per cache shard
+    precompute_batch: int = 256
+    latent_steps: int = 5  # K continuous thoughts
+    projector: Literal["mlp", "identity"] = "mlp"  # LayerNorm + 2-layer MLP (CODI) or identity (Coconut)
+    alpha: float = 1.0  # L = L_task + alpha (L_rat + beta L_anc)
+    beta: float = 1.0
+    lam: float = 1.0  # weight of the second-order (covariance) term inside L_rat
+    first_order: bool = True
+    second_order: bool = True
+    anchor: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rank is not None and self.rank < 1:
+            raise ConfigError(f"lori.rank must be >= 1 or null, got {self.rank}")
+        if self.rank is None and self.energy is None:
+            raise ConfigError("lori.rank and lori.energy cannot both be null: set a rank or an energy threshold")
+        if self.energy is not None and not 0 < self.energy <= 1:
+            raise ConfigError(f"lori.energy must be in (0, 1], got {self.energy}")
+        if self.latent_steps < 1:
+            raise ConfigError(f"lori.latent_steps must be >= 1, got {self.latent_steps}")
+        if self.layers is not None and (not self.layers or min(self.layers) < 1):
+            raise ConfigError(f"lori.layers must be null (all) or a non-empty list of layer numbers >= 1, "
+                              f"got {self.layers}")
+        if not (self.first_order or self.second_order or self.anchor):
+            raise ConfigError("lori.first_order, lori.second_order and lori.anchor are all false: that is No-CoT "
+                              "with latent steps; set method: no-cot or enable a term")
+        for key in ("calib_size", "shard_size", "precompute_batch"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"lori.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("alpha", "beta", "lam"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"lori.{key} must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass
 class Config:
     method: MethodName = "cot-sft"
     out_dir: str = "out/run"
@@ -127,6 +174,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lori: LoRiConfig = field(default_factory=LoRiConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,16 +1,17 @@
 """Methods: each module only says how it renders an example and computes its loss; everything else is shared.
 
 A method module provides:
-- ``name``; ``render(example, tokenizer) -> {"input_ids", "labels", ...}``; ``prompt(example, tokenizer)`` (the
-  generation prompt);
+- ``name``; ``render(example, tokenizer) -> dict`` of token lists plus ``n_target`` (supervised tokens);
+  ``collate(items, pad_id) -> dict of tensors``; ``prompt(example, tokenizer)`` (the generation prompt);
 - ``wrap(lm, tokenizer, cfg, checkpoint) -> module``: what is trained (the LM itself, or a wrapper holding it and
   the method's extra modules, restored from ``checkpoint`` when resuming);
+- ``setup_training(module, cfg, train_set)``: training-only state (e.g. LoRi's teacher-statistics cache);
 - ``loss(module, batch, norm) -> (loss, parts)``: the loss normalised by the step's global counts, and its
   detached parts for logging;
 - ``generation_kwargs(module, tokenizer)``: extra arguments for ``greedy_generate`` (latent steps, projector);
 - ``extra_tensors(module)``: ``{file name: tensors}`` saved beside the LM in a checkpoint, or None.
 """
 
-from . import cot_sft, no_cot
+from . import cot_sft, lori, no_cot
 
-METHODS = {m.name: m for m in (cot_sft, no_cot)}
+METHODS = {m.name: m for m in (no_cot, cot_sft, lori)}

@@ -40,11 +40,6 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def supervised_tokens(item: dict) -> int:
-    """Tokens that the causal-LM loss counts for one rendered example (labels after the shift)."""
-    return sum(1 for t in item["labels"][1:] if t != IGNORE)
-
-
 def causal_lm_loss(model, batch: dict[str, torch.Tensor], norm: Norm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Next-token cross-entropy on the supervised positions, summed and divided by the step's global token count."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -60,6 +55,10 @@ def plain_lm(lm, tokenizer, cfg, checkpoint=None):
 def no_generation_kwargs(module, tokenizer) -> dict:
     """``generation_kwargs`` of explicit methods: plain greedy decoding."""
     return {}
+
+
+def no_training_setup(module, cfg, train_set) -> None:
+    """``setup_training`` of methods that need nothing beyond the data."""
 
 
 def no_extra_tensors(module) -> None:

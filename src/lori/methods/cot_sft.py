@@ -6,7 +6,7 @@ This trains the teacher of every implicit method. Generation writes the rational
 from __future__ import annotations
 
 from ..data.schema import Example
-from .common import causal_lm_loss, no_extra_tensors, no_generation_kwargs, plain_lm
+from .common import causal_lm_loss, collate, no_extra_tensors, no_generation_kwargs, no_training_setup, plain_lm
 from .render import segments, supervised
 
 name = "cot-sft"
@@ -24,5 +24,7 @@ def prompt(example: Example, tokenizer) -> list[int]:
 
 loss = causal_lm_loss
 wrap = plain_lm
+collate = collate
+setup_training = no_training_setup
 generation_kwargs = no_generation_kwargs
 extra_tensors = no_extra_tensors

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..data.schema import Example
-from .common import causal_lm_loss, no_extra_tensors, no_generation_kwargs, plain_lm
+from .common import causal_lm_loss, collate, no_extra_tensors, no_generation_kwargs, no_training_setup, plain_lm
 from .render import segments, supervised
 
 name = "no-cot"
@@ -21,5 +21,7 @@ def prompt(example: Example, tokenizer) -> list[int]:
 
 loss = causal_lm_loss
 wrap = plain_lm
+collate = collate
+setup_training = no_training_setup
 generation_kwargs = no_generation_kwargs
 extra_tensors = no_extra_tensors

@@ -1,5 +1,9 @@
 """The shared written form of an example, as token ids: ``[bos] question || rationale #### answer <eos>``.
 
+Segments: ``prompt`` = ``[bos] question ||``; ``rationale``; ``answer`` = ``#### answer <eos>``, whose first
+``marker_len`` tokens are the ``####`` marker. The last marker token is the **answer anchor**: the position whose
+next token starts the answer (method.md, LoRi piece 2).
+
 Every method renders from these three segments, so all methods see the same text and every generation ends in
 ``#### answer`` — which is what the one answer-matching policy (``lori.tasks``) reads. Segments are encoded
 separately so their boundaries are exact for any tokenizer.
@@ -21,6 +25,7 @@ class Segments:
     prompt: list[int]  # [bos] question ||
     rationale: list[int]  # the steps (may be empty)
     answer: list[int]  # #### answer <eos>
+    marker_len: int  # tokens of the " ####" marker at the start of ``answer``
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -32,10 +37,11 @@ def segments(example: Example, tokenizer: PreTrainedTokenizerBase) -> Segments:
     if tokenizer.bos_token_id is not None:
         prompt = [tokenizer.bos_token_id] + prompt
     rationale = encode(tokenizer, " " + example.rationale) if example.steps else []
-    answer = encode(tokenizer, f" #### {example.answer}") + [tokenizer.eos_token_id]
-    return Segments(prompt, rationale, answer)
+    marker = encode(tokenizer, " ####")
+    answer = marker + encode(tokenizer, f" {example.answer}") + [tokenizer.eos_token_id]
+    return Segments(prompt, rationale, answer, len(marker))
 
 
 def supervised(prefix: list[int], target: list[int]) -> dict[str, list[int]]:
     """``input_ids = prefix + target`` with labels only on ``target`` (labels[t] is the token at t; the loss shifts)."""
-    return {"input_ids": prefix + target, "labels": [IGNORE] * len(prefix) + target}
+    return {"input_ids": prefix + target, "labels": [IGNORE] * len(prefix) + target, "n_target": len(target)}

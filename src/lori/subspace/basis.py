@@ -37,25 +37,26 @@ __all__ = [
 # helpers
 
 
-def _valid_positions(h: Tensor, mask: Tensor | None, n_layers: int, dim: int) -> Tensor:
-    """``h [B, L, T, d]``, ``mask [B, T]`` bool -> float64 ``[L, n, d]`` of the valid positions only.
-
-    Selection is by boolean indexing, so whatever sits in padding (inf, NaN, garbage) never enters any arithmetic.
-    """
+def _check_batch(h: Tensor, mask: Tensor | None, n_layers: int, dim: int) -> Tensor:
+    """Validate ``h [B, L, T, d]`` / ``mask [B, T]`` bool and return the mask on ``h``'s device (None: all valid)."""
     if h.dim() != 4:
         raise ValueError(f"h must be [B, L, T, d], got shape {tuple(h.shape)}")
     B, L, T, d = h.shape
     if L != n_layers or d != dim:
         raise ValueError(f"h has L={L}, d={d}; the accumulator expects L={n_layers}, d={dim}")
     if mask is None:
-        mask = torch.ones(B, T, dtype=torch.bool, device=h.device)
+        return torch.ones(B, T, dtype=torch.bool, device=h.device)
     if mask.shape != (B, T):
         raise ValueError(f"mask must be [B, T] = {(B, T)}, got {tuple(mask.shape)}")
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
-    mask = mask.to(h.device)
-    # [B, L, T, d] -> [L, B, T, d] -> [L, n, d]
-    return h.detach().transpose(0, 1)[:, mask].to(torch.float64)
+    return mask.to(h.device)
+
+
+def _layer_positions(h: Tensor, mask: Tensor, layer: int) -> Tensor:
+    """The valid positions of one layer as float64 ``[n, d]``. Selection is by boolean indexing, so whatever sits
+    in padding (inf, NaN, garbage) never enters any arithmetic; one layer at a time bounds the float64 copy."""
+    return h.detach()[:, layer][mask].to(torch.float64)
 
 
 def _fix_signs(vecs: Tensor) -> Tensor:
@@ -136,11 +137,13 @@ class SecondMomentAccumulator:
     def update(self, h: Tensor, mask: Tensor | None = None) -> None:
         """Add a batch. ``h [B, L, T, d]`` (any float dtype), ``mask [B, T]`` bool: True = valid rationale position.
         Masked positions never count and never enter the arithmetic (NaN/inf there are harmless)."""
-        x = _valid_positions(h, mask, self.n_layers, self.dim)  # [L, n, d] float64
+        mask = _check_batch(h, mask, self.n_layers, self.dim)
         dev = self.second_moment.device
-        self.second_moment += torch.einsum("lnd,lne->lde", x, x).to(dev)
-        self.first_moment += x.sum(1).to(dev)
-        self.count += x.shape[1]
+        for layer in range(self.n_layers):
+            x = _layer_positions(h, mask, layer)  # [n, d] float64
+            self.second_moment[layer] += (x.T @ x).to(dev)
+            self.first_moment[layer] += x.sum(0).to(dev)
+        self.count += int(mask.sum())
 
     def merge(self, other: "SecondMomentAccumulator") -> "SecondMomentAccumulator":
         """Add ``other``'s sums into this one (in place); returns ``self``."""
@@ -352,12 +355,12 @@ class LayerGramAccumulator:
     @torch.no_grad()
     def update(self, h: Tensor, mask: Tensor | None = None) -> None:
         """Add a batch: ``h [B, L, T, d]``, ``mask [B, T]`` bool (True = valid)."""
-        x = _valid_positions(h, mask, self.n_layers, self.dim)  # [L, n, d]
-        U = self._U.to(x.device)
-        z = torch.einsum("lnd,ldr->lnr", x, U)
+        mask = _check_batch(h, mask, self.n_layers, self.dim)
+        U = self._U.to(h.device)
+        z = torch.stack([_layer_positions(h, mask, layer) @ U[layer] for layer in range(self.n_layers)])  # [L, n, r]
         cross = torch.einsum("lnr,mns->lmrs", z, z)
-        self.gram += (cross * self._P.to(x.device)).sum((-1, -2)).to(self.gram.device)
-        self.count += x.shape[1]
+        self.gram += (cross * self._P.to(h.device)).sum((-1, -2)).to(self.gram.device)
+        self.count += int(mask.sum())
 
     def merge(self, other: "LayerGramAccumulator") -> "LayerGramAccumulator":
         if other.gram.shape != self.gram.shape:

@@ -23,7 +23,7 @@ from ..data.splits import load_split
 from ..errors import ConfigError, LoriError
 from ..evaluation.evaluate import evaluate
 from ..methods import METHODS
-from ..methods.common import Norm, collate, supervised_tokens
+from ..methods.common import Norm
 from ..tasks import TASKS
 from ..utils import rng_state, seed_everything, set_rng_state
 from .checkpoint import list_checkpoints, load_state, resolve_checkpoint, save_checkpoint
@@ -102,9 +102,10 @@ def render_all(method, examples: list[Example], tokenizer, max_length: int) -> l
     items = []
     for i, ex in enumerate(examples):
         item = method.render(ex, tokenizer)
-        if len(item["input_ids"]) > max_length:
+        length = sum(len(v) for k, v in item.items() if k.endswith("_ids"))
+        if length > max_length:
             raise LoriError(
-                f"{ex.source}: renders to {len(item['input_ids'])} tokens, over data.max_length={max_length}; "
+                f"{ex.source}: renders to {length} tokens, over data.max_length={max_length}; "
                 "raise data.max_length or drop the example"
             )
         item["index"] = i
@@ -149,7 +150,8 @@ def train(cfg: Config) -> Path:
     valid_set = load_split(cfg.data, "valid")
     module, tokenizer = build_model(cfg, method, train_set, resume_from)
     items = render_all(method, train_set, tokenizer, cfg.data.max_length)
-    n_tokens = [supervised_tokens(it) for it in items]
+    n_tokens = [it["n_target"] for it in items]
+    method.setup_training(module, cfg, train_set)
 
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +210,7 @@ def train(cfg: Config) -> Path:
         parts_sum: dict[str, float] = {}
         for a in range(accum):
             micro = [items[i] for i in mine[a * cfg.train.micro_batch : (a + 1) * cfg.train.micro_batch]]
-            batch = {k: v.to(accelerator.device) for k, v in collate(micro, tokenizer.pad_token_id).items()}
+            batch = {k: v.to(accelerator.device) for k, v in method.collate(micro, tokenizer.pad_token_id).items()}
             ctx = accelerator.no_sync(module) if a < accum - 1 else _null()
             with ctx, accelerator.autocast():
                 loss, parts = method.loss(module, batch, norm)

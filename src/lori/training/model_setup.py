@@ -9,6 +9,7 @@ from ..config import Config
 from ..data.schema import Example
 from ..models.build import load_pretrained, tiny_model
 from ..models.tokenizer import build_word_tokenizer
+from .checkpoint import resolve_checkpoint
 
 
 def builtin_tokenizer(examples: list[Example]):
@@ -17,7 +18,7 @@ def builtin_tokenizer(examples: list[Example]):
 
 def build_model(cfg: Config, method, train_set: list[Example], resume_from=None):
     """Return ``(module, tokenizer)``; ``module`` is what the method trains (the LM, or a wrapper holding it)."""
-    source = resume_from or cfg.model.init_from
+    source = resume_from or (resolve_checkpoint(cfg.model.init_from) if cfg.model.init_from else None)
     if source is not None:
         lm, tokenizer = load_pretrained(source, cfg.model.dtype)
     elif cfg.model.name == "tiny":

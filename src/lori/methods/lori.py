@@ -1,0 +1,139 @@
+"""LoRi (arXiv 2606.05315): a latent student aligned with the teacher's reasoning in a shared low-rank subspace.
+
+Rendering: ``[bos] question || <bot>`` -> K continuous thoughts -> ``<eot> #### answer <eos>``.
+Loss (docs/method.md, piece 6)::
+
+    L = L_task + alpha (L_rat + beta L_anc)
+    L_task = CE on "#### answer <eos>" (teacher-forced)
+    L_rat  = sum_l w_l ( ||mu_S_l - mu_T_l||^2 + lam ||C_S_l - C_T_l||_F^2 )   over the K latent states
+    L_anc  = sum_l w_l ||U_l^T h_S_anchor_l - a_T_l||^2                         at the position before the answer
+
+The teacher's statistics come from the cache written by ``lori precompute``; training never runs the teacher.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.schema import Example
+from ..errors import LoriError
+from ..losses import anchor_loss, combine, rationale_loss, teacher_energy, token_cross_entropy
+from ..models.latent import PROJECTOR_FILE, LatentStudent, add_latent_tokens
+from .render import IGNORE, segments
+
+name = "lori"
+
+
+def render(example: Example, tokenizer) -> dict:
+    s = segments(example, tokenizer)
+    bot, eot = tokenizer.convert_tokens_to_ids(["<bot>", "<eot>"])
+    return {
+        "prompt_ids": s.prompt + [bot],
+        "suffix_ids": [eot] + s.answer,
+        "suffix_labels": [IGNORE] + s.answer,
+        "anchor": s.marker_len,  # suffix position of the last `####` token: it predicts the first answer token
+        "n_target": len(s.answer),
+    }
+
+
+def prompt(example: Example, tokenizer) -> list[int]:
+    return segments(example, tokenizer).prompt + [tokenizer.convert_tokens_to_ids("<bot>")]
+
+
+def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Prompts left-padded (so all latent steps line up, as in generation), suffixes right-padded."""
+    B = len(items)
+    P = max(len(it["prompt_ids"]) for it in items)
+    S = max(len(it["suffix_ids"]) for it in items)
+    out = {
+        "prompt_ids": torch.full((B, P), pad_id, dtype=torch.long),
+        "prompt_mask": torch.zeros((B, P), dtype=torch.long),
+        "suffix_ids": torch.full((B, S), pad_id, dtype=torch.long),
+        "suffix_mask": torch.zeros((B, S), dtype=torch.long),
+        "suffix_labels": torch.full((B, S), IGNORE, dtype=torch.long),
+        "anchor": torch.tensor([it["anchor"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items]),
+    }
+    for i, it in enumerate(items):
+        p, s = len(it["prompt_ids"]), len(it["suffix_ids"])
+        out["prompt_ids"][i, P - p :] = torch.tensor(it["prompt_ids"])
+        out["prompt_mask"][i, P - p :] = 1
+        out["suffix_ids"][i, :s] = torch.tensor(it["suffix_ids"])
+        out["suffix_mask"][i, :s] = 1
+        out["suffix_labels"][i, :s] = torch.tensor(it["suffix_labels"])
+    return out
+
+
+def wrap(lm, tokenizer, cfg, checkpoint=None) -> LatentStudent:
+    bot, eot = add_latent_tokens(lm, tokenizer)
+    student = LatentStudent(lm, cfg.lori.latent_steps, cfg.lori.projector, bot, eot)
+    if checkpoint is not None:
+        student.load_projector(checkpoint)
+    return student
+
+
+def setup_training(student: LatentStudent, cfg, train_set: list[Example]) -> None:
+    """Attach the teacher statistics (refusing a stale cache) and the fixed per-layer loss scale."""
+    from ..models.build import num_layers
+    from ..precompute import fingerprint, resolve_layers, teacher_path
+    from ..subspace.cache import load_cache
+    from ..subspace.stats import triu_unpack
+
+    if cfg.lori.cache_dir is None:
+        raise LoriError("lori.cache_dir is required for method: lori; run `lori precompute` with the same config")
+    teacher = teacher_path(cfg)
+    stats = load_cache(cfg.lori.cache_dir, fingerprint(cfg, teacher, train_set, num_layers(student.lm)))
+    if stats.mu.shape[0] != len(train_set):
+        raise LoriError(f"{cfg.lori.cache_dir}: {stats.mu.shape[0]} cached examples for {len(train_set)} training "
+                        "examples; run `lori precompute` again")
+    student.lori_stats = stats
+    student.lori_layers = resolve_layers(cfg.lori, num_layers(student.lm))
+    student.lori_cfg = cfg.lori
+    # Fixed normalisers over the whole cache, so micro-batching never changes the loss.
+    student.lori_scale = teacher_energy(stats.mu, triu_unpack(stats.cov), centred=cfg.lori.centred,
+                                        example_mask=stats.valid)
+    student.lori_anchor_scale = (stats.anchor[stats.valid] ** 2).sum(-1).mean(0)
+
+
+def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    from ..precompute import trajectory_statistics
+
+    student: LatentStudent = getattr(module, "module", module)
+    lc = student.lori_cfg
+    out = module(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"])
+    ce = token_cross_entropy(out.logits[:, :-1], batch["suffix_labels"][:, 1:], num_tokens=norm.tokens)
+    parts = {"ce": ce.detach()}
+    if not (lc.first_order or lc.second_order or lc.anchor):
+        return ce, parts
+    device = ce.device
+    layers = student.lori_layers
+    h = out.latent_states[:, layers]  # [B, L, K, d]
+    rows = torch.arange(h.shape[0], device=device)
+    anchor_h = torch.stack([out.suffix_states[l][rows, batch["anchor"]] for l in layers], dim=1)  # [B, L, d]
+    basis = student.lori_stats.basis
+    if basis.U.device != device:
+        student.lori_stats.basis = basis = type(basis).from_dict({k: v.to(device) for k, v in basis.to_dict().items()})
+    mask = torch.ones(h.shape[0], h.shape[2], dtype=torch.bool, device=device)
+    mu_s, C_s, a_s = trajectory_statistics(basis, h, mask, anchor_h, lc.centred)
+    t = student.lori_stats.batch(batch["index"].cpu(), device)
+    rat = anc = None
+    if lc.first_order or lc.second_order:
+        rat, rparts = rationale_loss(mu_s, C_s, t["mu"], t["cov"], lam=lc.lam, first_order=lc.first_order,
+                                     second_order=lc.second_order, centred=lc.centred, example_mask=t["valid"],
+                                     num_examples=norm.examples, scale=student.lori_scale.to(device))
+        parts["rat_mean"], parts["rat_cov"] = rparts["mean"], rparts["cov"]
+    if lc.anchor:
+        anc = anchor_loss(a_s, t["anchor"], example_mask=t["valid"], num_examples=norm.examples,
+                          scale=student.lori_anchor_scale.to(device))
+        parts["anc"] = anc.detach()
+    total = combine(ce, rat, anc, alpha=lc.alpha, beta=lc.beta, use_anchor=lc.anchor,
+                    use_rationale=lc.first_order or lc.second_order)
+    return total, parts
+
+
+def generation_kwargs(student: LatentStudent, tokenizer) -> dict:
+    return student.generation_kwargs()
+
+
+def extra_tensors(student: LatentStudent) -> dict | None:
+    return {PROJECTOR_FILE: student.projector.state_dict()} if student.projector.kind == "mlp" else None

@@ -1,0 +1,99 @@
+"""The latent-reasoning student: question -> ``<bot>`` -> K continuous thoughts -> ``<eot>`` -> answer.
+
+Each thought is the last hidden state of the previous position, passed through a projector (LayerNorm + 2-layer
+MLP as in CODI, or identity as in Coconut) and fed back as the next input embedding. No sampling happens in the
+latent loop. The same module serves training (:meth:`LatentStudent.forward`) and inference (its ``project`` is
+what :func:`lori.evaluation.generate.greedy_generate` calls), and both run the latent loop through a KV cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models.tokenizer import BOT, EOT
+
+PROJECTOR_FILE = "projector.safetensors"
+
+
+class Projector(nn.Module):
+    """``h -> W2 gelu(W1 LayerNorm(h))`` (kind "mlp"), or the identity (kind "identity")."""
+
+    def __init__(self, dim: int, kind: str = "mlp"):
+        super().__init__()
+        self.kind = kind
+        if kind == "mlp":
+            self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        elif kind != "identity":
+            raise ValueError(f"unknown projector {kind!r}")
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h) if self.kind == "mlp" else h
+
+
+def add_latent_tokens(lm, tokenizer) -> tuple[int, int]:
+    """Make sure ``<bot>``/``<eot>`` exist as special tokens; new embeddings start at the mean embedding."""
+    missing = [t for t in (BOT, EOT) if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+        old = lm.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > old:
+            lm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return tokenizer.convert_tokens_to_ids(BOT), tokenizer.convert_tokens_to_ids(EOT)
+
+
+@dataclass
+class LatentOutput:
+    logits: torch.Tensor  # [B, S, V] over the suffix positions (<eot> #### answer <eos>)
+    latent_states: torch.Tensor  # [B, L+1, K, d] hidden states (embeddings + every layer) at the K thought inputs
+    suffix_states: tuple[torch.Tensor, ...]  # L+1 tensors [B, S, d] over the suffix positions
+
+
+class LatentStudent(nn.Module):
+    def __init__(self, lm, latent_steps: int, projector: str, bot_id: int, eot_id: int):
+        super().__init__()
+        self.lm = lm
+        self.latent_steps = latent_steps
+        self.bot_id, self.eot_id = bot_id, eot_id
+        dim = lm.get_input_embeddings().weight.shape[1]
+        self.projector = Projector(dim, projector).to(lm.get_input_embeddings().weight.dtype)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        return self.projector(h)
+
+    def forward(self, prompt_ids, prompt_mask, suffix_ids, suffix_mask) -> LatentOutput:
+        """Teacher-forced pass. ``prompt_ids`` [B, P] left-padded and ending in ``<bot>``; ``suffix_ids`` [B, S]
+        right-padded, starting with ``<eot>``. Positions follow the attention mask, exactly as in generation."""
+        mask = prompt_mask
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.lm(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                      output_hidden_states=True)
+        cache, next_pos = out.past_key_values, pos[:, -1:] + 1
+        ones = torch.ones_like(mask[:, :1])
+        states = []
+        h = out.hidden_states[-1][:, -1:]
+        for _ in range(self.latent_steps):
+            mask = torch.cat([mask, ones], dim=1)
+            out = self.lm(inputs_embeds=self.project(h), attention_mask=mask, position_ids=next_pos,
+                          past_key_values=cache, use_cache=True, output_hidden_states=True)
+            cache, next_pos = out.past_key_values, next_pos + 1
+            states.append(torch.stack([s[:, -1] for s in out.hidden_states], dim=1))  # [B, L+1, d]
+            h = out.hidden_states[-1][:, -1:]
+        mask = torch.cat([mask, suffix_mask], dim=1)
+        spos = next_pos + torch.arange(suffix_ids.shape[1], device=suffix_ids.device)[None]
+        out = self.lm(input_ids=suffix_ids, attention_mask=mask, position_ids=spos, past_key_values=cache,
+                      use_cache=True, output_hidden_states=True)
+        return LatentOutput(out.logits, torch.stack(states, dim=2), out.hidden_states)
+
+    def generation_kwargs(self) -> dict:
+        return {"latent_steps": self.latent_steps, "project": self.project, "eot_id": self.eot_id}
+
+    def load_projector(self, folder: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        f = Path(folder) / PROJECTOR_FILE
+        if f.is_file():
+            self.projector.load_state_dict(load_file(str(f)))

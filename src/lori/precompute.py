@@ -1,0 +1,192 @@
+"""``lori precompute``: run the frozen teacher once over the training data, fit the shared low-rank subspace on a
+calibration subset, and write the per-example LoRi statistics (mean, covariance, anchor per layer) to a cache.
+
+Training a LoRi student then never runs the teacher. The same :func:`trajectory_statistics` computes the teacher's
+statistics here and the student's during training, so cached and on-the-fly statistics agree by construction.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import Config, LoRiConfig
+from .data.schema import Example
+from .data.splits import load_split
+from .errors import ConfigError, LoriError
+from .methods.render import segments
+from .models.build import load_pretrained, num_layers
+from .subspace import Basis, LayerGramAccumulator, SecondMomentAccumulator, fit_bases, fit_layer_factor, masked_moments
+from .subspace.cache import CacheWriter, cache_bytes, examples_digest, teacher_digests
+from .subspace.stats import triu_pack
+from .training.checkpoint import resolve_checkpoint
+
+RENDER_VERSION = "v1"  # bump when the rendering of teacher trajectories changes
+
+
+def resolve_layers(lcfg: LoRiConfig, n_layers: int) -> list[int]:
+    layers = lcfg.layers or list(range(1, n_layers + 1))
+    bad = [l for l in layers if not 1 <= l <= n_layers]
+    if bad:
+        raise ConfigError(f"lori.layers: {bad} out of range; the teacher has layers 1..{n_layers}")
+    return layers
+
+
+def teacher_path(cfg: Config) -> Path:
+    if cfg.lori.teacher is None:
+        raise ConfigError("lori.teacher is required: the explicit-CoT (cot-sft) checkpoint to distil from")
+    return resolve_checkpoint(cfg.lori.teacher)
+
+
+def fingerprint(cfg: Config, teacher: Path, train: list[Example], n_layers: int) -> dict:
+    lc = cfg.lori
+    return {
+        **teacher_digests(teacher),
+        "data": examples_digest(train),
+        "layers": resolve_layers(lc, n_layers),
+        "rank": lc.rank,
+        "energy": lc.energy,
+        "shared_basis": lc.shared_basis,
+        "layer_rank": lc.layer_rank,
+        "centred": lc.centred,
+        "calib_size": lc.calib_size,
+        "render": RENDER_VERSION,
+    }
+
+
+def trajectory_statistics(basis: Basis, h: torch.Tensor, mask: torch.Tensor, anchor: torch.Tensor, centred: bool):
+    """LoRi statistics of trajectories in the subspace.
+
+    Args:
+        h: ``[B, L, T, d]`` hidden states at the reasoning positions (teacher rationale or student latent steps).
+        mask: ``[B, T]`` bool, valid positions.
+        anchor: ``[B, L, d]`` hidden states at the answer anchor.
+    Returns:
+        ``mu [B, L', r]``, ``C [B, L', r, r]``, ``a [B, L', r]`` where ``L' = L`` or the layer-factor rank.
+    """
+    z = basis.project(h)  # [B, L, T, r]
+    a = basis.project_anchor(anchor)  # [B, L, r]
+    if basis.V is not None:
+        z = basis.project_layers(z)
+        a = basis.project_layers(a[:, :, None, :])[:, :, 0, :]
+    mu, C = masked_moments(z, mask, centred=centred)
+    return mu, C, a
+
+
+@dataclass
+class Rendered:
+    input_ids: list[int]
+    start: int  # first rationale position
+    length: int  # rationale positions
+    anchor: int  # position of the last `####` marker token
+
+
+def render_teacher(example: Example, tokenizer) -> Rendered:
+    s = segments(example, tokenizer)
+    ids = s.prompt + s.rationale + s.answer
+    return Rendered(ids, len(s.prompt), len(s.rationale), len(s.prompt) + len(s.rationale) + s.marker_len - 1)
+
+
+@torch.no_grad()
+def teacher_trajectories(lm, items: list[Rendered], layers: list[int], pad_id: int):
+    """Teacher forward on a batch: ``h [B, L, T, d]`` at rationale positions, ``mask [B, T]``, ``anchor [B, L, d]``."""
+    device = next(lm.parameters()).device
+    width = max(len(it.input_ids) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, it in enumerate(items):
+        ids[i, : len(it.input_ids)] = torch.tensor(it.input_ids)
+        attn[i, : len(it.input_ids)] = 1
+    out = lm(input_ids=ids.to(device), attention_mask=attn.to(device), output_hidden_states=True)
+    hs = torch.stack([out.hidden_states[l] for l in layers], dim=1).float()  # [B, L, S, d]
+    T = max(1, max(it.length for it in items))
+    pos = torch.zeros((len(items), T), dtype=torch.long)
+    mask = torch.zeros((len(items), T), dtype=torch.bool)
+    for i, it in enumerate(items):
+        pos[i, : it.length] = torch.arange(it.start, it.start + it.length)
+        mask[i, : it.length] = True
+    pos, mask = pos.to(device), mask.to(device)
+    idx = pos[:, None, :, None].expand(-1, hs.shape[1], -1, hs.shape[-1])
+    h = torch.gather(hs, 2, idx)
+    anchor_idx = torch.tensor([it.anchor for it in items], device=device)
+    anchor = hs[torch.arange(len(items), device=device), :, anchor_idx]  # [B, L, d]
+    return h, mask, anchor
+
+
+def precompute(cfg: Config) -> Path:
+    lc = cfg.lori
+    if lc.cache_dir is None:
+        raise ConfigError("lori.cache_dir is required: where to write the teacher statistics")
+    teacher = teacher_path(cfg)
+    train = load_split(cfg.data, "train")
+    lm, tokenizer = load_pretrained(teacher, cfg.model.dtype)
+    lm.eval().requires_grad_(False)
+    if torch.cuda.is_available():
+        lm.to("cuda")
+    layers = resolve_layers(lc, num_layers(lm))
+    fp = fingerprint(cfg, teacher, train, num_layers(lm))
+    writer = CacheWriter(Path(lc.cache_dir), fp, len(train), lc.shard_size)
+    rendered = [render_teacher(ex, tokenizer) for ex in train]
+    d = lm.get_input_embeddings().weight.shape[1]
+    pad = tokenizer.pad_token_id
+    bs = lc.precompute_batch
+    t0 = time.perf_counter()
+    print(f"[lori] precompute: teacher {teacher}, {len(train)} examples, layers {layers}, cache {lc.cache_dir}")
+
+    if writer.has_basis():
+        from safetensors.torch import load_file
+
+        basis = Basis.from_dict(load_file(str(Path(lc.cache_dir) / "basis.safetensors")))
+        print("[lori] subspace: reusing the fitted basis in the cache")
+    else:
+        calib = sorted(random.Random(cfg.data.seed).sample(range(len(train)), min(lc.calib_size, len(train))))
+        acc = SecondMomentAccumulator(len(layers), d)
+        batches = [calib[i : i + bs] for i in range(0, len(calib), bs)]
+        for b in tqdm(batches, desc="calibrate subspace", leave=False):
+            h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad)
+            acc.update(h.cpu(), mask.cpu())
+        basis = fit_bases(acc, rank=lc.rank, energy=lc.energy, shared=lc.shared_basis)
+        if lc.layer_rank is not None:
+            gram = LayerGramAccumulator(basis)
+            for b in batches:
+                h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad)
+                gram.update(h.cpu(), mask.cpu())
+            basis = fit_layer_factor(basis, gram, rank=lc.layer_rank, energy=None)
+        info = {"rank": basis.rank, "layer_rank": basis.layer_rank,
+                "energy_captured": [round(float(e), 4) for e in basis.energy_captured]}
+        writer.write_basis(basis, info)
+        print(f"[lori] subspace: rank {basis.rank}; energy captured per layer "
+              f"{', '.join(f'{e:.3f}' for e in info['energy_captured'])}")
+
+    basis_dev = Basis.from_dict({k: v.to(next(lm.parameters()).device) for k, v in basis.to_dict().items()})
+    raw_bytes = 4 * sum((r.length + 1) * len(layers) * d for r in rendered)  # fp32 trajectories + anchors
+    todo = [i for i in range(writer.n_shards) if not writer.done(i)]
+    if len(todo) < writer.n_shards:
+        print(f"[lori] resuming: {writer.n_shards - len(todo)} of {writer.n_shards} shards already complete")
+    bar = tqdm(total=sum(writer.shard_range(i)[1] - writer.shard_range(i)[0] for i in todo), desc="precompute")
+    for i in todo:
+        start, end = writer.shard_range(i)
+        mus, covs, anchors, valid = [], [], [], []
+        for s in range(start, end, bs):
+            chunk = rendered[s : min(s + bs, end)]
+            h, mask, anchor = teacher_trajectories(lm, chunk, layers, pad)
+            mu, C, a = trajectory_statistics(basis_dev, h, mask, anchor, lc.centred)
+            mus.append(mu.cpu())
+            covs.append(triu_pack(C).cpu())
+            anchors.append(a.cpu())
+            valid.append(mask.any(-1).cpu())
+            bar.update(len(chunk))
+        writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid))
+    bar.close()
+    size = cache_bytes(Path(lc.cache_dir))
+    writer.finish({"raw_trajectory_bytes": raw_bytes, "cache_bytes": size})
+    print(f"[lori] cache: {size / 2**20:.1f} MiB for {len(train)} examples, against {raw_bytes / 2**20:.1f} MiB of raw "
+          f"fp32 teacher trajectories ({raw_bytes / max(size, 1):.1f}x smaller); {time.perf_counter() - t0:.0f}s")
+    if not writer.manifest["complete"]:  # pragma: no cover - every shard was just written
+        raise LoriError(f"{lc.cache_dir}: precompute ended with missing shards")
+    return Path(lc.cache_dir)

@@ -1,0 +1,191 @@
+"""The teacher-statistics cache: per-example LoRi statistics in the shared subspace, as sharded safetensors.
+
+Layout of a cache folder::
+
+    manifest.json            fingerprint, options, shard list (only finished shards), sizes, energy captured
+    basis.safetensors        the fitted subspace (lori.subspace.Basis.to_dict())
+    stats-00000.safetensors  mu [n, L, r], cov [n, L, r(r+1)/2] (upper triangle), anchor [n, L, r], valid [n]
+
+Every file is written atomically (temporary name, then ``os.replace``) and a shard enters the manifest only after
+it is complete, so an interrupted precompute resumes at the first missing shard and a half-written file is never
+read. The fingerprint covers the teacher's weights and tokenizer, the training examples, the layers, the rank and
+every option that changes the statistics; training refuses a cache whose fingerprint differs and says which part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import LoriError
+from ..utils import atomic_write_text
+from .basis import Basis
+from .stats import triu_unpack
+
+MANIFEST = "manifest.json"
+BASIS_FILE = "basis.safetensors"
+CACHE_VERSION = 1
+
+
+def file_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def teacher_digests(ckpt: Path) -> dict[str, str]:
+    """Digests of a checkpoint's weights and tokenizer files."""
+    weights = sorted(ckpt.glob("*.safetensors"))
+    weights = [p for p in weights if p.name != "projector.safetensors"]
+    tok = [p for p in ckpt.iterdir() if p.name.startswith("tokenizer") or p.name in ("vocab.json", "merges.txt",
+                                                                                     "special_tokens_map.json")]
+    if not weights:
+        raise LoriError(f"teacher checkpoint {ckpt} has no *.safetensors weights")
+    return {"teacher_weights": file_digest(weights), "tokenizer": file_digest(tok)}
+
+
+def examples_digest(examples) -> str:
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(ex.to_icot_line().encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class TeacherStats:
+    """All cached statistics in memory. ``mu``/``anchor`` [N, L, r]; ``cov`` packed [N, L, r(r+1)/2]."""
+
+    mu: torch.Tensor
+    cov: torch.Tensor
+    anchor: torch.Tensor
+    valid: torch.Tensor  # [N] bool: examples with at least one rationale position
+    basis: Basis
+    manifest: dict
+
+    def batch(self, index: torch.Tensor, device) -> dict[str, torch.Tensor]:
+        return {
+            "mu": self.mu[index].to(device),
+            "cov": triu_unpack(self.cov[index].to(device)),
+            "anchor": self.anchor[index].to(device),
+            "valid": self.valid[index].to(device),
+        }
+
+
+class CacheWriter:
+    """Writes shards in order; ``done(i)`` says whether shard ``i`` is already complete (resume)."""
+
+    def __init__(self, folder: Path, fingerprint: dict, n_examples: int, shard_size: int):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.fingerprint = fingerprint
+        existing = read_manifest(self.folder) if (self.folder / MANIFEST).is_file() else None
+        if existing is not None and existing.get("fingerprint") != fingerprint:
+            diff = fingerprint_diff(existing.get("fingerprint", {}), fingerprint)
+            raise LoriError(f"{self.folder} holds a cache for a different setup ({diff}); "
+                            "give another lori.cache_dir or delete that folder")
+        self.manifest = existing or {
+            "version": CACHE_VERSION, "fingerprint": fingerprint, "n_examples": n_examples,
+            "shard_size": shard_size, "shards": [], "complete": False,
+        }
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.manifest["n_examples"] // self.manifest["shard_size"])
+
+    def shard_range(self, i: int) -> tuple[int, int]:
+        s = self.manifest["shard_size"]
+        return i * s, min((i + 1) * s, self.manifest["n_examples"])
+
+    def done(self, i: int) -> bool:
+        return any(sh["index"] == i for sh in self.manifest["shards"]) and (self.folder / _shard_name(i)).is_file()
+
+    def has_basis(self) -> bool:
+        return (self.folder / BASIS_FILE).is_file() and "basis" in self.manifest
+
+    def write_basis(self, basis: Basis, info: dict) -> None:
+        _atomic_save(basis.to_dict(), self.folder / BASIS_FILE)
+        self.manifest["basis"] = info
+        self._flush()
+
+    def write_shard(self, i: int, mu, cov, anchor, valid) -> None:
+        start, end = self.shard_range(i)
+        if mu.shape[0] != end - start:
+            raise ValueError(f"shard {i} expects {end - start} examples, got {mu.shape[0]}")
+        _atomic_save({"mu": mu.float(), "cov": cov.float(), "anchor": anchor.float(),
+                      "valid": valid.to(torch.uint8)}, self.folder / _shard_name(i))
+        self.manifest["shards"] = [sh for sh in self.manifest["shards"] if sh["index"] != i]
+        self.manifest["shards"].append({"index": i, "file": _shard_name(i), "start": start, "end": end})
+        self.manifest["shards"].sort(key=lambda sh: sh["index"])
+        self._flush()
+
+    def finish(self, extra: dict) -> None:
+        self.manifest.update(extra)
+        self.manifest["complete"] = len(self.manifest["shards"]) == self.n_shards
+        self._flush()
+
+    def _flush(self) -> None:
+        atomic_write_text(self.folder / MANIFEST, json.dumps(self.manifest, indent=1))
+
+
+def _shard_name(i: int) -> str:
+    return f"stats-{i:05d}.safetensors"
+
+
+def read_manifest(folder: Path) -> dict:
+    f = Path(folder) / MANIFEST
+    if not f.is_file():
+        raise LoriError(f"{folder} is not a LoRi cache (no {MANIFEST}); run `lori precompute` first")
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise LoriError(f"{f}: not valid JSON ({e}); delete the cache folder and run `lori precompute` again") from e
+
+
+def fingerprint_diff(have: dict, want: dict) -> str:
+    keys = sorted(set(have) | set(want))
+    diffs = [k for k in keys if have.get(k) != want.get(k)]
+    return "differs in: " + ", ".join(f"{k} (cache {have.get(k)!r:.40} vs now {want.get(k)!r:.40})" for k in diffs)
+
+
+def load_cache(folder: str | Path, expected_fingerprint: dict | None = None) -> TeacherStats:
+    """Load a complete cache; refuse it when its fingerprint does not match ``expected_fingerprint``."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if not manifest.get("complete"):
+        raise LoriError(f"{folder}: the cache is incomplete ({len(manifest.get('shards', []))} shards written); "
+                        "run the same `lori precompute` again to finish it")
+    if expected_fingerprint is not None and manifest["fingerprint"] != expected_fingerprint:
+        raise LoriError(f"{folder}: refusing a stale teacher-statistics cache: it "
+                        f"{fingerprint_diff(manifest['fingerprint'], expected_fingerprint)}. "
+                        "Run `lori precompute` with the current teacher, data and options")
+    parts = [load_file(str(folder / sh["file"])) for sh in manifest["shards"]]
+    basis = Basis.from_dict(load_file(str(folder / BASIS_FILE)))
+    cat = lambda k: torch.cat([p[k] for p in parts])  # noqa: E731
+    return TeacherStats(cat("mu"), cat("cov"), cat("anchor"), cat("valid").bool(), basis, manifest)
+
+
+def cache_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).glob("stats-*.safetensors"))
