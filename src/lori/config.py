@@ -120,6 +120,30 @@ class EvalConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    """A staged curriculum for latent methods (Coconut's; LoRi combines with it). Stage k = 1..stages replaces the
+    first k rationale steps by k x thoughts_per_step latent thoughts and keeps the rest as supervised language; after
+    ``stages x steps_per_stage`` optimizer steps the final stage replaces every step (K = lori.latent_steps)."""
+
+    stages: int = 0  # 0: no curriculum, the final rendering from the first step
+    steps_per_stage: int = 500
+    thoughts_per_step: int = 1  # c
+    reset_optimizer: bool = True  # fresh optimizer state at every stage change (as Coconut and iCoT-SI do)
+
+    def __post_init__(self) -> None:
+        if self.stages < 0 or self.steps_per_stage < 1 or self.thoughts_per_step < 1:
+            raise ConfigError("curriculum.stages must be >= 0, curriculum.steps_per_stage and "
+                              "curriculum.thoughts_per_step >= 1")
+
+    def stage_at(self, step: int) -> int:
+        """Stage of optimizer step ``step`` (0-based): 1..stages, or stages + 1 for the final stage."""
+        return min(step // self.steps_per_stage + 1, self.stages + 1) if self.stages else 1
+
+    def is_final(self, stage: int) -> bool:
+        return stage > self.stages
+
+
+@dataclass
 class LoRiConfig:
     """LoRi low-rank distillation (docs/method.md). Every "(choice)" of the method is a field here."""
 
@@ -175,6 +199,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     lori: LoRiConfig = field(default_factory=LoRiConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------

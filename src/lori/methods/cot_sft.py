@@ -13,7 +13,7 @@ name = "cot-sft"
 latent_steps = 0  # explicit generation
 
 
-def render(example: Example, tokenizer) -> dict[str, list[int]]:
+def render(example: Example, tokenizer, cfg=None, stage: int = 1) -> dict[str, list[int]]:
     s = segments(example, tokenizer)
     return supervised(s.prompt, s.rationale + s.answer)
 

@@ -19,20 +19,33 @@ from ..data.schema import Example
 from ..errors import LoriError
 from ..losses import anchor_loss, combine, rationale_loss, teacher_energy, token_cross_entropy
 from ..models.latent import PROJECTOR_FILE, LatentStudent, add_latent_tokens
-from .render import IGNORE, segments
+from .render import IGNORE, encode, segments
 
 name = "lori"
 
 
-def render(example: Example, tokenizer) -> dict:
+def render(example: Example, tokenizer, cfg, stage: int) -> dict:
+    """Final stage: ``prompt <bot> [K thoughts] <eot> #### answer <eos>``. Curriculum stage k: the first k steps
+    become k x c thoughts and the remaining steps stay as supervised language before ``####``."""
     s = segments(example, tokenizer)
     bot, eot = tokenizer.convert_tokens_to_ids(["<bot>", "<eot>"])
+    if cfg.curriculum.is_final(stage):
+        thoughts, language = cfg.lori.latent_steps, []
+    else:
+        k = min(stage, len(example.steps))
+        thoughts = k * cfg.curriculum.thoughts_per_step
+        rest = example.steps[k:]
+        language = encode(tokenizer, " " + " ".join(rest)) if rest else []
+    target = language + s.answer
     return {
         "prompt_ids": s.prompt + [bot],
-        "suffix_ids": [eot] + s.answer,
-        "suffix_labels": [IGNORE] + s.answer,
-        "anchor": s.marker_len,  # suffix position of the last `####` token: it predicts the first answer token
-        "n_target": len(s.answer),
+        "suffix_ids": [eot] + target,
+        "suffix_labels": [IGNORE] + target,
+        # suffix position of the last `####` token: it predicts the first answer token (the answer anchor)
+        "anchor": len(language) + s.marker_len,
+        "latent_steps": thoughts,
+        "final": int(cfg.curriculum.is_final(stage)),
+        "n_target": len(target),
     }
 
 
@@ -53,6 +66,8 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         "suffix_labels": torch.full((B, S), IGNORE, dtype=torch.long),
         "anchor": torch.tensor([it["anchor"] for it in items]),
         "index": torch.tensor([it["index"] for it in items]),
+        "latent_steps": items[0]["latent_steps"],  # one stage per batch: the same K for every example
+        "final": items[0]["final"],
     }
     for i, it in enumerate(items):
         p, s = len(it["prompt_ids"]), len(it["suffix_ids"])
@@ -100,10 +115,14 @@ def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, di
 
     student: LatentStudent = getattr(module, "module", module)
     lc = student.lori_cfg
-    out = module(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"])
+    out = module(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"],
+                 latent_steps=batch["latent_steps"])
     ce = token_cross_entropy(out.logits[:, :-1], batch["suffix_labels"][:, 1:], num_tokens=norm.tokens)
     parts = {"ce": ce.detach()}
-    if not (lc.first_order or lc.second_order or lc.anchor):
+    # (choice) The cached statistics describe the whole rationale, so L_rat applies once every step is latent (the
+    # final curriculum stage); the anchor hand-over to the answer exists at every stage and L_anc applies throughout.
+    use_rat = (lc.first_order or lc.second_order) and bool(batch["final"])
+    if not (use_rat or lc.anchor):
         return ce, parts
     device = ce.device
     layers = student.lori_layers
@@ -117,7 +136,7 @@ def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, di
     mu_s, C_s, a_s = trajectory_statistics(basis, h, mask, anchor_h, lc.centred)
     t = student.lori_stats.batch(batch["index"].cpu(), device)
     rat = anc = None
-    if lc.first_order or lc.second_order:
+    if use_rat:
         rat, rparts = rationale_loss(mu_s, C_s, t["mu"], t["cov"], lam=lc.lam, first_order=lc.first_order,
                                      second_order=lc.second_order, centred=lc.centred, example_mask=t["valid"],
                                      num_examples=norm.examples, scale=student.lori_scale.to(device))
@@ -126,8 +145,7 @@ def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, di
         anc = anchor_loss(a_s, t["anchor"], example_mask=t["valid"], num_examples=norm.examples,
                           scale=student.lori_anchor_scale.to(device))
         parts["anc"] = anc.detach()
-    total = combine(ce, rat, anc, alpha=lc.alpha, beta=lc.beta, use_anchor=lc.anchor,
-                    use_rationale=lc.first_order or lc.second_order)
+    total = combine(ce, rat, anc, alpha=lc.alpha, beta=lc.beta, use_anchor=lc.anchor, use_rationale=use_rat)
     return total, parts
 
 

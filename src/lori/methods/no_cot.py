@@ -10,7 +10,7 @@ name = "no-cot"
 latent_steps = 0
 
 
-def render(example: Example, tokenizer) -> dict[str, list[int]]:
+def render(example: Example, tokenizer, cfg=None, stage: int = 1) -> dict[str, list[int]]:
     s = segments(example, tokenizer)
     return supervised(s.prompt, s.answer)
 

@@ -57,6 +57,10 @@ def tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, max_positio
             n_layer=cfg.num_layers,
             n_head=cfg.num_heads,
             n_positions=max_positions,
+            # No dropout, as in the LLaMA and Qwen2 configs: the three architectures train alike.
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
             **common,
         )
         model = GPT2LMHeadModel(mc)

@@ -64,9 +64,11 @@ class LatentStudent(nn.Module):
     def project(self, h: torch.Tensor) -> torch.Tensor:
         return self.projector(h)
 
-    def forward(self, prompt_ids, prompt_mask, suffix_ids, suffix_mask) -> LatentOutput:
+    def forward(self, prompt_ids, prompt_mask, suffix_ids, suffix_mask, latent_steps: int | None = None) -> LatentOutput:
         """Teacher-forced pass. ``prompt_ids`` [B, P] left-padded and ending in ``<bot>``; ``suffix_ids`` [B, S]
-        right-padded, starting with ``<eot>``. Positions follow the attention mask, exactly as in generation."""
+        right-padded, starting with ``<eot>``; ``latent_steps`` K (default: the student's). Positions follow the
+        attention mask, exactly as in generation."""
+        K = self.latent_steps if latent_steps is None else latent_steps
         mask = prompt_mask
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.lm(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True,
@@ -75,7 +77,7 @@ class LatentStudent(nn.Module):
         ones = torch.ones_like(mask[:, :1])
         states = []
         h = out.hidden_states[-1][:, -1:]
-        for _ in range(self.latent_steps):
+        for _ in range(K):
             mask = torch.cat([mask, ones], dim=1)
             out = self.lm(inputs_embeds=self.project(h), attention_mask=mask, position_ids=next_pos,
                           past_key_values=cache, use_cache=True, output_hidden_states=True)
@@ -86,7 +88,8 @@ class LatentStudent(nn.Module):
         spos = next_pos + torch.arange(suffix_ids.shape[1], device=suffix_ids.device)[None]
         out = self.lm(input_ids=suffix_ids, attention_mask=mask, position_ids=spos, past_key_values=cache,
                       use_cache=True, output_hidden_states=True)
-        return LatentOutput(out.logits, torch.stack(states, dim=2), out.hidden_states)
+        latent = torch.stack(states, dim=2) if states else suffix_ids.new_zeros((0,))
+        return LatentOutput(out.logits, latent, out.hidden_states)
 
     def generation_kwargs(self) -> dict:
         return {"latent_steps": self.latent_steps, "project": self.project, "eot_id": self.eot_id}

@@ -98,10 +98,10 @@ class MetricsLog:
                     self.tb.add_scalar(k, v, record["step"])
 
 
-def render_all(method, examples: list[Example], tokenizer, max_length: int) -> list[dict]:
-    items = []
+def render_all(method, examples: list[Example], tokenizer, cfg: Config, stage: int) -> list[dict]:
+    items, max_length = [], cfg.data.max_length
     for i, ex in enumerate(examples):
-        item = method.render(ex, tokenizer)
+        item = method.render(ex, tokenizer, cfg, stage)
         length = sum(len(v) for k, v in item.items() if k.endswith("_ids"))
         if length > max_length:
             raise LoriError(
@@ -149,8 +149,6 @@ def train(cfg: Config) -> Path:
     train_set = load_split(cfg.data, "train")
     valid_set = load_split(cfg.data, "valid")
     module, tokenizer = build_model(cfg, method, train_set, resume_from)
-    items = render_all(method, train_set, tokenizer, cfg.data.max_length)
-    n_tokens = [it["n_target"] for it in items]
     method.setup_training(module, cfg, train_set)
 
     if main:
@@ -158,7 +156,7 @@ def train(cfg: Config) -> Path:
         save_config(cfg, out_dir / "config.yaml")
         print(dump_config(cfg), end="")
         n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        print(f"[lori] method={cfg.method} task={cfg.data.task} train={len(items)} valid={len(valid_set)} "
+        print(f"[lori] method={cfg.method} task={cfg.data.task} train={len(train_set)} valid={len(valid_set)} "
               f"trainable_params={n_params:,}")
         print(f"[lori] global batch {cfg.train.global_batch} = micro batch {cfg.train.micro_batch} x "
               f"{world} process(es) x {accum} accumulation step(s); mixed precision: {mixed}")
@@ -181,6 +179,9 @@ def train(cfg: Config) -> Path:
         step, cursor = state["step"], state["cursor"]
         if main:
             print(f"[lori] resumed from {resume_from} at step {step}")
+    stage = cfg.curriculum.stage_at(step)
+    items = render_all(method, train_set, tokenizer, cfg, stage)
+    n_tokens = [it["n_target"] for it in items]
     module, optimizer = accelerator.prepare(module, optimizer)
     module.train()
     log = MetricsLog(out_dir, main, cfg.train.tensorboard)
@@ -203,6 +204,15 @@ def train(cfg: Config) -> Path:
         return path or checkpoint_path(out_dir, at_step)
 
     while step < stop:
+        if cfg.curriculum.stage_at(step) != stage:
+            stage = cfg.curriculum.stage_at(step)
+            items = render_all(method, train_set, tokenizer, cfg, stage)
+            n_tokens = [it["n_target"] for it in items]
+            if cfg.curriculum.reset_optimizer:
+                getattr(optimizer, "optimizer", optimizer).state.clear()
+            if main:
+                bar.write(f"[lori] step {step}: curriculum stage {stage}"
+                          f"{' (final)' if cfg.curriculum.is_final(stage) else ''}")
         idx = step_indices(len(items), cfg.train.seed, cursor, cfg.train.global_batch)
         cursor += cfg.train.global_batch
         norm = Norm(tokens=sum(n_tokens[i] for i in idx), examples=len(idx))
@@ -219,7 +229,7 @@ def train(cfg: Config) -> Path:
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
             parts_sum["loss"] = parts_sum.get("loss", 0.0) + float(loss.detach())
-        grad_norm = None
+        grad_norm, lr_used = None, scheduler.get_last_lr()[0]
         if cfg.train.grad_clip is not None:
             grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), cfg.train.grad_clip))
         optimizer.step()
@@ -237,8 +247,8 @@ def train(cfg: Config) -> Path:
                 raise LoriError(f"non-finite loss at step {step}: {', '.join(f'{k}={totals[k]}' for k in bad)}; "
                                 f"the last good checkpoint is {last_saved}")
             now = time.perf_counter()
-            record = {"step": step, **{k: round(v, 6) for k, v in totals.items()},
-                      "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tok_since / (now - t_last), 1)}
+            record = {"step": step, "stage": stage, **{k: round(v, 6) for k, v in totals.items()},
+                      "lr": lr_used, "tokens_per_s": round(tok_since / (now - t_last), 1)}
             if grad_norm is not None:
                 record["grad_norm"] = round(grad_norm, 4)
             t_last, tok_since = now, 0

@@ -1,0 +1,227 @@
+"""LoRi end to end on tiny models: latent loop, cache equality, gradient flow, fingerprint refusal, resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lori.config import ModelConfig, load_config
+from lori.data import generate_multiplication
+from lori.errors import LoriError
+from lori.evaluation.generate import greedy_generate
+from lori.methods import lori as lori_method
+from lori.methods.common import Norm
+from lori.models.build import tiny_model
+from lori.models.latent import LatentStudent
+from lori.precompute import precompute, render_teacher, teacher_trajectories, trajectory_statistics
+from lori.subspace.cache import load_cache
+from lori.subspace.stats import triu_unpack
+from lori.training.model_setup import builtin_tokenizer
+
+TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64"]
+DATA = ["data.digits=[2,2]", "data.train_size=60", "data.valid_size=10", "data.test_size=10"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A random tiny LLaMA teacher saved as a checkpoint folder, and its training examples."""
+    folder = tmp_path_factory.mktemp("teacher")
+    cfg = load_config(None, ["method=lori", *TINY, *DATA])
+    from lori.data.splits import load_split
+
+    train = load_split(cfg.data, "train")
+    tok = builtin_tokenizer(train)
+    torch.manual_seed(0)
+    lm = tiny_model(cfg.model, tok, max_positions=128)
+    lm.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder, train
+
+
+def lori_cfg(teacher_dir, cache_dir, *extra):
+    return load_config(None, ["method=lori", *TINY, *DATA, f"lori.teacher={teacher_dir}", f"lori.cache_dir={cache_dir}",
+                              "lori.rank=4", "lori.calib_size=40", "lori.shard_size=25", "lori.precompute_batch=16",
+                              "lori.latent_steps=3", *extra])
+
+
+def tiny_student(latent_steps=3, projector="mlp", arch="llama"):
+    examples = generate_multiplication(2, 2, 8, seed=1)
+    tok = builtin_tokenizer(examples)
+    torch.manual_seed(0)
+    lm = tiny_model(ModelConfig(arch=arch, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok, 128)
+    cfg = load_config(None, ["method=lori", f"lori.latent_steps={latent_steps}", f"lori.projector={projector}"])
+    return lori_method.wrap(lm, tok, cfg), tok, examples, cfg
+
+
+def render(ex, tok, cfg, stage=None):
+    return lori_method.render(ex, tok, cfg, cfg.curriculum.stages + 1 if stage is None else stage)
+
+
+def naive_latent(student: LatentStudent, prompt: list[int], suffix: list[int]):
+    """Re-run the whole sequence at every step, no KV cache: the reference for the cached latent loop."""
+    emb = student.lm.get_input_embeddings()
+    seq = emb(torch.tensor([prompt]))
+    out = student.lm(inputs_embeds=seq, output_hidden_states=True)
+    states = []
+    for _ in range(student.latent_steps):
+        seq = torch.cat([seq, student.project(out.hidden_states[-1][:, -1:])], dim=1)
+        out = student.lm(inputs_embeds=seq, output_hidden_states=True)
+        states.append(torch.stack([s[:, -1] for s in out.hidden_states], dim=1))
+    seq = torch.cat([seq, emb(torch.tensor([suffix]))], dim=1)
+    out = student.lm(inputs_embeds=seq, output_hidden_states=True)
+    return out.logits[:, -len(suffix):], torch.stack(states, dim=2)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_latent_loop_with_cache_equals_without(arch):
+    student, tok, examples, cfg = tiny_student(arch=arch)
+    student.eval()
+    items = [render(ex, tok, cfg) | {"index": i} for i, ex in enumerate(examples[:4])]
+    batch = lori_method.collate(items, tok.pad_token_id)
+    with torch.no_grad():
+        out = student(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"])
+        for i, it in enumerate(items):
+            logits, states = naive_latent(student, it["prompt_ids"], it["suffix_ids"])
+            S = len(it["suffix_ids"])
+            torch.testing.assert_close(out.logits[i : i + 1, :S], logits, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(out.latent_states[i : i + 1], states, atol=1e-4, rtol=1e-4)
+
+
+def test_latent_generation_matches_training_forward():
+    """Greedy latent generation (KV cache, batched, left-padded) gives the tokens the teacher-forced pass predicts."""
+    student, tok, examples, cfg = tiny_student()
+    student.eval()
+    prompts = [lori_method.prompt(ex, tok) for ex in examples[:4]]
+    gen = greedy_generate(student.lm, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_new_tokens=6,
+                          **student.generation_kwargs())
+    for p, toks, steps in zip(prompts, gen.tokens, gen.steps):
+        suffix = [student.eot_id]
+        with torch.no_grad():
+            for _ in range(6):
+                logits, _ = naive_latent(student, p, suffix)
+                nxt = int(logits[0, -1].argmax())
+                if nxt == tok.eos_token_id:
+                    break
+                suffix.append(nxt)
+        assert toks == suffix[1:]
+        assert steps == student.latent_steps + 1 + len(toks) + (1 if len(toks) < 6 else 0)
+
+
+def test_cached_statistics_equal_on_the_fly(teacher, tmp_path):
+    folder, train = teacher
+    cfg = lori_cfg(folder, tmp_path / "cache")
+    precompute(cfg)
+    stats = load_cache(tmp_path / "cache")
+    assert stats.mu.shape == (60, 2, 4) and stats.cov.shape == (60, 2, 10)
+    from lori.models.build import load_pretrained
+
+    lm, tok = load_pretrained(folder)
+    items = [render_teacher(ex, tok) for ex in train[30:35]]
+    h, mask, anchor = teacher_trajectories(lm, items, [1, 2], tok.pad_token_id)
+    mu, C, a = trajectory_statistics(stats.basis, h, mask, anchor, centred=True)
+    torch.testing.assert_close(stats.mu[30:35], mu, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(triu_unpack(stats.cov[30:35]), C, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(stats.anchor[30:35], a, atol=1e-5, rtol=1e-4)
+    # The same example in another batch (other padding) gives the same statistics.
+    h1, m1, a1 = teacher_trajectories(lm, items[2:3], [1, 2], tok.pad_token_id)
+    mu1, C1, _ = trajectory_statistics(stats.basis, h1, m1, a1, centred=True)
+    torch.testing.assert_close(mu1[0], mu[2], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(C1[0], C[2], atol=1e-5, rtol=1e-4)
+
+
+def test_stale_cache_is_refused(teacher, tmp_path):
+    folder, train = teacher
+    precompute(lori_cfg(folder, tmp_path / "cache"))
+    student, tok, _, _ = tiny_student()
+    with pytest.raises(LoriError, match="rank"):
+        lori_method.setup_training(student, lori_cfg(folder, tmp_path / "cache", "lori.rank=3"), train)
+    with pytest.raises(LoriError, match="data"):
+        lori_method.setup_training(student, lori_cfg(folder, tmp_path / "cache"), train[:-1])
+    with pytest.raises(LoriError, match="different setup"):  # precompute into it with other options
+        precompute(lori_cfg(folder, tmp_path / "cache", "lori.centred=false"))
+
+
+def test_interrupted_precompute_resumes_without_redoing_shards(teacher, tmp_path, monkeypatch):
+    folder, _ = teacher
+    cfg = lori_cfg(folder, tmp_path / "cache")
+    from lori.subspace import cache as cache_mod
+
+    calls = []
+    real = cache_mod.CacheWriter.write_shard
+
+    def crash_on_second(self, i, *a):
+        calls.append(i)
+        if i == 1:
+            raise KeyboardInterrupt("simulated crash")
+        return real(self, i, *a)
+
+    monkeypatch.setattr(cache_mod.CacheWriter, "write_shard", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        precompute(cfg)
+    with pytest.raises(LoriError, match="incomplete"):
+        load_cache(tmp_path / "cache")
+    first = (tmp_path / "cache" / "stats-00000.safetensors").stat().st_mtime_ns
+    calls.clear()
+    monkeypatch.setattr(cache_mod.CacheWriter, "write_shard", real)
+    monkeypatch.setattr(cache_mod.CacheWriter, "write_shard", lambda self, i, *a: (calls.append(i), real(self, i, *a)))
+    precompute(cfg)
+    assert calls == [1, 2]  # 60 examples in shards of 25: shard 0 was kept
+    assert (tmp_path / "cache" / "stats-00000.safetensors").stat().st_mtime_ns == first
+    assert load_cache(tmp_path / "cache").mu.shape[0] == 60
+
+
+def test_gradients_reach_student_and_projector_only(teacher, tmp_path):
+    folder, train = teacher
+    cfg = lori_cfg(folder, tmp_path / "cache")
+    precompute(cfg)
+    from lori.models.build import load_pretrained
+
+    lm, tok = load_pretrained(folder)
+    student = lori_method.wrap(lm, tok, cfg)
+    lori_method.setup_training(student, cfg, train)
+    items = [render(ex, tok, cfg) | {"index": i} for i, ex in enumerate(train[:8])]
+    batch = lori_method.collate(items, tok.pad_token_id)
+    loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=8))
+    assert set(parts) == {"ce", "rat_mean", "rat_cov", "anc"} and all(torch.isfinite(v) for v in parts.values())
+    loss.backward()
+    assert all(p.grad is not None for p in student.projector.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.lm.parameters())
+    stats = student.lori_stats
+    assert not stats.mu.requires_grad and not stats.basis.U.requires_grad and stats.basis.U.grad is None
+
+
+def test_ablation_switches_change_the_loss_parts(teacher, tmp_path):
+    folder, train = teacher
+    precompute(lori_cfg(folder, tmp_path / "cache"))
+    from lori.models.build import load_pretrained
+
+    for extra, expected in [(["lori.anchor=false"], {"ce", "rat_mean", "rat_cov"}),
+                            (["lori.second_order=false"], {"ce", "rat_mean", "rat_cov", "anc"})]:
+        cfg = lori_cfg(folder, tmp_path / "cache", *extra)
+        lm, tok = load_pretrained(folder)
+        student = lori_method.wrap(lm, tok, cfg)
+        lori_method.setup_training(student, cfg, train)
+        items = [render(ex, tok, cfg) | {"index": i} for i, ex in enumerate(train[:4])]
+        batch = lori_method.collate(items, tok.pad_token_id)
+        _, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=4))
+        assert set(parts) == expected
+        if "lori.second_order=false" in extra:
+            assert float(parts["rat_cov"]) == 0.0
+
+
+def test_curriculum_renderings_at_each_stage():
+    """Stage k replaces the first k steps by k x c thoughts; the final stage replaces all (K = lori.latent_steps)."""
+    ex = generate_multiplication(3, 3, 1, seed=3)[0]
+    assert len(ex.steps) == 3
+    tok = builtin_tokenizer([ex])
+    cfg = load_config(None, ["method=lori", "curriculum.stages=2", "curriculum.thoughts_per_step=2",
+                             "curriculum.steps_per_stage=10", "lori.latent_steps=5"])
+    assert [cfg.curriculum.stage_at(s) for s in (0, 9, 10, 19, 20, 500)] == [1, 1, 2, 2, 3, 3]
+    answer = tok.encode(f" #### {ex.answer}", add_special_tokens=False) + [tok.eos_token_id]
+    for stage, thoughts, rest in [(1, 2, ex.steps[1:]), (2, 4, ex.steps[2:]), (3, 5, ())]:
+        item = lori_method.render(ex, tok, cfg, stage)
+        language = tok.encode(" ".join(rest), add_special_tokens=False) if rest else []
+        assert item["latent_steps"] == thoughts
+        assert item["suffix_ids"] == [tok.convert_tokens_to_ids("<eot>")] + language + answer
+        assert item["suffix_ids"][item["anchor"]] == tok.convert_tokens_to_ids("####")
+        assert item["final"] == (stage == 3)
