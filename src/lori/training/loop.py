@@ -220,7 +220,8 @@ def train(cfg: Config) -> Path:
         parts_sum: dict[str, float] = {}
         for a in range(accum):
             micro = [items[i] for i in mine[a * cfg.train.micro_batch : (a + 1) * cfg.train.micro_batch]]
-            batch = {k: v.to(accelerator.device) for k, v in method.collate(micro, tokenizer.pad_token_id).items()}
+            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v
+                     for k, v in method.collate(micro, tokenizer.pad_token_id).items()}
             ctx = accelerator.no_sync(module) if a < accum - 1 else _null()
             with ctx, accelerator.autocast():
                 loss, parts = method.loss(module, batch, norm)
