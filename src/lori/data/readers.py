@@ -35,11 +35,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from lori.utils import atomic_write_text
 
 from lori.data.schema import Example, split_steps
 from lori.errors import DataError, LoriError
@@ -249,14 +250,4 @@ def write_icot(examples: Iterable[Example], path: PathLike) -> None:
         if problem:
             raise LoriError(f"{ex.source or 'example'}: cannot write as an iCoT line: {problem}")
         lines.append(ex.to_icot_line() + "\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, "".join(lines))

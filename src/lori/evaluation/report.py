@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lori.errors import DataError, LoriError
+from lori.utils import atomic_write_text
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -106,22 +105,6 @@ def _check_row(row: ResultRow, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- writing
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow]) -> tuple[Path, Path]:
     """Write ``out_dir/results.json`` and ``out_dir/results.md`` atomically; return both paths.
 
@@ -147,8 +130,8 @@ def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow])
         "Accuracy in % with its 95% Wilson interval; tokens = mean generated tokens per problem; "
         f"speedup = latency of {BASELINE_METHOD} / latency of the row.\n"
     )
-    _atomic_write_text(json_path, payload_text + "\n")
-    _atomic_write_text(md_path, md)
+    atomic_write_text(json_path, payload_text + "\n")
+    atomic_write_text(md_path, md)
     return json_path, md_path
 
 
