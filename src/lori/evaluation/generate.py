@@ -58,32 +58,35 @@ def greedy_generate(
     batch = len(prompts)
     ones = torch.ones((batch, 1), dtype=mask.dtype, device=device)
 
-    def step(**inputs):
+    def step(hidden: bool = False, **inputs):
         nonlocal mask, next_pos, cache
         mask = torch.cat([mask, ones], dim=1)
         o = model(**inputs, attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True,
-                  output_hidden_states=latent_steps > 0)
+                  output_hidden_states=hidden)
         cache, next_pos = o.past_key_values, next_pos + 1
         return o
 
     for _ in range(latent_steps):
-        out = step(inputs_embeds=project(out.hidden_states[-1][:, -1:]))
+        out = step(hidden=True, inputs_embeds=project(out.hidden_states[-1][:, -1:]))
     if latent_steps:
         out = step(input_ids=torch.full((batch, 1), eot_id, dtype=torch.long, device=device))
     prefix_steps = latent_steps + (1 if latent_steps else 0)
 
     tokens: list[list[int]] = [[] for _ in range(batch)]
     steps = [prefix_steps] * batch
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    done = [False] * batch
     for _ in range(max_new_tokens):
         nxt = out.logits[:, -1].argmax(-1)
-        for i in (~done).nonzero().flatten().tolist():
+        for i, t in enumerate(nxt.tolist()):  # one device sync per step, not per problem
+            if done[i]:
+                continue
             steps[i] += 1
-            if nxt[i].item() != eos_id:
-                tokens[i].append(nxt[i].item())
-        done |= nxt == eos_id
-        if bool(done.all()):
+            if t == eos_id:
+                done[i] = True
+            else:
+                tokens[i].append(t)
+        if all(done):
             break
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        nxt = torch.where(torch.tensor(done, device=device), torch.full_like(nxt, pad_id), nxt)
         out = step(input_ids=nxt[:, None])
     return Generation(tokens, steps)

@@ -1,0 +1,418 @@
+"""Training-step time, inference latency / throughput and peak memory of CoT-SFT, No-CoT and LoRi, in one run.
+
+Everything runs on random-init tiny models built from the project's own pieces (accuracy is not the point): a tiny
+teacher checkpoint is saved to a temporary folder with the built-in tokenizer, ``lori.precompute`` writes its
+teacher-statistics cache, and every model below starts from that checkpoint, so all methods time the same network
+on the same examples. Prints one Markdown report on stdout (library progress goes to stderr). See README.md here.
+
+    OMP_NUM_THREADS=1 python benchmarks/speed.py --digits 3x3 --hidden 64 --layers 2 --steps 5 --problems 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: keep the library's progress bars quiet
+
+import torch  # noqa: E402
+
+from lori.config import load_config  # noqa: E402
+from lori.data.splits import load_split  # noqa: E402
+from lori.evaluation.generate import greedy_generate  # noqa: E402
+from lori.methods import cot_sft, no_cot  # noqa: E402
+from lori.methods import lori as lori_method  # noqa: E402
+from lori.methods.common import Norm  # noqa: E402
+from lori.methods.render import segments  # noqa: E402
+from lori.models.build import load_pretrained, tiny_model  # noqa: E402
+from lori.precompute import precompute, render_teacher, teacher_trajectories, trajectory_statistics  # noqa: E402
+from lori.training.model_setup import builtin_tokenizer  # noqa: E402
+
+WARMUP = 3  # training steps not timed
+
+
+# ------------------------------------------------------------------------------------------------ measurement glue
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _proc_status(key: str) -> int | None:
+    """``VmRSS`` / ``VmHWM`` of this process in bytes (Linux), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_rss_peak() -> bool:
+    """Hand freed heap pages back to the OS (glibc), then reset the kernel's resident-set high-water mark to the
+    current RSS (Linux >= 4.0), if allowed."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory a block needed above what was in use when it started (each block builds its own models).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (tensors only, not the CUDA context or the allocator's cache).
+    CPU: the process peak RSS. Where ``/proc/self/clear_refs`` is writable the peak is reset per block and read from
+    ``VmHWM``; otherwise it is the delta of ``resource.getrusage().ru_maxrss``, which never goes down, so a block that
+    needs less than an earlier one reads ~0. RSS counts whole pages and whatever the allocator keeps: coarse.
+    """
+
+    how = ""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.bytes = float("nan")
+
+    def __enter__(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            sync(self.device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            PeakMemory.how = "CUDA max_memory_allocated above the allocation at the start"
+        elif _reset_rss_peak() and _proc_status("VmHWM") is not None:
+            self.mode, self.base = "hwm", _proc_status("VmRSS")
+            PeakMemory.how = "CPU peak RSS (VmHWM, reset per measurement) above the RSS at the start; coarse"
+        else:
+            self.mode, self.base = "ru", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            PeakMemory.how = ("CPU max-RSS delta (getrusage; monotonic, so later smaller measurements read ~0); "
+                              "very coarse")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            sync(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
+        elif self.mode == "hwm":
+            self.bytes = _proc_status("VmHWM") - self.base
+        else:
+            self.bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base
+        return False
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def time_training(module, loss_fn, batch, norm, device, steps: int, autocast, before_step=None) -> float:
+    """Median seconds of one optimizer step (forward + backward + AdamW) over ``steps`` after WARMUP steps.
+    ``before_step`` (timed) runs first in every step: the on-the-fly teacher forward."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95))
+    module.train()
+    times = []
+    for _ in range(WARMUP + steps):
+        sync(device)
+        t0 = time.perf_counter()
+        with autocast():
+            if before_step is not None:
+                before_step()
+            loss, _ = loss_fn(module, batch, norm)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[WARMUP:])
+
+
+class OnTheFlyStats:
+    """Stands in for the cache (``lori.subspace.cache.TeacherStats``) in ``lori.methods.lori.loss``: ``batch`` returns
+    the statistics of a teacher forward run in the same step instead of reading them from the cache."""
+
+    def __init__(self, basis):
+        self.basis = basis
+        self.current: dict[str, torch.Tensor] | None = None
+
+    def batch(self, index, device) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in self.current.items()}
+
+
+def time_generation(lm, prompts: list[list[int]], pad_id: int, max_new_tokens: int, device, gen_kwargs: dict,
+                    mode: str) -> tuple[float, float]:
+    """Greedy generation forced to ``max_new_tokens`` (eos id -1 is never produced). ``mode`` "latency": mean
+    seconds per problem, one at a time; "throughput": problems per second, all prompts in one batch. Returns
+    (that figure, decoding steps per problem)."""
+    kw = dict(eos_id=-1, pad_id=pad_id, max_new_tokens=max_new_tokens, **gen_kwargs)
+    lm.eval()
+    greedy_generate(lm, prompts[:1], **kw)  # warm-up
+    if mode == "latency":
+        times, steps = [], []
+        for p in prompts:
+            sync(device)
+            t0 = time.perf_counter()
+            g = greedy_generate(lm, [p], **kw)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+            steps += g.steps
+        return statistics.mean(times), statistics.mean(steps)
+    sync(device)
+    t0 = time.perf_counter()
+    g = greedy_generate(lm, prompts, **kw)
+    sync(device)
+    return len(prompts) / (time.perf_counter() - t0), statistics.mean(g.steps)
+
+
+# ------------------------------------------------------------------------------------------------------- the run
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def parse_digits(text: str) -> tuple[int, int]:
+    try:
+        n, m = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--digits must look like 4x4, got {text!r}") from None
+    return n, m
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--digits", type=parse_digits, default=(4, 4), help="N x M multiplication (default 4x4)")
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--arch", choices=["llama", "qwen2", "gpt2"], default="llama")
+    ap.add_argument("--batch", type=int, default=64, help="training batch (examples per optimizer step)")
+    ap.add_argument("--steps", type=int, default=20, help=f"timed training steps (after {WARMUP} warm-up steps)")
+    ap.add_argument("--latent-steps", type=int, default=5, help="K continuous thoughts of the LoRi student")
+    ap.add_argument("--rank", type=int, default=16, help="LoRi subspace rank (capped at --hidden)")
+    ap.add_argument("--problems", type=int, default=64,
+                    help="inference: problems timed one by one (latency) and as one batch (throughput)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="training autocast; auto = bf16 on a CUDA device that supports it (as lori train does)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, help="also write the Markdown report to this file")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device available")
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda"
+                                        and torch.cuda.is_bf16_supported())
+    if bf16 and device.type != "cuda":
+        ap.error("--precision bf16 is only used on CUDA (lori train autocasts on GPUs only)")
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    n_examples = max(args.batch, args.problems)
+
+    with tempfile.TemporaryDirectory(prefix="lori-bench-") as tmp:
+        teacher_dir, cache_dir = Path(tmp) / "teacher", Path(tmp) / "cache"
+        cfg = load_config(None, [
+            "method=lori", f"model.arch={args.arch}", f"model.hidden_size={args.hidden}",
+            f"model.num_layers={args.layers}", f"model.num_heads={args.heads}",
+            f"model.intermediate_size={4 * args.hidden}", f"data.digits=[{args.digits[0]},{args.digits[1]}]",
+            f"data.train_size={n_examples}", "data.valid_size=1", "data.test_size=1", f"data.seed={args.seed}",
+            f"lori.teacher={teacher_dir}", f"lori.cache_dir={cache_dir}", f"lori.latent_steps={args.latent_steps}",
+            f"lori.rank={min(args.rank, args.hidden)}", f"lori.calib_size={n_examples}",
+        ])
+        train = load_split(cfg.data, "train")
+        tok = builtin_tokenizer(train)
+        torch.manual_seed(args.seed)
+        teacher = tiny_model(cfg.model, tok, max_positions=cfg.data.max_length)
+        teacher.save_pretrained(teacher_dir)
+        tok.save_pretrained(teacher_dir)
+        n_params = sum(p.numel() for p in teacher.parameters())
+        del teacher
+        with contextlib.redirect_stdout(sys.stderr):
+            precompute(cfg)
+        _, tok = load_pretrained(teacher_dir)  # the tokenizer as every checkpoint user sees it
+        pad = tok.pad_token_id
+
+        def lm():
+            return load_pretrained(teacher_dir, cfg.model.dtype)[0].to(device)
+
+        def student():
+            torch.manual_seed(args.seed)  # same projector init in every measurement
+            s = lori_method.wrap(lm(), tok, cfg)
+            lori_method.setup_training(s, cfg, train)
+            return s.to(device)
+
+        # ---------------------------------------------------------------------------------------- training
+        examples = train[: args.batch]
+        stage = 1  # curriculum.stages = 0: stage 1 is the final rendering (K thoughts, no language steps)
+        batches, norms, widths = {}, {}, {}
+        for key, method in (("cot", cot_sft), ("nocot", no_cot), ("lori", lori_method)):
+            items = [method.render(ex, tok, cfg, stage) | {"index": i} for i, ex in enumerate(examples)]
+            batch = method.collate(items, pad)
+            norms[key] = Norm(tokens=sum(it["n_target"] for it in items), examples=len(items))
+            batches[key] = to_device(batch, device)
+            widths[key] = (batch["input_ids"].shape[1] if "input_ids" in batch else
+                           batch["prompt_ids"].shape[1] + args.latent_steps + batch["suffix_ids"].shape[1])
+
+        train_rows = {}
+        for key, label, method in (("cot", "CoT-SFT (teacher format, full rationale)", cot_sft),
+                                   ("nocot", "No-CoT", no_cot)):
+            with PeakMemory(device) as mem:
+                model = lm()
+                t = time_training(model, method.loss, batches[key], norms[key], device, args.steps, autocast)
+                del model
+            train_rows[key] = (label, widths[key], t, mem.bytes)
+
+        with PeakMemory(device) as mem:
+            model = student()
+            t = time_training(model, lori_method.loss, batches["lori"], norms["lori"], device, args.steps, autocast)
+            del model
+        train_rows["lori"] = (f"LoRi, K={args.latent_steps} (precomputed cache)", widths["lori"], t, mem.bytes)
+
+        with PeakMemory(device) as mem:
+            model = student()
+            frozen = lm().eval().requires_grad_(False)
+            basis = model.lori_stats.basis
+            fresh = OnTheFlyStats(type(basis).from_dict({k: v.to(device) for k, v in basis.to_dict().items()}))
+            model.lori_stats = fresh
+            rendered = [render_teacher(ex, tok) for ex in examples]
+
+            def teacher_forward():
+                with torch.no_grad():
+                    h, mask, anchor = teacher_trajectories(frozen, rendered, model.lori_layers, pad)
+                    mu, C, a = trajectory_statistics(fresh.basis, h, mask, anchor, cfg.lori.centred)
+                fresh.current = {"mu": mu.float(), "cov": C.float(), "anchor": a.float(), "valid": mask.any(-1)}
+
+            t = time_training(model, lori_method.loss, batches["lori"], norms["lori"], device, args.steps, autocast,
+                              before_step=teacher_forward)
+            del model, frozen
+        train_rows["fly"] = (f"LoRi, K={args.latent_steps} (teacher run on the fly)", widths["lori"], t, mem.bytes)
+
+        # --------------------------------------------------------------------------------------- inference
+        probs = train[: args.problems]
+        segs = [segments(ex, tok) for ex in probs]
+        teacher_new = max(len(s.rationale) + len(s.answer) for s in segs)
+        student_new = max(len(s.answer) for s in segs)
+        infer = {}
+        for key in ("teacher", "student"):
+            row = {}
+            for mode in ("latency", "throughput"):
+                with PeakMemory(device) as mem:
+                    if key == "teacher":
+                        model, kw, new = lm(), {}, teacher_new
+                        prompts = [cot_sft.prompt(ex, tok) for ex in probs]
+                    else:
+                        s = student()
+                        model, kw, new = s.lm, lori_method.generation_kwargs(s, tok), student_new
+                        prompts = [lori_method.prompt(ex, tok) for ex in probs]
+                    value, steps = time_generation(model, prompts, pad, new, device, kw, mode)
+                    del model, kw
+                    if key == "student":
+                        del s
+                row[mode], row[mode + "_mem"], row["steps"] = value, mem.bytes, steps
+            infer[key] = row
+
+    report = render_report(args, device, bf16, n_params, train_rows, infer)
+    print(report)
+    if args.out is not None:
+        args.out.write_text(report)
+    return report
+
+
+# -------------------------------------------------------------------------------------------------------- report
+
+
+def mib(b: float) -> str:
+    return "n/a" if b != b else f"{b / 2**20:.1f}"
+
+
+def render_report(args, device, bf16, n_params, train_rows, infer) -> str:
+    dev = str(device)
+    if device.type == "cuda":
+        dev += f" ({torch.cuda.get_device_name(device)})"
+    lines = [
+        "## LoRi speed benchmark",
+        "",
+        "| machine | |",
+        "|---|---|",
+        f"| CPU | {cpu_model()} ({os.cpu_count()} logical cores) |",
+        f"| torch | {torch.__version__}; {torch.get_num_threads()} thread(s) "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}) |",
+        f"| device | {dev}; training {'bf16 autocast' if bf16 else 'fp32'}, inference fp32 |",
+        f"| model | random-init {args.arch}, hidden {args.hidden}, {args.layers} layers, {args.heads} heads, "
+        f"{n_params / 1e6:.2f} M parameters |",
+        f"| setup | {args.digits[0]}x{args.digits[1]} multiplication; batch {args.batch}; {args.steps} timed steps "
+        f"(median, after {WARMUP} warm-up); K = {args.latent_steps}; rank {min(args.rank, args.hidden)}; "
+        f"{args.problems} inference problems |",
+        f"| memory | {PeakMemory.how} |",
+        "",
+        "### Training step (forward + backward + AdamW)",
+        "",
+        "| method | positions / example | step ms (median) | / CoT-SFT | peak memory MiB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    cot = train_rows["cot"][2]
+    for label, width, t, mem in train_rows.values():
+        lines.append(f"| {label} | {width} | {1000 * t:.1f} | {t / cot:.2f} | {mib(mem)} |")
+    lori_t, fly_t = train_rows["lori"][2], train_rows["fly"][2]
+    lines += [
+        "",
+        f"- LoRi / CoT-SFT step time: **{lori_t / cot:.2f}**",
+        f"- LoRi precomputed / on-the-fly teacher step time: **{lori_t / fly_t:.2f}** "
+        f"(precomputing saves {100 * (1 - lori_t / fly_t):.0f}% of the step)",
+        "",
+        "### Inference (greedy, KV cache, length forced)",
+        "",
+        f"| model | decoding steps / problem | latency ms (batch 1) | throughput problems/s (batch {args.problems}) "
+        "| peak MiB (batch 1) | peak MiB (batch N) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    names = {"teacher": "explicit-CoT teacher (rationale + answer)",
+             "student": f"LoRi student (K={args.latent_steps} + <eot> + answer)"}
+    for key, r in infer.items():
+        lines.append(f"| {names[key]} | {r['steps']:.0f} | {1000 * r['latency']:.1f} | {r['throughput']:.1f} | "
+                     f"{mib(r['latency_mem'])} | {mib(r['throughput_mem'])} |")
+    t, s = infer["teacher"], infer["student"]
+    ratio = t["steps"] / s["steps"]
+    target = 0.8 * ratio
+    lat, thr = t["latency"] / s["latency"], s["throughput"] / t["throughput"]
+    ok = lambda x: "met" if x >= target else "not met"  # noqa: E731
+    lines += [
+        "",
+        "| teacher / student | value | target (>= 0.8 x step ratio) |",
+        "|---|---:|---|",
+        f"| decoding-step ratio | {ratio:.2f} | |",
+        f"| latency speedup (batch 1) | {lat:.2f} | >= {target:.2f}: {ok(lat)} |",
+        f"| throughput speedup (batch {args.problems}) | {thr:.2f} | >= {target:.2f}: {ok(thr)} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
