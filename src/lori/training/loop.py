@@ -248,7 +248,8 @@ def train(cfg: Config) -> Path:
                 raise LoriError(f"non-finite loss at step {step}: {', '.join(f'{k}={totals[k]}' for k in bad)}; "
                                 f"the last good checkpoint is {last_saved}")
             now = time.perf_counter()
-            record = {"step": step, "stage": stage, **{k: round(v, 6) for k, v in totals.items()},
+            record = {"step": step, **({"stage": stage} if cfg.curriculum.stages else {}),
+                      **{k: round(v, 6) for k, v in totals.items()},
                       "lr": lr_used, "tokens_per_s": round(tok_since / (now - t_last), 1)}
             if grad_norm is not None:
                 record["grad_norm"] = round(grad_norm, 4)
