@@ -22,32 +22,24 @@ def tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, max_positio
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
     )
+    # LLaMA and Qwen2 share their config vocabulary (Qwen2 = LLaMA + QKV bias + sliding-window options).
+    decoder = dict(
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=max_positions,
+        **common,
+    )
     if cfg.arch == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        mc = LlamaConfig(
-            hidden_size=cfg.hidden_size,
-            intermediate_size=cfg.intermediate_size,
-            num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads,
-            num_key_value_heads=cfg.num_heads,
-            max_position_embeddings=max_positions,
-            **common,
-        )
-        model = LlamaForCausalLM(mc)
+        model = LlamaForCausalLM(LlamaConfig(**decoder))
     elif cfg.arch == "qwen2":
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
-        mc = Qwen2Config(
-            hidden_size=cfg.hidden_size,
-            intermediate_size=cfg.intermediate_size,
-            num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads,
-            num_key_value_heads=cfg.num_heads,
-            max_position_embeddings=max_positions,
-            **common,
-        )
-        model = Qwen2ForCausalLM(mc)
+        model = Qwen2ForCausalLM(Qwen2Config(**decoder))
     elif cfg.arch == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
