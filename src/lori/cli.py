@@ -3,7 +3,9 @@
     lori train CONFIG.yaml [key=value ...]       train any method (the method is a config field)
     lori precompute CONFIG.yaml [key=value ...]  teacher statistics for a LoRi student (lori.cache_dir)
     lori eval CHECKPOINT [CHECKPOINT ...] [--out DIR] [key=value ...]
+    lori analyze CHECKPOINT [--student CKPT] [--data-split S] [--n N] [--out DIR] [data.*|lori.*=value ...]
     lori prepare multiplication --digits 4x4 --count N --seed S --out FILE [--exclude FILE ...]
+    lori prepare gsm8k-aug --out DIR [--source hub|gsm8k-train] [--gsm8k-train FILE] [--valid FILE]
     lori demo --out DIR                          the built-in end-to-end demo on the CPU
 """
 
@@ -20,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lori", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="verb", required=True)
 
-    t = sub.add_parser("train", help="train a model (method: cot-sft | no-cot | lori)")
+    t = sub.add_parser("train", help="train a model (method: cot-sft | no-cot | lori | icot-si | coconut | codi)")
     t.add_argument("config", nargs="?", help="YAML preset (see configs/); defaults apply when omitted")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 method=no-cot")
 
@@ -33,6 +35,19 @@ def _parser() -> argparse.ArgumentParser:
                                                   "then optional key=value overrides")
     e.add_argument("--out", help="folder for results.json, results.md and predictions (default: RUN/eval-SPLIT)")
 
+    a = sub.add_parser("analyze", help="low-rank structure of teacher trajectories, with controls and plots; "
+                                       "optionally a LoRi student's latent subspace and a vocabulary probe")
+    a.add_argument("checkpoint", help="the teacher: a checkpoint folder or a run folder (newest checkpoint)")
+    a.add_argument("overrides", nargs="*", help="data.* / lori.* overrides, e.g. lori.rank=8 lori.layers=[2,4]")
+    a.add_argument("--student", help="a LoRi student checkpoint or run folder: subspace overlap and latent probe")
+    a.add_argument("--data-split", default="train", choices=["train", "valid", "test"],
+                   help="split the problems are sampled from (default: train)")
+    a.add_argument("--n", type=int, default=256, help="problems to sample (default: 256)")
+    a.add_argument("--out", help="folder for analysis.json, figures and report.md (default: RUN/analysis-SPLIT)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the controls (random weights, shuffles, tokens)")
+    a.add_argument("--batch-size", type=int, default=32, help="problems per forward pass (default: 32)")
+    a.add_argument("--probe-examples", type=int, default=3, help="problems shown in the latent probe (default: 3)")
+
     pr = sub.add_parser("prepare", help="write a data set in the iCoT format")
     pr_sub = pr.add_subparsers(dest="what", required=True)
     m = pr_sub.add_parser("multiplication", help="generate N x M digit multiplication problems")
@@ -41,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--exclude", action="append", default=[], help="iCoT file whose pairs must not be emitted")
     m.add_argument("--out", required=True)
+    g = pr_sub.add_parser("gsm8k-aug", help="the GSM8k-Aug training set (hub, or offline from GSM8K train.jsonl) "
+                                            "minus the validation questions; OUT/train.txt + OUT/manifest.json")
+    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--source", choices=["hub", "gsm8k-train"], default="gsm8k-train",
+                   help="hub: whynlp/gsm8k-aug via `datasets` (network); gsm8k-train: offline, equation-only "
+                        "rationales from GSM8K's train.jsonl (default)")
+    g.add_argument("--gsm8k-train", default="../shared/data/gsm8k/train.jsonl", help="GSM8K train.jsonl")
+    g.add_argument("--valid", default="../shared/data/gsm8k-aug/valid.txt",
+                   help="GSM8k-Aug validation file whose questions are excluded")
 
     d = sub.add_parser("demo", help="the whole pipeline on a built-in multiplication task, on the CPU")
     d.add_argument("--out", default="out/demo")
@@ -61,7 +85,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     """
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    target = {"train": "overrides", "precompute": "overrides", "eval": "checkpoints", "demo": "overrides"}.get(
+    target = {"train": "overrides", "precompute": "overrides", "eval": "checkpoints", "demo": "overrides",
+              "analyze": "overrides"}.get(
         args.verb)
     if extra and target is not None and not any(x.startswith("-") for x in extra):
         setattr(args, target, [*(getattr(args, target) or []), *extra])
@@ -93,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
 
             paths, overrides = _split_overrides(args.checkpoints)
             eval_checkpoints(paths, overrides, args.out)
+        elif args.verb == "analyze":
+            from .analyze import AnalyzeOptions, analyze
+
+            analyze(args.checkpoint, args.overrides, student=args.student, out=args.out,
+                    options=AnalyzeOptions(split=args.data_split, n=args.n, seed=args.seed,
+                                           batch_size=args.batch_size, probe_examples=args.probe_examples))
         elif args.verb == "prepare":
             _prepare(args)
         elif args.verb == "demo":
@@ -109,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _prepare(args) -> None:
+    if args.what == "gsm8k-aug":
+        from .data.gsm8k_aug import prepare_gsm8k_aug
+
+        m = prepare_gsm8k_aug(args.out, args.source, args.gsm8k_train, args.valid)
+        print(f"[lori] wrote {m['written']} problems to {m['output']['path']} (source {m['source']}, read "
+              f"{m['read']}, excluded {m['excluded']} validation questions); manifest beside it")
+        return
     from .data import generate_multiplication, read_examples, write_icot
 
     try:

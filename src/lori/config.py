@@ -18,7 +18,7 @@ import yaml
 
 from .errors import ConfigError
 
-MethodName = Literal["cot-sft", "no-cot", "lori"]
+MethodName = Literal["cot-sft", "no-cot", "lori", "icot-si", "coconut", "codi"]
 Arch = Literal["llama", "qwen2", "gpt2"]
 
 
@@ -56,11 +56,29 @@ class ModelConfig:
     intermediate_size: int = 512
     init_from: str | None = None  # a checkpoint folder to start from (e.g. the teacher for a student)
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # Wrap the question in the tokenizer's chat template (user turn; the assistant turn starts with `||`).
+    chat_template: bool = False
+    # Recompute activations in the backward pass (less memory, ~30% more compute). Latent students then run their
+    # latent loop without a KV cache (lori.models.latent), which costs more per step.
+    gradient_checkpointing: bool = False
+    # LoRA through peft (lori.training.lora): null = full fine-tuning. The method's own modules (LoRi's projector)
+    # and the <bot>/<eot> embeddings of latent students stay fully trainable; checkpoints hold merged weights.
+    lora_r: int | None = None
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # peft names; all-linear = every
+    # linear layer except the output head
 
     def __post_init__(self) -> None:
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.lora_r is not None and self.lora_r < 1:
+            raise ConfigError(f"model.lora_r must be >= 1 or null (no LoRA), got {self.lora_r}")
+        if self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ConfigError("model.lora_alpha must be > 0 and model.lora_dropout in [0, 1)")
+        if not self.lora_target_modules:
+            raise ConfigError("model.lora_target_modules must name at least one module (or ['all-linear'])")
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})"
@@ -121,19 +139,32 @@ class EvalConfig:
 
 @dataclass
 class CurriculumConfig:
-    """A staged curriculum for latent methods (Coconut's; LoRi combines with it). Stage k = 1..stages replaces the
-    first k rationale steps by k x thoughts_per_step latent thoughts and keeps the rest as supervised language; after
-    ``stages x steps_per_stage`` optimizer steps the final stage replaces every step (K = lori.latent_steps)."""
+    """A staged curriculum. Latent methods (Coconut's; LoRi and CODI combine with it): stage k = 1..stages replaces
+    the first k rationale steps by k x thoughts_per_step latent thoughts and keeps the rest as supervised language;
+    after ``stages x steps_per_stage`` optimizer steps the final stage replaces every step (K = the method's
+    latent_steps). iCoT-SI: stage k deletes the first k x remove_per_stage rationale tokens (plus a random offset);
+    the final stage deletes the whole rationale (No-CoT format)."""
 
     stages: int = 0  # 0: no curriculum, the final rendering from the first step
     steps_per_stage: int = 500
     thoughts_per_step: int = 1  # c
     reset_optimizer: bool = True  # fresh optimizer state at every stage change (as Coconut and iCoT-SI do)
+    # iCoT-SI only (Deng et al. 2024; their repo's --remove_per_epoch 8 with one stage = one epoch). The paper's exact
+    # schedule, one token at a time with an optimizer reset each, is remove_per_stage=1 with steps_per_stage = 1/8 epoch.
+    remove_per_stage: int = 8
+    # iCoT-SI removal smoothing: each example (per stage) loses o extra tokens, P(o) = (1 - e^-lambda) e^(-lambda o),
+    # o = 0, 1, ... (their --removal_smoothing_lambda 4: P(o=0) = 0.98); null = no offset.
+    removal_smoothing_lambda: float | None = 4.0
 
     def __post_init__(self) -> None:
         if self.stages < 0 or self.steps_per_stage < 1 or self.thoughts_per_step < 1:
             raise ConfigError("curriculum.stages must be >= 0, curriculum.steps_per_stage and "
                               "curriculum.thoughts_per_step >= 1")
+        if self.remove_per_stage < 1:
+            raise ConfigError(f"curriculum.remove_per_stage must be >= 1, got {self.remove_per_stage}")
+        if self.removal_smoothing_lambda is not None and not self.removal_smoothing_lambda > 0:
+            raise ConfigError(f"curriculum.removal_smoothing_lambda must be > 0 or null (no offset), got "
+                              f"{self.removal_smoothing_lambda}")
 
     def stage_at(self, step: int) -> int:
         """Stage of optimizer step ``step`` (0-based): 1..stages, or stages + 1 for the final stage."""
@@ -191,6 +222,43 @@ class LoRiConfig:
 
 
 @dataclass
+class CoconutConfig:
+    """Coconut (Hao et al. 2024): LoRi's latent student and curriculum, trained with cross-entropy only."""
+
+    # K of the final stage; null: curriculum.stages x curriculum.thoughts_per_step, Coconut's rule (its
+    # pad_latent_to_max: 3 stages x c=2 = 6 thoughts on GSM8K).
+    latent_steps: int | None = None
+    projector: Literal["identity", "mlp"] = "identity"  # Coconut feeds the last hidden state back as is
+
+    def __post_init__(self) -> None:
+        if self.latent_steps is not None and self.latent_steps < 1:
+            raise ConfigError(f"coconut.latent_steps must be >= 1 or null, got {self.latent_steps}")
+
+
+@dataclass
+class CodiConfig:
+    """CODI (Shen et al. 2025): L = alpha CE_teacher + beta CE_student + gamma L_distill (docs/methods.md).
+    Defaults are the authors' GPT-2 script (scripts/train_gpt2_gsm8k-aug.sh); their LLaMA-3.2-1B script uses
+    gamma = 20."""
+
+    latent_steps: int = 6  # K continuous thoughts (--num_latent 6, GPT-2 and LLaMA)
+    # "codi": Linear-GELU-Linear then LayerNorm, CODI's order; "mlp": LoRi's LayerNorm-first projector
+    projector: Literal["codi", "mlp", "identity"] = "codi"
+    alpha: float = 1.0  # teacher CE (their ref_loss_factor)
+    beta: float = 1.0  # student CE
+    gamma: float = 1.0  # distillation (their distill_loss_factor: 1 for GPT-2, 20 for LLaMA-3.2-1B)
+    # their code's default (smooth_l1, beta 1), which produced the published numbers; the paper writes L1
+    distance: Literal["smooth_l1", "l1"] = "smooth_l1"
+
+    def __post_init__(self) -> None:
+        if self.latent_steps < 1:
+            raise ConfigError(f"codi.latent_steps must be >= 1, got {self.latent_steps}")
+        for key in ("alpha", "beta", "gamma"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"codi.{key} must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass
 class Config:
     method: MethodName = "cot-sft"
     out_dir: str = "out/run"
@@ -200,6 +268,16 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     lori: LoRiConfig = field(default_factory=LoRiConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    coconut: CoconutConfig = field(default_factory=CoconutConfig)
+    codi: CodiConfig = field(default_factory=CodiConfig)
+
+    def __post_init__(self) -> None:
+        if self.method == "icot-si" and self.curriculum.stages == 0:
+            raise ConfigError("method: icot-si with curriculum.stages=0 removes the whole rationale from the first "
+                              "step, which is No-CoT; set curriculum.stages >= 1 (or method: no-cot)")
+        if self.method == "coconut" and self.coconut.latent_steps is None and self.curriculum.stages == 0:
+            raise ConfigError("method: coconut without a curriculum (curriculum.stages=0) needs coconut.latent_steps "
+                              "(K); by default K = curriculum.stages x curriculum.thoughts_per_step")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -125,6 +125,9 @@ def precompute(cfg: Config) -> Path:
     teacher = teacher_path(cfg)
     train = load_split(cfg.data, "train")
     lm, tokenizer = load_pretrained(teacher, cfg.model.dtype)
+    from .training.model_setup import configure_tokenizer
+
+    configure_tokenizer(tokenizer, cfg)
     lm.eval().requires_grad_(False)
     if torch.cuda.is_available():
         lm.to("cuda")

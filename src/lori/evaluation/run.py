@@ -32,6 +32,9 @@ def checkpoint_config(ckpt: Path, overrides: list[str]) -> Config:
 def evaluate_checkpoint(ckpt: Path, cfg: Config, progress: bool = True) -> Evaluation:
     method = METHODS[cfg.method]
     lm, tokenizer = load_pretrained(ckpt, cfg.model.dtype)
+    from ..training.model_setup import configure_tokenizer
+
+    configure_tokenizer(tokenizer, cfg)
     module = method.wrap(lm, tokenizer, cfg, ckpt)
     examples = load_split(cfg.data, cfg.eval.split)
     if cfg.eval.limit is not None:

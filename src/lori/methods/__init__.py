@@ -1,7 +1,8 @@
 """Methods: each module only says how it renders an example and computes its loss; everything else is shared.
 
 A method module provides:
-- ``name``; ``render(example, tokenizer) -> dict`` of token lists plus ``n_target`` (supervised tokens);
+- ``name``; ``render(example, tokenizer, cfg, stage) -> dict`` of token lists plus ``n_target`` (supervised tokens)
+  and optionally further ``n_<name>`` counts (summed over each step into ``Norm.counts[name]``);
   ``collate(items, pad_id) -> dict of tensors``; ``prompt(example, tokenizer)`` (the generation prompt);
 - ``wrap(lm, tokenizer, cfg, checkpoint) -> module``: what is trained (the LM itself, or a wrapper holding it and
   the method's extra modules, restored from ``checkpoint`` when resuming);
@@ -12,6 +13,6 @@ A method module provides:
 - ``extra_tensors(module)``: ``{file name: tensors}`` saved beside the LM in a checkpoint, or None.
 """
 
-from . import cot_sft, lori, no_cot
+from . import coconut, codi, cot_sft, icot_si, lori, no_cot
 
-METHODS = {m.name: m for m in (no_cot, cot_sft, lori)}
+METHODS = {m.name: m for m in (no_cot, cot_sft, lori, icot_si, coconut, codi)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,10 +13,20 @@ from .render import IGNORE
 @dataclass(frozen=True)
 class Norm:
     """Global normalisers of one optimizer step (all micro-batches, all processes), so that gradient accumulation
-    and the number of processes do not change the loss: ``tokens`` supervised tokens, ``examples`` examples."""
+    and the number of processes do not change the loss: ``tokens`` supervised tokens, ``examples`` examples, and
+    ``counts[name]``, the sum of any further ``n_<name>`` count the rendered examples carry (e.g. CODI's teacher
+    tokens)."""
 
     tokens: int
     examples: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def step_norm(items: list[dict], indices: list[int]) -> Norm:
+    """The :class:`Norm` of the step made of ``items[i] for i in indices``: ``n_target`` sums to ``tokens``."""
+    names = [k for k in items[indices[0]] if k.startswith("n_") and k != "n_target"]
+    return Norm(tokens=sum(items[i]["n_target"] for i in indices), examples=len(indices),
+                counts={k[2:]: sum(items[i][k] for i in indices) for k in names})
 
 
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

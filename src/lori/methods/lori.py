@@ -18,19 +18,21 @@ import torch
 from ..data.schema import Example
 from ..errors import LoriError
 from ..losses import anchor_loss, combine, rationale_loss, teacher_energy, token_cross_entropy
-from ..models.latent import PROJECTOR_FILE, LatentStudent, add_latent_tokens
+from ..models.latent import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
 from .render import IGNORE, encode, segments
 
 name = "lori"
 
 
-def render(example: Example, tokenizer, cfg, stage: int) -> dict:
+def render(example: Example, tokenizer, cfg, stage: int, latent_steps: int | None = None) -> dict:
     """Final stage: ``prompt <bot> [K thoughts] <eot> #### answer <eos>``. Curriculum stage k: the first k steps
-    become k x c thoughts and the remaining steps stay as supervised language before ``####``."""
+    become k x c thoughts and the remaining steps stay as supervised language before ``####``.
+
+    ``latent_steps``: K of the final stage (default ``lori.latent_steps``; Coconut and CODI pass their own)."""
     s = segments(example, tokenizer)
     bot, eot = tokenizer.convert_tokens_to_ids(["<bot>", "<eot>"])
     if cfg.curriculum.is_final(stage):
-        thoughts, language = cfg.lori.latent_steps, []
+        thoughts, language = cfg.lori.latent_steps if latent_steps is None else latent_steps, []
     else:
         k = min(stage, len(example.steps))
         thoughts = k * cfg.curriculum.thoughts_per_step
@@ -79,9 +81,12 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def wrap(lm, tokenizer, cfg, checkpoint=None) -> LatentStudent:
+def wrap(lm, tokenizer, cfg, checkpoint=None, latent_steps: int | None = None,
+         projector: str | None = None) -> LatentStudent:
+    """The latent student; ``latent_steps`` and ``projector`` default to ``lori.*`` (Coconut and CODI pass theirs)."""
     bot, eot = add_latent_tokens(lm, tokenizer)
-    student = LatentStudent(lm, cfg.lori.latent_steps, cfg.lori.projector, bot, eot)
+    student = LatentStudent(lm, cfg.lori.latent_steps if latent_steps is None else latent_steps,
+                            projector or cfg.lori.projector, bot, eot)
     if checkpoint is not None:
         student.load_projector(checkpoint)
     return student
@@ -110,14 +115,20 @@ def setup_training(student: LatentStudent, cfg, train_set: list[Example]) -> Non
     student.lori_anchor_scale = (stats.anchor[stats.valid] ** 2).sum(-1).mean(0)
 
 
+def student_ce(module, batch: dict[str, torch.Tensor], norm) -> tuple[LatentOutput, torch.Tensor]:
+    """The teacher-forced latent pass and its cross-entropy on the suffix (remaining language and ``#### answer
+    <eos>``), divided by the step's global supervised-token count. Shared by LoRi, Coconut and CODI."""
+    out = module(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"],
+                 latent_steps=batch["latent_steps"])
+    return out, token_cross_entropy(out.logits[:, :-1], batch["suffix_labels"][:, 1:], num_tokens=norm.tokens)
+
+
 def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     from ..precompute import trajectory_statistics
 
     student: LatentStudent = getattr(module, "module", module)
     lc = student.lori_cfg
-    out = module(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"],
-                 latent_steps=batch["latent_steps"])
-    ce = token_cross_entropy(out.logits[:, :-1], batch["suffix_labels"][:, 1:], num_tokens=norm.tokens)
+    out, ce = student_ce(module, batch, norm)
     parts = {"ce": ce.detach()}
     # (choice) The cached statistics describe the whole rationale, so L_rat applies once every step is latent (the
     # final curriculum stage); the anchor hand-over to the answer exists at every stage and L_anc applies throughout.
@@ -154,4 +165,4 @@ def generation_kwargs(student: LatentStudent, tokenizer) -> dict:
 
 
 def extra_tensors(student: LatentStudent) -> dict | None:
-    return {PROJECTOR_FILE: student.projector.state_dict()} if student.projector.kind == "mlp" else None
+    return {PROJECTOR_FILE: student.projector.state_dict()} if student.projector.kind != "identity" else None

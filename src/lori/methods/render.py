@@ -32,10 +32,32 @@ def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+CHAT_FLAG = "lori_chat_template"  # tokenizer attribute set from model.chat_template (set_chat_template)
+
+
+def set_chat_template(tokenizer: PreTrainedTokenizerBase, enabled: bool) -> None:
+    """``model.chat_template``: when enabled, :func:`segments` wraps the question in the tokenizer's chat template.
+
+    It travels as an attribute of the tokenizer, because every method's ``render``/``prompt`` receives the tokenizer
+    (training, precompute and evaluation all set it from the run's config)."""
+    if enabled and not getattr(tokenizer, "chat_template", None):
+        from ..errors import ConfigError
+
+        raise ConfigError("model.chat_template=true, but the tokenizer has no chat template")
+    setattr(tokenizer, CHAT_FLAG, bool(enabled))
+
+
 def segments(example: Example, tokenizer: PreTrainedTokenizerBase) -> Segments:
-    prompt = encode(tokenizer, f"{example.question} ||")
-    if tokenizer.bos_token_id is not None:
-        prompt = [tokenizer.bos_token_id] + prompt
+    if getattr(tokenizer, CHAT_FLAG, False):
+        # The question is the user turn; the assistant turn opens with `||` and continues as without a template.
+        # The template writes its own special tokens (BOS included where it has one), so none is added here.
+        text = tokenizer.apply_chat_template([{"role": "user", "content": example.question}], tokenize=False,
+                                             add_generation_prompt=True)
+        prompt = encode(tokenizer, f"{text}||")
+    else:
+        prompt = encode(tokenizer, f"{example.question} ||")
+        if tokenizer.bos_token_id is not None:
+            prompt = [tokenizer.bos_token_id] + prompt
     rationale = encode(tokenizer, " " + example.rationale) if example.steps else []
     marker = encode(tokenizer, " ####")
     answer = marker + encode(tokenizer, f" {example.answer}") + [tokenizer.eos_token_id]

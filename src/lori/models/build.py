@@ -62,7 +62,11 @@ def tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, max_positio
 
 
 def load_pretrained(name_or_path: str | Path, dtype: str = "float32"):
-    """A Hugging Face causal LM and its own tokenizer, from a hub id or a local folder (our checkpoints too)."""
+    """A Hugging Face causal LM and its own tokenizer, from a hub id, a local folder (our checkpoints too) or an
+    offline alias such as ``smollm2-135m`` (:mod:`lori.models.hub`, converted once to a cached folder)."""
+    from .hub import resolve_model
+
+    name_or_path = resolve_model(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=DTYPES[dtype])
@@ -71,6 +75,10 @@ def load_pretrained(name_or_path: str | Path, dtype: str = "float32"):
             f"cannot load model {name_or_path!r}: {e}. Give a local folder with config.json and weights, "
             "or a hub id with network access."
         ) from e
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise LoriError(f"{name_or_path}: the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
+                        f"{rows} rows; give a folder whose tokenizer matches its model")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # decoder-only LMs often ship without a pad token
     tokenizer.padding_side = "left"

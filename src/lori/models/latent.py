@@ -1,7 +1,7 @@
 """The latent-reasoning student: question -> ``<bot>`` -> K continuous thoughts -> ``<eot>`` -> answer.
 
-Each thought is the last hidden state of the previous position, passed through a projector (LayerNorm + 2-layer
-MLP as in CODI, or identity as in Coconut) and fed back as the next input embedding. No sampling happens in the
+Each thought is the last hidden state of the previous position, passed through a projector (a 2-layer MLP with a
+LayerNorm, as in CODI, or identity as in Coconut) and fed back as the next input embedding. No sampling happens in the
 latent loop. The same module serves training (:meth:`LatentStudent.forward`) and inference (its ``project`` is
 what :func:`lori.evaluation.generate.greedy_generate` calls), and both run the latent loop through a KV cache.
 """
@@ -20,18 +20,21 @@ PROJECTOR_FILE = "projector.safetensors"
 
 
 class Projector(nn.Module):
-    """``h -> W2 gelu(W1 LayerNorm(h))`` (kind "mlp"), or the identity (kind "identity")."""
+    """``h -> W2 gelu(W1 LayerNorm(h))`` (kind "mlp"), ``h -> LayerNorm(W2 gelu(W1 h))`` (kind "codi": the order of
+    CODI's released code, src/model.py ``prj``), or the identity (kind "identity")."""
 
     def __init__(self, dim: int, kind: str = "mlp"):
         super().__init__()
         self.kind = kind
         if kind == "mlp":
             self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        elif kind == "codi":
+            self.net = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim), nn.LayerNorm(dim))
         elif kind != "identity":
             raise ValueError(f"unknown projector {kind!r}")
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h) if self.kind == "mlp" else h
+        return h if self.kind == "identity" else self.net(h)
 
 
 def add_latent_tokens(lm, tokenizer) -> tuple[int, int]:
@@ -69,6 +72,8 @@ class LatentStudent(nn.Module):
         right-padded, starting with ``<eot>``; ``latent_steps`` K (default: the student's). Positions follow the
         attention mask, exactly as in generation."""
         K = self.latent_steps if latent_steps is None else latent_steps
+        if self.training and any(getattr(m, "gradient_checkpointing", False) is True for m in self.lm.modules()):
+            return self._forward_without_cache(prompt_ids, prompt_mask, suffix_ids, suffix_mask, K)
         mask = prompt_mask
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.lm(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True,
@@ -90,6 +95,32 @@ class LatentStudent(nn.Module):
                       use_cache=True, output_hidden_states=True)
         latent = torch.stack(states, dim=2) if states else suffix_ids.new_zeros((0,))
         return LatentOutput(out.logits, latent, out.hidden_states)
+
+    def _forward_without_cache(self, prompt_ids, prompt_mask, suffix_ids, suffix_mask, K: int) -> LatentOutput:
+        """The same pass with the whole sequence re-run at every latent step and no KV cache: what training under
+        gradient checkpointing needs, because Hugging Face layers drop the cache when they checkpoint (a cached
+        latent loop would silently attend to nothing but the current step). Costs about K + 2 prompt-length
+        forwards instead of one; the outputs equal the cached pass up to float rounding (tested)."""
+        emb = self.lm.get_input_embeddings()
+        seq, mask = emb(prompt_ids), prompt_mask
+        ones = torch.ones_like(mask[:, :1])
+
+        def run(seq, mask):
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            return self.lm(inputs_embeds=seq, attention_mask=mask, position_ids=pos, use_cache=False,
+                           output_hidden_states=True)
+
+        out = run(seq, mask)
+        states = []
+        for _ in range(K):
+            seq = torch.cat([seq, self.project(out.hidden_states[-1][:, -1:]).to(seq.dtype)], dim=1)
+            mask = torch.cat([mask, ones], dim=1)
+            out = run(seq, mask)
+            states.append(torch.stack([s[:, -1] for s in out.hidden_states], dim=1))  # [B, L+1, d]
+        S = suffix_ids.shape[1]
+        out = run(torch.cat([seq, emb(suffix_ids)], dim=1), torch.cat([mask, suffix_mask], dim=1))
+        latent = torch.stack(states, dim=2) if states else suffix_ids.new_zeros((0,))
+        return LatentOutput(out.logits[:, -S:], latent, tuple(s[:, -S:] for s in out.hidden_states))
 
     def generation_kwargs(self) -> dict:
         return {"latent_steps": self.latent_steps, "project": self.project, "eot_id": self.eot_id}

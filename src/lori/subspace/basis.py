@@ -102,6 +102,7 @@ def select_rank(eigenvalues: Tensor, rank: int | None, energy: float | None) -> 
     # Relative tolerance so that e.g. energy=1.0 on an exactly rank-r0 spectrum selects r0, not d.
     reached = frac >= (float(energy) - 1e-9)
     reached[:, -1] = True
+    reached[total[:, 0] <= 0, 0] = True  # no energy at all: nothing to capture, rank 1
     per_row = reached.to(torch.int64).argmax(-1) + 1  # first True
     r = int(per_row.max())
     if rank is not None:

@@ -40,7 +40,12 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, sta
     final = root / f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}."))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        from .lora import is_peft_model, save_lora_checkpoint
+
+        if is_peft_model(model):  # merged weights for use + the adapter for exact resume (lori.training.lora)
+            save_lora_checkpoint(model, tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         save_config(cfg, tmp / CONFIG_FILE)
         if extra_tensors:

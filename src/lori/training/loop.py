@@ -23,7 +23,7 @@ from ..data.splits import load_split
 from ..errors import ConfigError, LoriError
 from ..evaluation.evaluate import evaluate
 from ..methods import METHODS
-from ..methods.common import Norm
+from ..methods.common import step_norm
 from ..tasks import TASKS
 from ..utils import rng_state, seed_everything, set_rng_state
 from .checkpoint import list_checkpoints, load_state, resolve_checkpoint, save_checkpoint
@@ -181,7 +181,6 @@ def train(cfg: Config) -> Path:
             print(f"[lori] resumed from {resume_from} at step {step}")
     stage = cfg.curriculum.stage_at(step)
     items = render_all(method, train_set, tokenizer, cfg, stage)
-    n_tokens = [it["n_target"] for it in items]
     module, optimizer = accelerator.prepare(module, optimizer)
     module.train()
     log = MetricsLog(out_dir, main, cfg.train.tensorboard)
@@ -207,7 +206,6 @@ def train(cfg: Config) -> Path:
         if cfg.curriculum.stage_at(step) != stage:
             stage = cfg.curriculum.stage_at(step)
             items = render_all(method, train_set, tokenizer, cfg, stage)
-            n_tokens = [it["n_target"] for it in items]
             if cfg.curriculum.reset_optimizer:
                 getattr(optimizer, "optimizer", optimizer).state.clear()
             if main:
@@ -215,7 +213,7 @@ def train(cfg: Config) -> Path:
                           f"{' (final)' if cfg.curriculum.is_final(stage) else ''}")
         idx = step_indices(len(items), cfg.train.seed, cursor, cfg.train.global_batch)
         cursor += cfg.train.global_batch
-        norm = Norm(tokens=sum(n_tokens[i] for i in idx), examples=len(idx))
+        norm = step_norm(items, idx)
         mine = idx[rank * per_proc : (rank + 1) * per_proc]
         parts_sum: dict[str, float] = {}
         for a in range(accum):

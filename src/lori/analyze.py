@@ -1,0 +1,867 @@
+"""``lori analyze``: how low-rank are the teacher's reasoning trajectories, against controls, and what does a LoRi
+student's latent reasoning look like next to them. Writes ``analysis.json``, PNG figures and ``report.md``.
+
+What is measured (conventions of :mod:`lori.subspace.spectrum`: spectra are singular values ``s``, every number is a
+function of the energies ``s²``; entropy effective rank uses ``p = s²/sum s²``):
+
+* **Per layer, hidden mode**: the spectrum of the uncentred second moment ``M_l = (1/n) sum_t h_t h_tᵀ`` over every
+  rationale position of the sampled problems (singular values = square roots of its eigenvalues) — the matrix whose
+  top-``r`` eigenvectors are LoRi's per-layer basis (``fit_bases``), so "energy at rank r" is exactly the basis'
+  ``energy_captured``. The centred covariance (mean direction removed) is summarised too.
+* **Tensor modes**: the stacked trajectory tensor ``X [N, L, T, d]`` (problems, layers, positions, hidden), with
+  ``T`` = the shortest rationale among the sampled problems (**policy: truncate** every rationale to its first ``T``
+  tokens, so the position index means the same thing in every problem; problems with an empty rationale are left
+  out). Singular values of the mode-``n`` unfoldings for ``n`` = layer, position, hidden (problems are columns),
+  i.e. the spectra of a Tucker / HOSVD of ``X``.
+* **Controls** (same problems, same numbers): (a) the same architecture with random weights (fresh initialisation,
+  fixed seed); (b) the trained teacher with the rationale tokens of each problem randomly permuted; (c) the trained
+  teacher with every rationale token replaced by a uniformly random non-special vocabulary token. Lengths, prompts,
+  anchors are unchanged in (b) and (c). (a) is ``AutoModelForCausalLM.from_config`` after ``torch.manual_seed(seed)``;
+  for a tiny model trained with ``train.seed`` equal to ``--seed`` this is exactly the teacher's own initialisation
+  (the same architecture before training).
+* **Student** (``--student``): the spectra of its ``K`` latent states per layer (same layers), the principal angles
+  between its top-``r`` latent subspace and the teacher's per layer (cosines, mean cos², chance level ``r/d``), the
+  share of its latent energy inside the teacher's top-``r`` subspace, and a vocabulary probe: each latent step's
+  last-layer hidden state through the LM head (top-5 tokens, softmax probabilities) for a few problems.
+
+The rank ``r`` is what ``lori precompute`` would choose on this sample: ``select_rank`` with ``lori.rank`` /
+``lori.energy`` (taken from the student's config when a student is given, else the teacher's; overrides win).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import Config, LoRiConfig
+from .data.splits import SPLITS, load_split
+from .errors import ConfigError, LoriError
+from .models.build import DTYPES, load_pretrained, num_layers
+from .precompute import Rendered, render_teacher, resolve_layers, teacher_trajectories
+from .subspace.basis import SecondMomentAccumulator, select_rank
+from .subspace.spectrum import (
+    ENERGY_THRESHOLDS,
+    chance_mean_cos2,
+    gram_singular_values,
+    mode_gram,
+    principal_cosines,
+    spectrum_summary,
+    top_subspace,
+)
+from .training.checkpoint import resolve_checkpoint
+from .training.model_setup import configure_tokenizer
+from .utils import atomic_write_text
+
+ANALYSIS_JSON = "analysis.json"
+REPORT_MD = "report.md"
+MODES = ("layer", "position", "hidden")
+FIGURES = {
+    "spectra": "spectra.png",
+    "energy": "energy.png",
+    "modes": "modes.png",
+    "ranks": "ranks.png",
+    "overlap": "overlap.png",
+}
+
+CONDITIONS = {
+    "teacher": "trained teacher, real rationales",
+    "random_weights": "same architecture, random weights",
+    "shuffled": "trained teacher, rationale tokens shuffled within each problem",
+    "random_tokens": "trained teacher, rationale tokens replaced by random vocabulary tokens",
+    "student": "LoRi student, latent steps",
+}
+LABELS = {  # short legend labels; the full descriptions are in the report
+    "teacher": "teacher (real rationales)",
+    "random_weights": "random weights",
+    "shuffled": "teacher, shuffled rationale",
+    "random_tokens": "teacher, random-token rationale",
+    "student": "student latent steps",
+}
+STYLE = {  # colour, line style, width
+    "teacher": ("C0", "-", 2.2),
+    "random_weights": ("0.45", "--", 1.4),
+    "shuffled": ("C1", "-.", 1.4),
+    "random_tokens": ("C2", ":", 1.8),
+    "student": ("C3", "-", 1.6),
+}
+CONVENTIONS = {
+    "spectrum": "singular values s (descending); energies are s^2 (eigenvalues of the Gram / second moment)",
+    "effective_rank_entropy": "exp(H(p)), p = s^2 / sum(s^2), natural log",
+    "participation_ratio": "(sum s^2)^2 / sum(s^4)",
+    "rank_for_energy": "smallest k with sum(top-k s^2) >= threshold * sum(s^2)",
+    "energy_at_rank": "sum(top-r s^2) / sum(s^2); r = the analysis rank (hidden mode), lori.layer_rank (layer mode)",
+    "per_layer": "hidden-mode spectrum of the uncentred second moment (1/n) sum_t h_t h_t^T over all rationale "
+                 "positions (n = positions); 'centred' = of the covariance (mean removed)",
+    "modes": "mode-n unfoldings of X [problems, layers, positions, hidden], every rationale truncated to the "
+             "shortest one in the sample (problems with an empty rationale are left out); problems are columns",
+    "principal_cosines": "singular values of U_T^T U_S, U = top-r eigenvectors of each model's uncentred second "
+                         "moment at that layer; chance mean cos^2 = r/d",
+}
+
+
+# --------------------------------------------------------------------------------------------------------- config
+
+
+def analysis_configs(teacher: Path, student: Path | None, overrides: list[str]) -> tuple[Config, Config | None]:
+    """The teacher's config (data) and the student's (latent steps, projector, the LoRi settings it was trained
+    with), each from its checkpoint's ``lori_config.yaml`` plus the ``data.*`` / ``lori.*`` overrides."""
+    from .evaluation.run import checkpoint_config
+
+    bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(("data.", "lori."))]
+    if bad:
+        raise ConfigError(f"lori analyze takes data.* and lori.* overrides only, got {bad[0]!r}")
+    tcfg = checkpoint_config(teacher, overrides)
+    scfg = None if student is None else checkpoint_config(student, overrides)
+    if scfg is not None and scfg.method != "lori":
+        raise LoriError(f"--student {student}: a LoRi student checkpoint is expected, but it was trained with "
+                        f"method {scfg.method!r}")
+    return tcfg, scfg
+
+
+# ------------------------------------------------------------------------------------------------- controls
+
+
+def shuffle_rationale(item: Rendered, rng: random.Random) -> Rendered:
+    """Control (b): the rationale tokens of one problem in a random order (prompt, answer, anchor unchanged)."""
+    ids = list(item.input_ids)
+    rat = ids[item.start : item.start + item.length]
+    rng.shuffle(rat)
+    ids[item.start : item.start + item.length] = rat
+    return Rendered(ids, item.start, item.length, item.anchor)
+
+
+def randomize_rationale(item: Rendered, rng: random.Random, vocab: list[int]) -> Rendered:
+    """Control (c): every rationale token replaced by a uniform draw from ``vocab`` (no special tokens)."""
+    ids = list(item.input_ids)
+    ids[item.start : item.start + item.length] = [rng.choice(vocab) for _ in range(item.length)]
+    return Rendered(ids, item.start, item.length, item.anchor)
+
+
+def ordinary_vocabulary(tokenizer) -> list[int]:
+    special = set(tokenizer.all_special_ids)
+    vocab = [i for i in range(len(tokenizer)) if i not in special]
+    if not vocab:
+        raise LoriError("the tokenizer has no non-special tokens to draw random rationales from")
+    return vocab
+
+
+# ------------------------------------------------------------------------------------------------ accumulation
+
+
+class TrajectoryAccumulator:
+    """Streaming sums for one condition: per-layer second moments (all valid positions) and the three mode Grams of
+    the truncated tensor ``X [N, L, T, d]`` (problems whose trajectory has at least ``T`` positions)."""
+
+    def __init__(self, n_layers: int, dim: int, positions: int):
+        self.moments = SecondMomentAccumulator(n_layers, dim)
+        self.positions = positions
+        self.grams = [torch.zeros(n, n, dtype=torch.float64) for n in (n_layers, positions, dim)]
+        self.n_tensor = 0
+        self.n_examples = 0
+
+    @torch.no_grad()
+    def update(self, h: torch.Tensor, mask: torch.Tensor) -> None:
+        """``h [B, L, T', d]``, ``mask [B, T']`` bool (valid positions first)."""
+        h = h.float()
+        self.moments.update(h, mask)
+        self.n_examples += int(mask.any(-1).sum())
+        T = self.positions
+        if T < 1 or h.shape[2] < T:
+            return
+        keep = mask[:, :T].all(-1)
+        if not bool(keep.any()):
+            return
+        x = h[keep][:, :, :T]  # [n, L, T, d]
+        for m in range(3):
+            self.grams[m] += mode_gram(x, m, batch_dims=1).cpu()
+        self.n_tensor += int(keep.sum())
+
+    def result(self, description: str, rank: int, layer_rank: int | None, layers: list[int],
+               label: str | None = None) -> dict:
+        M = self.moments.mean_second_moment()  # [L, d, d]
+        n = self.moments.count.to(torch.float64)[:, None]
+        mean = self.moments.first_moment / n
+        C = M - mean[:, :, None] * mean[:, None, :]
+        out = {
+            "description": description,
+            "label": label or description,
+            "n_examples": self.n_examples,
+            "n_positions": int(self.moments.count[0]),
+            "layers": [],
+        }
+        for i, layer in enumerate(layers):
+            s = gram_singular_values(M[i])
+            centred = spectrum_summary(gram_singular_values(C[i]), rank)
+            out["layers"].append({
+                "layer": layer,
+                "mean_norm": float(mean[i].norm()),
+                "rms_norm": float(torch.trace(M[i]).clamp_min(0).sqrt()),
+                "uncentred": _curves(spectrum_summary(s, rank)),
+                "centred": {k: v for k, v in centred.items() if k not in ("singular_values", "cumulative_energy",
+                                                                            "normalized_singular_values")},
+            })
+        if self.n_tensor:
+            ranks = {"layer": layer_rank if layer_rank is not None and layer_rank <= len(layers) else None,
+                     "position": None, "hidden": rank}
+            out["modes"] = {"n_examples": self.n_tensor, "positions": self.positions, **{
+                name: _curves(spectrum_summary(gram_singular_values(g), ranks[name]))
+                for name, g in zip(MODES, self.grams)}}
+        else:
+            out["modes"] = None
+        return out
+
+    def second_moments(self) -> torch.Tensor:
+        return self.moments.mean_second_moment()
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+def _curves(summary: dict) -> dict:
+    """Keep the curves JSON-compact (6 significant digits); the normalised spectrum is ``s / s[0]``."""
+    summary.pop("normalized_singular_values", None)
+    summary["singular_values"] = [_sig(v) for v in summary["singular_values"]]
+    summary["cumulative_energy"] = [_sig(v) for v in summary["cumulative_energy"]]
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------------- runs
+
+
+def _device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def collect_teacher(lm, items: list[Rendered], layers: list[int], pad_id: int, positions: int,
+                    batch_size: int) -> TrajectoryAccumulator:
+    d = lm.get_input_embeddings().weight.shape[1]
+    acc = TrajectoryAccumulator(len(layers), d, positions)
+    for i in range(0, len(items), batch_size):
+        h, mask, _ = teacher_trajectories(lm, items[i : i + batch_size], layers, pad_id)
+        acc.update(h, mask)
+    return acc
+
+
+def _student_batches(student, tokenizer, cfg: Config, examples, batch_size: int):
+    from .methods import lori as lori_method
+
+    final = cfg.curriculum.stages + 1
+    device = next(student.parameters()).device
+    for i in range(0, len(examples), batch_size):
+        items = [lori_method.render(ex, tokenizer, cfg, final) | {"index": j}
+                 for j, ex in enumerate(examples[i : i + batch_size])]
+        b = lori_method.collate(items, tokenizer.pad_token_id)
+        out = student(b["prompt_ids"].to(device), b["prompt_mask"].to(device), b["suffix_ids"].to(device),
+                      b["suffix_mask"].to(device), latent_steps=cfg.lori.latent_steps)
+        yield out.latent_states.float()  # [B, L+1, K, d]
+
+
+@torch.no_grad()
+def probe_student(student, tokenizer, cfg: Config, examples, top_k: int = 5) -> list[dict]:
+    """Each latent step's last-layer hidden state through the LM head: the ``top_k`` tokens and their softmax
+    probabilities, plus the student's greedy answer, for every problem in ``examples``."""
+    from .evaluation.generate import greedy_generate
+    from .methods import lori as lori_method
+
+    if not examples:
+        return []
+    (states,) = list(_student_batches(student, tokenizer, cfg, examples, len(examples)))
+    head = student.lm.get_output_embeddings()
+    last = states[:, -1]  # [B, K, d]: the final hidden state (after the final norm in HF decoders)
+    probs = torch.softmax(head(last.to(head.weight.dtype)).float(), dim=-1)
+    p, idx = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    gen = greedy_generate(student.lm, [lori_method.prompt(ex, tokenizer) for ex in examples],
+                          eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, max_new_tokens=64,
+                          **student.generation_kwargs())
+    out = []
+    for b, ex in enumerate(examples):
+        out.append({
+            "question": ex.question,
+            "rationale": ex.rationale,
+            "answer": ex.answer,
+            "student_output": tokenizer.decode(gen.tokens[b], skip_special_tokens=True).strip(),
+            "steps": [{"step": k + 1, "top": [[_token_text(tokenizer, int(i)), round(float(q), 4)]
+                                              for i, q in zip(idx[b, k], p[b, k])]}
+                      for k in range(idx.shape[1])],
+        })
+    return out
+
+
+def _token_text(tokenizer, i: int) -> str:
+    text = tokenizer.decode([i])
+    return text if text.strip() else (tokenizer.convert_ids_to_tokens(i) or repr(text))
+
+
+def overlap(teacher_M: torch.Tensor, student_M: torch.Tensor, rank: int, layers: list[int]) -> list[dict]:
+    """Per layer: principal cosines between the top-``rank`` subspaces, mean cos², its chance level, and the share
+    of the student's latent energy (``tr M_S``) inside the teacher's top-``rank`` subspace."""
+    d = teacher_M.shape[-1]
+    U_t, U_s = top_subspace(teacher_M, rank), top_subspace(student_M, rank)
+    rows = []
+    for i, layer in enumerate(layers):
+        cos = principal_cosines(U_t[i], U_s[i])
+        inside = torch.einsum("dr,de,er->", U_t[i], student_M[i].double(), U_t[i])
+        total = torch.trace(student_M[i].double())
+        rows.append({
+            "layer": layer,
+            "principal_cosines": [round(float(c), 6) for c in cos],
+            "mean_cos2": float((cos**2).mean()),
+            "chance_mean_cos2": chance_mean_cos2(rank, d),
+            "student_energy_in_teacher_subspace": float(inside / total) if total > 0 else 0.0,
+        })
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------ driver
+
+
+@dataclass
+class AnalyzeOptions:
+    split: str = "train"
+    n: int = 256
+    seed: int = 0
+    batch_size: int = 32
+    probe_examples: int = 3
+    progress: bool = True
+
+
+def _say(opts: AnalyzeOptions, msg: str) -> None:
+    if opts.progress:
+        print(f"[lori] analyze: {msg}", flush=True)
+
+
+def analyze(checkpoint: str | Path, overrides: list[str] | None = None, student: str | Path | None = None,
+            out: str | Path | None = None, options: AnalyzeOptions | None = None) -> Path:
+    """Run the analysis; returns the output folder (``analysis.json``, figures, ``report.md``)."""
+    opts = options or AnalyzeOptions()
+    if opts.split not in SPLITS:
+        raise ConfigError(f"--data-split {opts.split!r}: choose one of {', '.join(SPLITS)}")
+    if opts.n < 1 or opts.batch_size < 1 or opts.probe_examples < 0:
+        raise LoriError("--n and --batch-size must be >= 1, --probe-examples >= 0")
+    t0 = time.perf_counter()
+    teacher_ckpt = resolve_checkpoint(checkpoint)
+    student_ckpt = None if student is None else resolve_checkpoint(student)
+    tcfg, scfg = analysis_configs(teacher_ckpt, student_ckpt, list(overrides or []))
+    lcfg: LoRiConfig = (scfg or tcfg).lori
+    out_dir = Path(out) if out else teacher_ckpt.parent.parent / f"analysis-{opts.split}"
+
+    examples = load_split(tcfg.data, opts.split)
+    rng = random.Random(tcfg.data.seed)
+    picked = sorted(rng.sample(range(len(examples)), min(opts.n, len(examples))))
+    sample = [examples[i] for i in picked]
+    device = _device()
+
+    lm, tokenizer = load_pretrained(teacher_ckpt, tcfg.model.dtype)
+    configure_tokenizer(tokenizer, tcfg)  # rendering options, as in `lori precompute` / `lori eval`
+    lm.eval().requires_grad_(False).to(device)
+    L_total = num_layers(lm)
+    layers = resolve_layers(lcfg, L_total)
+    d = lm.get_input_embeddings().weight.shape[1]
+    rendered = [render_teacher(ex, tokenizer) for ex in sample]
+    keep = [i for i, r in enumerate(rendered) if r.length > 0]
+    if not keep:
+        raise LoriError(f"none of the {len(sample)} sampled problems has a rationale: nothing to analyse")
+    rendered = [rendered[i] for i in keep]
+    sample = [sample[i] for i in keep]
+    lengths = [r.length for r in rendered]
+    T = min(lengths)
+    _say(opts, f"teacher {teacher_ckpt}, {len(sample)} {opts.split} problems with a rationale (of "
+               f"{min(opts.n, len(examples))} sampled), layers {layers}, rationale tokens {T}..{max(lengths)}, "
+               f"device {device}")
+
+    pad = tokenizer.pad_token_id
+    crng = random.Random(opts.seed)
+    vocab = ordinary_vocabulary(tokenizer)
+    inputs = {
+        "teacher": rendered,
+        "shuffled": [shuffle_rationale(r, crng) for r in rendered],
+        "random_tokens": [randomize_rationale(r, crng, vocab) for r in rendered],
+    }
+    accs: dict[str, TrajectoryAccumulator] = {}
+    for name in ("teacher", "shuffled", "random_tokens"):
+        accs[name] = collect_teacher(lm, inputs[name], layers, pad, T, opts.batch_size)
+        _say(opts, f"{name}: {accs[name].moments.count[0]} positions")
+
+    teacher_M = accs["teacher"].second_moments()
+    teacher_ev = torch.linalg.eigvalsh(0.5 * (teacher_M + teacher_M.transpose(-1, -2))).flip(-1).clamp_min(0)
+    rank_cap = None if lcfg.rank is None else min(lcfg.rank, d)
+    rank = select_rank(teacher_ev, rank_cap, lcfg.energy)
+    rank_rule = (f"lori.rank={lcfg.rank}" if lcfg.energy is None else
+                 f"smallest rank reaching lori.energy={lcfg.energy} in every layer"
+                 + ("" if lcfg.rank is None else f", capped at lori.rank={lcfg.rank}"))
+    if lcfg.rank is not None and lcfg.rank > d:
+        rank_rule += f" (capped at the hidden size {d})"
+
+    # control (a): the same architecture, random weights
+    from transformers import AutoModelForCausalLM
+
+    config = lm.config
+    del lm
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    torch.manual_seed(opts.seed)
+    rnd = AutoModelForCausalLM.from_config(config).to(DTYPES[tcfg.model.dtype])
+    rnd.eval().requires_grad_(False).to(device)
+    accs["random_weights"] = collect_teacher(rnd, rendered, layers, pad, T, opts.batch_size)
+    del rnd
+    _say(opts, "random_weights: done")
+
+    conditions = {name: accs[name].result(CONDITIONS[name] + (f" (seed {opts.seed})" if name != "teacher" else ""),
+                                          rank, lcfg.layer_rank, layers,
+                                          LABELS[name] + (f" (seed {opts.seed})" if name == "random_weights" else ""))
+                  for name in ("teacher", "random_weights", "shuffled", "random_tokens")}
+
+    student_info = None
+    if student_ckpt is not None:
+        student_info, s_acc = _analyze_student(student_ckpt, scfg, sample, layers, teacher_M, rank, d, L_total,
+                                               opts, device)
+        if s_acc is not None:
+            conditions["student"] = s_acc.result(
+                f"{CONDITIONS['student']} (K = {scfg.lori.latent_steps})", rank, lcfg.layer_rank, layers,
+                f"{LABELS['student']} (K = {scfg.lori.latent_steps})")
+
+    result = {
+        "version": 1,
+        "teacher": str(teacher_ckpt),
+        "student": None if student_ckpt is None else str(student_ckpt),
+        "task": tcfg.data.task,
+        "split": opts.split,
+        "n_sampled": min(opts.n, len(examples)),
+        "n_problems": len(sample),
+        "seed": opts.seed,
+        "layers": layers,
+        "num_layers": L_total,
+        "hidden_size": d,
+        "rank": rank,
+        "rank_rule": rank_rule,
+        "layer_rank": lcfg.layer_rank,
+        "energy_thresholds": list(ENERGY_THRESHOLDS),
+        "conventions": CONVENTIONS,
+        "rationale_length": {"min": min(lengths), "median": statistics.median(lengths),
+                             "mean": statistics.fmean(lengths), "max": max(lengths), "common_positions": T,
+                             "policy": "tensor modes use the first T = min length rationale tokens of every problem"},
+        "conditions": conditions,
+        "student_analysis": student_info,
+        "figures": {},
+        "seconds": None,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result["figures"] = write_figures(result, out_dir)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    atomic_write_text(out_dir / ANALYSIS_JSON, json.dumps(result, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(out_dir / REPORT_MD, render_report(result))
+    _say(opts, f"wrote {out_dir / ANALYSIS_JSON}, {out_dir / REPORT_MD} and {len(result['figures'])} figures "
+               f"({result['seconds']:.0f}s)")
+    return out_dir
+
+
+def _analyze_student(ckpt: Path, cfg: Config, sample, layers, teacher_M, rank, d, L_teacher, opts, device):
+    from .methods import lori as lori_method
+
+    lm, tokenizer = load_pretrained(ckpt, cfg.model.dtype)
+    configure_tokenizer(tokenizer, cfg)
+    student = lori_method.wrap(lm, tokenizer, cfg, ckpt).eval().requires_grad_(False).to(device)
+    K = cfg.lori.latent_steps
+    d_s, L_s = lm.get_input_embeddings().weight.shape[1], num_layers(lm)
+    info = {"checkpoint": str(ckpt), "latent_steps": K, "projector": cfg.lori.projector,
+            "hidden_size": d_s, "num_layers": L_s, "overlap": None, "overlap_skipped": None, "probe": []}
+    acc = None
+    if (d_s, L_s) != (d, L_teacher):
+        info["overlap_skipped"] = (f"the student (L={L_s}, d={d_s}) and the teacher (L={L_teacher}, d={d}) differ in "
+                                   "shape: no common space to compare subspaces in")
+    else:
+        acc = TrajectoryAccumulator(len(layers), d, K)
+        for states in _student_batches(student, tokenizer, cfg, sample, opts.batch_size):
+            h = states[:, layers]  # [B, L, K, d]; index 0 of the hidden states is the embeddings
+            acc.update(h, torch.ones(h.shape[0], h.shape[2], dtype=torch.bool, device=h.device))
+        info["overlap"] = overlap(teacher_M, acc.second_moments(), min(rank, K * len(sample), d), layers)
+        info["overlap_rank"] = min(rank, K * len(sample), d)
+    info["probe"] = probe_student(student, tokenizer, cfg, sample[: opts.probe_examples])
+    _say(opts, f"student {ckpt}: K = {K}")
+    return info, acc
+
+
+# ----------------------------------------------------------------------------------------------------- figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(n: int, width: float = 3.6, height: float = 2.9):
+    plt = _plt()
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(width * cols, 9.0), height * rows + 0.9), dpi=110,
+                             squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def _legend_below(fig, ax):
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False)
+
+
+def _label(res: dict, name: str) -> str:
+    return res["conditions"][name]["label"]
+
+
+def _integer_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path)
+    _plt().close(fig)
+
+
+def write_figures(res: dict, out_dir: Path) -> dict[str, str]:
+    plt = _plt()
+    figs = {}
+    names = list(res["conditions"])
+    layers = res["layers"]
+    r = res["rank"]
+
+    # 1. normalised hidden-mode spectra per layer
+    fig, axes = _grid(len(layers))
+    for i, (ax, layer) in enumerate(zip(axes, layers)):
+        for name in names:
+            s = torch.tensor(res["conditions"][name]["layers"][i]["uncentred"]["singular_values"])
+            y = (s / s[0]).clamp_min(1e-12) if s[0] > 0 else s
+            c, ls, lw = STYLE[name]
+            ax.semilogy(range(1, len(y) + 1), y.tolist(), color=c, ls=ls, lw=lw, label=_label(res, name))
+        ax.axvline(r, color="k", lw=0.8, ls=(0, (2, 2)), label=f"analysis rank r = {r}")
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_xlabel("component i", fontsize=8)
+        ax.set_ylabel("s_i / s_1 (log scale)", fontsize=8)
+        _integer_ticks(ax)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle(f"Hidden-mode spectrum per layer (uncentred second moment), {res['n_problems']} problems",
+                 fontsize=10)
+    _legend_below(fig, axes[0])
+    fig.tight_layout(rect=(0, 0.09, 1, 0.97))
+    _save(fig, out_dir / FIGURES["spectra"])
+    figs["spectra"] = FIGURES["spectra"]
+
+    # 2. cumulative energy per layer with the thresholds
+    fig, axes = _grid(len(layers))
+    for i, (ax, layer) in enumerate(zip(axes, layers)):
+        for name in names:
+            cum = res["conditions"][name]["layers"][i]["uncentred"]["cumulative_energy"]
+            c, ls, lw = STYLE[name]
+            ax.plot(range(1, len(cum) + 1), cum, color=c, ls=ls, lw=lw, label=_label(res, name))
+        for t in res["energy_thresholds"]:
+            ax.axhline(t, color="k", lw=0.5, alpha=0.5)
+            ax.text(1.0, t, f" {t:.0%}", fontsize=6, va="center", transform=ax.get_yaxis_transform())
+        ax.axvline(r, color="k", lw=0.8, ls=(0, (2, 2)), label=f"analysis rank r = {r}")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.01)
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_xlabel("number of components k (log scale)", fontsize=8)
+        ax.set_ylabel("energy fraction in top k", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Cumulative energy of the hidden-mode spectrum per layer (lines: 80 / 90 / 95 / 99%)", fontsize=10)
+    _legend_below(fig, axes[0])
+    fig.tight_layout(rect=(0, 0.09, 1, 0.97))
+    _save(fig, out_dir / FIGURES["energy"])
+    figs["energy"] = FIGURES["energy"]
+
+    # 3. tensor modes
+    with_modes = [n for n in names if res["conditions"][n]["modes"]]
+    if with_modes:
+        fig, axes = plt.subplots(2, 3, figsize=(12, 7.2), dpi=110)
+        for j, mode in enumerate(MODES):
+            for name in with_modes:
+                m = res["conditions"][name]["modes"][mode]
+                s = torch.tensor(m["singular_values"])
+                y = (s / s[0]).clamp_min(1e-12) if s[0] > 0 else s
+                c, ls, lw = STYLE[name]
+                x = range(1, len(y) + 1)
+                axes[0, j].semilogy(x, y.tolist(), color=c, ls=ls, lw=lw, marker="o" if len(y) <= 32 else None,
+                                    ms=3, label=_label(res, name))
+                axes[1, j].plot(x, m["cumulative_energy"], color=c, ls=ls, lw=lw,
+                                marker="o" if len(y) <= 32 else None, ms=3, label=_label(res, name))
+            what = {"layer": "layer mode (L x ...)", "position": "position mode (rationale tokens; student: "
+                    "latent steps)", "hidden": "hidden mode (d x ...)"}[mode]
+            axes[0, j].set_title(what, fontsize=9)
+            axes[0, j].set_xlabel("component i", fontsize=8)
+            axes[0, j].set_ylabel("s_i / s_1 (log scale)", fontsize=8)
+            axes[1, j].set_xlabel("number of components k" + (" (log scale)" if mode == "hidden" else ""),
+                                  fontsize=8)
+            if mode != "hidden":
+                _integer_ticks(axes[0, j])
+                _integer_ticks(axes[1, j])
+            else:
+                _integer_ticks(axes[0, j])
+            axes[1, j].set_ylabel("energy fraction in top k", fontsize=8)
+            axes[1, j].set_ylim(0, 1.01)
+            for t in res["energy_thresholds"]:
+                axes[1, j].axhline(t, color="k", lw=0.5, alpha=0.5)
+            if mode == "hidden":
+                axes[1, j].set_xscale("log")
+                axes[1, j].axvline(r, color="k", lw=0.8, ls=(0, (2, 2)))
+            for ax in axes[:, j]:
+                ax.grid(alpha=0.3)
+                ax.tick_params(labelsize=7)
+        T = res["rationale_length"]["common_positions"]
+        fig.suptitle(f"Mode-n unfolding spectra of the trajectory tensor [problems x {len(layers)} layers x {T} "
+                     f"positions x {res['hidden_size']} hidden]", fontsize=10)
+        _legend_below(fig, axes[0, 0])
+        fig.tight_layout(rect=(0, 0.08, 1, 0.96))
+        _save(fig, out_dir / FIGURES["modes"])
+        figs["modes"] = FIGURES["modes"]
+
+    # 4. per-layer summary numbers
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.9), dpi=110)
+    panels = [("effective_rank_entropy", "entropy effective rank exp(H)"),
+              ("participation_ratio", "participation ratio"),
+              ("energy_at_rank", f"energy fraction in top r = {r}")]
+    for ax, (key, title) in zip(axes, panels):
+        for name in names:
+            y = [row["uncentred"][key] for row in res["conditions"][name]["layers"]]
+            c, ls, lw = STYLE[name]
+            ax.plot(layers, y, color=c, ls=ls, lw=lw, marker="o", ms=4, label=_label(res, name))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("layer", fontsize=8)
+        ax.set_xticks(layers if len(layers) <= 16 else layers[:: max(1, len(layers) // 12)])
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[2].set_ylim(0, 1.02)
+    fig.suptitle("Per-layer low-rank summary (hidden mode, uncentred)", fontsize=10)
+    _legend_below(fig, axes[0])
+    fig.tight_layout(rect=(0, 0.13, 1, 0.95))
+    _save(fig, out_dir / FIGURES["ranks"])
+    figs["ranks"] = FIGURES["ranks"]
+
+    # 5. student / teacher overlap
+    st = res.get("student_analysis")
+    if st and st.get("overlap"):
+        rows = st["overlap"]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+        cmap = plt.get_cmap("viridis")
+        for i, row in enumerate(rows):
+            cos = row["principal_cosines"]
+            axes[0].plot(range(1, len(cos) + 1), cos, marker="o", ms=3, color=cmap(i / max(1, len(rows) - 1)),
+                         label=f"layer {row['layer']}")
+        axes[0].set_xlabel("principal angle index i (most aligned first)", fontsize=8)
+        _integer_ticks(axes[0])
+        axes[0].set_ylabel("cos(theta_i)", fontsize=8)
+        axes[0].set_ylim(0, 1.02)
+        axes[0].set_title(f"Principal cosines, student latent vs teacher top-{st['overlap_rank']} subspace",
+                          fontsize=9)
+        axes[0].legend(fontsize=7, ncol=2 if len(rows) > 8 else 1)
+        x = [row["layer"] for row in rows]
+        axes[1].bar(x, [row["mean_cos2"] for row in rows], color="C3", alpha=0.7, label="mean cos^2 (overlap)")
+        axes[1].plot(x, [row["chance_mean_cos2"] for row in rows], "k--", lw=1,
+                     label="chance (random subspaces): r/d")
+        axes[1].plot(x, [row["student_energy_in_teacher_subspace"] for row in rows], "s-", color="C0", ms=4,
+                     label="student latent energy inside teacher subspace")
+        axes[1].set_ylim(0, 1.02)
+        axes[1].set_xlabel("layer", fontsize=8)
+        axes[1].set_xticks(x if len(x) <= 16 else x[:: max(1, len(x) // 12)])
+        axes[1].set_ylabel("fraction", fontsize=8)
+        axes[1].set_title("Subspace overlap per layer", fontsize=9)
+        axes[1].legend(fontsize=7)
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+        fig.tight_layout()
+        _save(fig, out_dir / FIGURES["overlap"])
+        figs["overlap"] = FIGURES["overlap"]
+    return figs
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+
+def _f(x, digits: int = 2) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _token_md(tok: str) -> str:
+    return "`" + _md(tok.replace(" ", "␣")) + "`"
+
+
+def _mean(values) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def render_report(res: dict) -> str:
+    conds = res["conditions"]
+    names = list(conds)
+    r, d = res["rank"], res["hidden_size"]
+    th = [f"{t:g}" for t in res["energy_thresholds"]]
+    lines = [
+        "# Low-rank structure of reasoning trajectories",
+        "",
+        f"Teacher `{res['teacher']}`" + (f", LoRi student `{res['student']}`" if res["student"] else "") +
+        f"; {res['n_problems']} {res['task']} problems from the {res['split']} split "
+        f"({res['n_sampled']} sampled, seed of the data config); layers {res['layers']} of {res['num_layers']}; "
+        f"hidden size d = {d}; analysis rank r = {r} ({res['rank_rule']}). Rationales have "
+        f"{res['rationale_length']['min']}–{res['rationale_length']['max']} tokens "
+        f"(median {res['rationale_length']['median']}).",
+        "",
+        "**How to read.** A trajectory is the teacher's hidden states over the rationale tokens. For each layer we "
+        "take the spectrum of its uncentred second moment (the matrix LoRi's per-layer basis is fitted on): "
+        "singular values s, energies s². *Energy at r* is the fraction of the energy in the top r directions — "
+        "exactly what a rank-r LoRi basis keeps. *r80…r99*: directions needed for that much energy. *Entropy "
+        "effective rank* exp(H(p)) with p = s²/Σs², and *participation ratio* (Σs²)²/Σs⁴, both equal k for k equal "
+        "directions. Where the teacher is lower-rank than a control, the structure comes from what that control "
+        "removes: training (random weights), token order (shuffled), or token content (random tokens).",
+        "",
+        "Conditions:",
+        "",
+    ]
+    for name in names:
+        c = conds[name]
+        lines.append(f"- **{name}**: {c['description']} — {c['n_examples']} problems, {c['n_positions']} positions")
+    lines += ["", "Random weights: Hugging Face's initialisation of the teacher's architecture after "
+              f"`torch.manual_seed({res['seed']})` (for a tiny model trained with `train.seed: {res['seed']}` "
+              "exactly the teacher before training). The shuffled / random-token controls keep every prompt, "
+              "length and answer and change only the rationale tokens.", "", "## Summary", ""]
+    summary = []
+    for name in names:
+        rows = conds[name]["layers"]
+        summary.append((name, _mean([x["uncentred"]["energy_at_rank"] for x in rows]),
+                        _mean([x["centred"]["energy_at_rank"] for x in rows]),
+                        _mean([x["uncentred"]["effective_rank_entropy"] for x in rows]),
+                        _mean([x["uncentred"]["participation_ratio"] for x in rows]),
+                        _mean([x["uncentred"]["rank_for_energy"]["0.9"] for x in rows])))
+    lines += [f"| condition | energy at r = {r} (mean over layers) | centred: energy at r | entropy eff. rank | "
+              "participation ratio | r90 |", "|---|---|---|---|---|---|"]
+    for name, e, ec, er, pr, r90 in summary:
+        lines.append(f"| {name} | {_pct(e)} | {_pct(ec)} | {_f(er)} | {_f(pr)} | {_f(r90, 1)} |")
+    lines.append("")
+    t = conds["teacher"]["layers"]
+    best = max(t, key=lambda x: x["uncentred"]["energy_at_rank"])
+    worst = min(t, key=lambda x: x["uncentred"]["energy_at_rank"])
+    ctrl = ", ".join(f"{n} {_pct(e)}" for n, e, *_ in summary if n not in ("teacher", "student"))
+    lines += [
+        f"Averaged over layers, the trained teacher keeps {_pct(summary[0][1])} of its trajectory energy in the top "
+        f"r = {r} of d = {d} directions (controls: {ctrl}). Most concentrated: layer {best['layer']} "
+        f"({_pct(best['uncentred']['energy_at_rank'])}, entropy effective rank "
+        f"{_f(best['uncentred']['effective_rank_entropy'])}); least: layer {worst['layer']} "
+        f"({_pct(worst['uncentred']['energy_at_rank'])}, "
+        f"{_f(worst['uncentred']['effective_rank_entropy'])}). With the mean direction removed (centred covariance) "
+        f"the teacher keeps {_pct(summary[0][2])} at rank r.",
+        "",
+    ]
+    st = res.get("student_analysis")
+    if st and st.get("overlap"):
+        ov = st["overlap"]
+        inside = _mean([x["student_energy_in_teacher_subspace"] for x in ov])
+        lines += [
+            f"Student: the mean cos² between its top-{st['overlap_rank']} latent subspace and the teacher's is "
+            f"{_f(min(x['mean_cos2'] for x in ov))}–{_f(max(x['mean_cos2'] for x in ov))} across layers (chance "
+            f"{_f(ov[0]['chance_mean_cos2'])}); on average {_pct(inside)} "
+            "of its latent-state energy lies inside the teacher's top-r subspace.",
+            "",
+        ]
+
+    figs = res["figures"]
+    lines += ["## Per-layer spectra", ""]
+    if "spectra" in figs:
+        lines += [f"![Normalised hidden-mode singular values per layer, teacher and controls]({figs['spectra']})", ""]
+    if "energy" in figs:
+        lines += [f"![Cumulative energy per layer with 80/90/95/99% lines]({figs['energy']})", ""]
+    if "ranks" in figs:
+        lines += [f"![Effective rank, participation ratio and energy at r per layer]({figs['ranks']})", ""]
+    lines += [f"| layer | condition | entropy eff. rank | participation ratio | "
+              + " | ".join(f"r{float(x) * 100:g}" for x in th) + f" | energy at r = {r} | centred eff. rank | "
+              "centred energy at r |",
+              "|---|---|---|---|" + "---|" * len(th) + "---|---|---|"]
+    for i, layer in enumerate(res["layers"]):
+        for name in names:
+            u, c = conds[name]["layers"][i]["uncentred"], conds[name]["layers"][i]["centred"]
+            lines.append(f"| {layer} | {name} | {_f(u['effective_rank_entropy'])} | {_f(u['participation_ratio'])} | "
+                         + " | ".join(str(u["rank_for_energy"][x]) for x in th)
+                         + f" | {_pct(u['energy_at_rank'])} | {_f(c['effective_rank_entropy'])} | "
+                         f"{_pct(c['energy_at_rank'])} |")
+    lines.append("")
+
+    lines += ["## Tensor modes", "",
+              f"The trajectory tensor [problems × layers × positions × hidden], every rationale truncated to its first "
+              f"{res['rationale_length']['common_positions']} tokens (the shortest in the sample); for the student "
+              "the positions are its latent steps. Singular values of each mode-n unfolding (problems are columns).",
+              ""]
+    if "modes" in figs:
+        lines += [f"![Mode-n unfolding spectra and cumulative energy]({figs['modes']})", ""]
+    lines += ["| mode | condition | size | entropy eff. rank | participation ratio | "
+              + " | ".join(f"r{float(x) * 100:g}" for x in th) + " | energy at rank |",
+              "|---|---|---|---|---|" + "---|" * len(th) + "---|"]
+    for mode in MODES:
+        for name in names:
+            m = conds[name]["modes"]
+            if not m:
+                continue
+            s = m[mode]
+            at = "—" if s["rank"] is None else f"{_pct(s['energy_at_rank'])} (rank {s['rank']})"
+            lines.append(f"| {mode} | {name} | {s['dim']} | {_f(s['effective_rank_entropy'])} | "
+                         f"{_f(s['participation_ratio'])} | " + " | ".join(str(s["rank_for_energy"][x]) for x in th)
+                         + f" | {at} |")
+    lines.append("")
+
+    if st:
+        lines += ["## LoRi student", "",
+                  f"Checkpoint `{st['checkpoint']}`, K = {st['latent_steps']} latent steps, projector "
+                  f"{st['projector']}.", ""]
+        if st.get("overlap"):
+            lines += [f"Principal angles between the student's top-{st['overlap_rank']} latent subspace (uncentred "
+                      "second moment of its latent states) and the teacher's top-r subspace, per layer. cos = 1: a "
+                      "shared direction; mean cos² = 1: the same subspace; chance for random subspaces is r/d.", ""]
+            if "overlap" in figs:
+                lines += [f"![Principal cosines and subspace overlap per layer]({figs['overlap']})", ""]
+            lines += ["| layer | mean cos² | chance r/d | largest cos | smallest cos | student energy in teacher "
+                      "subspace |", "|---|---|---|---|---|---|"]
+            for row in st["overlap"]:
+                c = row["principal_cosines"]
+                lines.append(f"| {row['layer']} | {_f(row['mean_cos2'], 3)} | {_f(row['chance_mean_cos2'], 3)} | "
+                             f"{_f(c[0], 3)} | {_f(c[-1], 3)} | {_pct(row['student_energy_in_teacher_subspace'])} |")
+            lines.append("")
+        elif st.get("overlap_skipped"):
+            lines += [f"Subspace overlap skipped: {st['overlap_skipped']}.", ""]
+        if st["probe"]:
+            lines += ["### What the latent steps say", "",
+                      "Each latent step's last-layer hidden state decoded through the LM head: the five most likely "
+                      "tokens with their probabilities (␣ marks a space).", ""]
+            for j, p in enumerate(st["probe"], 1):
+                lines += [f"**Problem {j}.** `{_md(p['question'])}` — rationale `{_md(p['rationale'])}`, answer "
+                          f"`{_md(p['answer'])}`; the student writes `{_md(p['student_output']) or '(nothing)'}`.", "",
+                          "| latent step | top-5 tokens (probability) |", "|---|---|"]
+                for s in p["steps"]:
+                    lines.append(f"| {s['step']} | " + ", ".join(f"{_token_md(t)} {q:.3f}" for t, q in s["top"]) + " |")
+                lines.append("")
+    lines += ["## Numbers", "", f"Everything above, with the full spectra and curves, is in `{ANALYSIS_JSON}`.", ""]
+    return "\n".join(lines)

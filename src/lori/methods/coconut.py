@@ -1,0 +1,46 @@
+"""Coconut, chain of continuous thought (Hao et al. 2024, arXiv 2412.06769).
+
+LoRi's latent student and staged curriculum without the LoRi terms: the last hidden state is fed back (through the
+identity projector by default, ``coconut.projector``) as the next input embedding between ``<bot>`` and ``<eot>``::
+
+    stage k (1..stages):  [bos] question || <bot> [k*c thoughts] <eot> steps[k:] #### answer <eos>
+    final stage:          [bos] question || <bot> [K thoughts] <eot> #### answer <eos>
+    L = CE on the remaining language steps and "#### answer <eos>"
+
+with c = ``curriculum.thoughts_per_step`` and K = ``coconut.latent_steps`` (default stages x c, Coconut's
+``pad_latent_to_max``). Rendering, batching, the student and its checkpoint are LoRi's (``methods/lori.py``).
+"""
+
+from __future__ import annotations
+
+from ..data.schema import Example
+from . import lori
+from .common import no_training_setup
+
+name = "coconut"
+
+
+def final_thoughts(cfg) -> int:
+    """K of the final stage: ``coconut.latent_steps``, or curriculum.stages x curriculum.thoughts_per_step."""
+    k = cfg.coconut.latent_steps
+    return cfg.curriculum.stages * cfg.curriculum.thoughts_per_step if k is None else k
+
+
+def render(example: Example, tokenizer, cfg, stage: int) -> dict:
+    return lori.render(example, tokenizer, cfg, stage, latent_steps=final_thoughts(cfg))
+
+
+def wrap(lm, tokenizer, cfg, checkpoint=None):
+    return lori.wrap(lm, tokenizer, cfg, checkpoint, latent_steps=final_thoughts(cfg), projector=cfg.coconut.projector)
+
+
+def loss(module, batch, norm):
+    _, ce = lori.student_ce(module, batch, norm)
+    return ce, {"ce": ce.detach()}
+
+
+prompt = lori.prompt
+collate = lori.collate
+setup_training = no_training_setup
+generation_kwargs = lori.generation_kwargs
+extra_tensors = lori.extra_tensors

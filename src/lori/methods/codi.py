@@ -1,0 +1,76 @@
+"""CODI, continuous chain of thought via self-distillation (Shen et al. 2025, arXiv 2502.21074).
+
+One model, two passes per batch::
+
+    teacher:  [bos] question || steps #### answer <eos>                     CE_T on steps and "#### answer <eos>"
+    student:  [bos] question || <bot> [K thoughts] <eot> #### answer <eos>  CE_S on "#### answer <eos>"
+    L_KD    = 1/L sum_l  |h_S^l - sg(h_T^l)| / std(sg(h_T^l))  at the token before the answer (the last `####`
+              token on both sides), over every hidden state (embeddings + each block)
+    L       = alpha CE_T + beta CE_S + gamma L_KD
+
+The thoughts go through CODI's projector (``codi.projector``: Linear-GELU-Linear-LayerNorm) and K =
+``codi.latent_steps``. The student's rendering, batching and checkpoint are LoRi's (``methods/lori.py``; with
+``curriculum.stages > 0`` the student follows the same staged curriculum, which CODI itself does not use);
+the distance is ``losses/codi.py``. Generation: K thoughts, ``<eot>``, then greedy answer tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.schema import Example
+from ..errors import LoriError
+from ..losses import hidden_distance, token_cross_entropy
+from . import common, lori
+from .render import segments, supervised
+
+name = "codi"
+
+
+def render(example: Example, tokenizer, cfg, stage: int) -> dict:
+    """The student's rendering (LoRi's, K = codi.latent_steps) plus ``teacher``: the CoT-SFT rendering and the
+    position of its last ``####`` token; ``n_teacher`` counts the teacher's supervised tokens."""
+    s = segments(example, tokenizer)
+    teacher = supervised(s.prompt, s.rationale + s.answer)
+    if len(teacher["input_ids"]) > cfg.data.max_length:  # the loop checks the student's rendering only
+        raise LoriError(f"{example.source}: renders to {len(teacher['input_ids'])} tokens, over "
+                        f"data.max_length={cfg.data.max_length}; raise data.max_length or drop the example")
+    n_teacher = teacher.pop("n_target")
+    teacher["anchor"] = len(s.prompt) + len(s.rationale) + s.marker_len - 1
+    student = lori.render(example, tokenizer, cfg, stage, latent_steps=cfg.codi.latent_steps)
+    return {**student, "teacher": teacher, "n_teacher": n_teacher}
+
+
+def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """LoRi's student batch, plus the teacher batch of ``common.collate`` under ``teacher_*`` keys."""
+    teacher = common.collate([it["teacher"] for it in items], pad_id)
+    return {**lori.collate(items, pad_id), **{f"teacher_{k}": v for k, v in teacher.items()}}
+
+
+def wrap(lm, tokenizer, cfg, checkpoint=None):
+    return lori.wrap(lm, tokenizer, cfg, checkpoint, latent_steps=cfg.codi.latent_steps, projector=cfg.codi.projector)
+
+
+def setup_training(student, cfg, train_set) -> None:
+    student.codi_cfg = cfg.codi
+
+
+def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    student = getattr(module, "module", module)
+    cc = student.codi_cfg
+    out, ce = lori.student_ce(module, batch, norm)
+    # The teacher pass runs the same weights on the explicit CoT; its CE trains them, its states are detached below.
+    t = student.lm(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
+                   output_hidden_states=True)
+    ce_t = token_cross_entropy(t.logits[:, :-1], batch["teacher_labels"][:, 1:], num_tokens=norm.counts["teacher"])
+    rows = torch.arange(batch["anchor"].shape[0], device=batch["anchor"].device)
+    h_s = torch.stack([h[rows, batch["anchor"]] for h in out.suffix_states], dim=1)  # [B, L+1, d]
+    h_t = torch.stack([h[rows, batch["teacher_anchor"]] for h in t.hidden_states], dim=1)  # [B, L+1, d]
+    kd = hidden_distance(h_s, h_t, num_examples=norm.examples, kind=cc.distance)
+    total = cc.alpha * ce_t + cc.beta * ce + cc.gamma * kd
+    return total, {"ce": ce.detach(), "ce_teacher": ce_t.detach(), "distill": kd.detach()}
+
+
+prompt = lori.prompt
+generation_kwargs = lori.generation_kwargs
+extra_tensors = lori.extra_tensors

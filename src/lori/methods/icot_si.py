@@ -1,0 +1,59 @@
+"""iCoT-SI, stepwise internalization (Deng, Choi & Shieber 2024, arXiv 2405.14838).
+
+Plain causal-LM fine-tuning whose rendering loses rationale tokens from the left as training goes on::
+
+    stage k (1..stages):  [bos] question || rationale[r_k:] #### answer <eos>     CE on rationale[r_k:] and answer
+    r_k = min(|rationale|, k * remove_per_stage + o),  P(o) = (1 - e^-lambda) e^(-lambda o)   ("removal smoothing")
+    final stage:          [bos] question || #### answer <eos>                      (the No-CoT rendering)
+
+The optimizer state is reset at every stage change (``curriculum.reset_optimizer``, done by the loop). The offset
+``o`` is drawn per example and stage from a generator seeded by (train.seed, stage, the example itself), so a stage
+renders the same way whenever it is rendered, and a resumed run matches an uninterrupted one. Generation writes the
+answer directly (plain greedy decoding), as No-CoT does.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from ..data.schema import Example
+from .common import causal_lm_loss, collate, no_extra_tensors, no_generation_kwargs, no_training_setup, plain_lm
+from .render import segments, supervised
+
+name = "icot-si"
+latent_steps = 0  # answer-only generation
+
+
+def removal_offset(example: Example, cfg, stage: int) -> int:
+    """The example's extra removed tokens at ``stage``: geometric, P(o >= k) = e^(-lambda k); 0 without smoothing."""
+    lam = cfg.curriculum.removal_smoothing_lambda
+    if lam is None:
+        return 0
+    rng = random.Random(f"icot-si:{cfg.train.seed}:{stage}:{example.source}:{example.question}")
+    return int(-math.log(1.0 - rng.random()) / lam)  # inverse CDF; 1 - random() is in (0, 1]
+
+
+def removed_tokens(example: Example, cfg, stage: int, rationale_len: int) -> int:
+    """How many rationale tokens (from the left) the rendering at ``stage`` deletes."""
+    if cfg.curriculum.is_final(stage):
+        return rationale_len
+    return min(rationale_len, stage * cfg.curriculum.remove_per_stage + removal_offset(example, cfg, stage))
+
+
+def render(example: Example, tokenizer, cfg, stage: int) -> dict[str, list[int]]:
+    s = segments(example, tokenizer)
+    n = removed_tokens(example, cfg, stage, len(s.rationale))
+    return supervised(s.prompt, s.rationale[n:] + s.answer)
+
+
+def prompt(example: Example, tokenizer) -> list[int]:
+    return segments(example, tokenizer).prompt
+
+
+loss = causal_lm_loss
+wrap = plain_lm
+collate = collate
+setup_training = no_training_setup
+generation_kwargs = no_generation_kwargs
+extra_tensors = no_extra_tensors
