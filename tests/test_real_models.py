@@ -24,7 +24,6 @@ from lori.evaluation.generate import greedy_generate
 from lori.evaluation.run import eval_checkpoints
 from lori.methods import METHODS
 from lori.methods import lori as lori_method
-from lori.methods.common import Norm
 from lori.methods.render import segments, set_chat_template
 from lori.models.build import load_pretrained
 from lori.models.latent import PROJECTOR_FILE
@@ -287,10 +286,15 @@ def test_lora_resume_is_exact(llama_teacher, aug, tmp_path):
             assert torch.equal(ta[k], tb[k]), (name, k)
 
 
-def test_lora_resume_refuses_a_checkpoint_without_adapter(llama_teacher, aug, tmp_path):
-    cfg = _student_cfg(aug, llama_teacher, tmp_path / "s", "model.lora_r=4", f"train.resume={llama_teacher}")
+def test_lora_resume_refuses_a_checkpoint_without_adapter_or_with_another_rank(llama_teacher, aug, tmp_path):
+    cfg = _student_cfg(aug, llama_teacher, tmp_path / "s", "model.lora_r=4")
     with pytest.raises(LoriError, match=ADAPTER_DIR):
         build_model(cfg, METHODS["lori"], read_icot(aug["train"]), resume_from=llama_teacher)
+    student, tok = build_model(cfg, METHODS["lori"], read_icot(aug["train"]))
+    ckpt = save_checkpoint(tmp_path, 1, student.lm, tok, cfg, {"step": 1})
+    other = _student_cfg(aug, llama_teacher, tmp_path / "s", "model.lora_r=8")
+    with pytest.raises(LoriError, match="model.lora_"):
+        build_model(other, METHODS["lori"], read_icot(aug["train"]), resume_from=ckpt)
 
 
 # ------------------------------------------------------------------------------------------------ checkpointing
@@ -383,7 +387,7 @@ def test_smollm2_lori_pipeline(aug, tmp_path):
     train_file = _head(aug["full"] / "train.txt", tmp_path / "train8.txt", 8)
     cfg = load_config(None, [
         "method=lori", "data.task=gsm8k", f"data.train_file={train_file}", f"data.valid_file={aug['valid']}",
-        f"data.test_file={aug['test']}", "model.name=smollm2-135m", f"model.init_from={folder}",
+        f"data.test_file={aug['test']}", "model.name=smollm2-135m",
         "model.lora_r=8", "model.lora_alpha=16", f"lori.teacher={folder}", f"lori.cache_dir={tmp_path / 'cache'}",
         "lori.rank=4", "lori.calib_size=8", "lori.precompute_batch=4", "lori.latent_steps=3", "train.steps=2",
         "train.global_batch=2", "train.micro_batch=2", "train.lr=1e-4", "train.log_every=1", "train.eval_every=0",

@@ -101,12 +101,14 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         for f in tmp.iterdir():
             f.chmod(0o644)
         tmp.chmod(0o755)
-        if (out / READY_MARK).is_file():  # someone else converted it meanwhile
-            shutil.rmtree(tmp, ignore_errors=True)
-            return out
-        if out.exists():  # an incomplete folder from an older, interrupted layout
+        if out.exists() and not (out / READY_MARK).is_file():  # an incomplete folder (not written by us)
             shutil.rmtree(out)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / READY_MARK).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same conversion first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

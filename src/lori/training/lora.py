@@ -86,7 +86,11 @@ def load_adapter(wrapped, checkpoint: str | Path) -> None:
     if not f.is_file():
         raise LoriError(f"{checkpoint}: model.lora_r is set but the checkpoint has no {ADAPTER_DIR}/{ADAPTER_WEIGHTS}; "
                         "it was not written by a LoRA run (set model.lora_r=null, or start a fresh run)")
-    result = set_peft_model_state_dict(wrapped, load_file(str(f)))
+    try:
+        result = set_peft_model_state_dict(wrapped, load_file(str(f)))
+    except RuntimeError as e:  # shape mismatch: another rank or other target modules
+        raise LoriError(f"{f}: adapter weights do not fit this LoRA setup ({str(e).splitlines()[0]}); "
+                        "model.lora_* must match the run being resumed") from e
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
         raise LoriError(f"{f}: adapter weights do not fit this LoRA setup (unexpected {unexpected[:3]}); "
