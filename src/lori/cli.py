@@ -7,6 +7,8 @@
     lori prepare multiplication --digits 4x4 --count N --seed S --out FILE [--exclude FILE ...]
     lori prepare gsm8k-aug --out DIR [--source hub|gsm8k-train] [--gsm8k-train FILE] [--valid FILE]
     lori demo --out DIR                          the built-in end-to-end demo on the CPU
+    lori compare --teacher T.yaml --student S.yaml --methods M1,M2,... --seeds 0,1 --out DIR [key=value ...]
+                                                 methods x seeds on one task and budget: mean ± 95% CI over seeds
 """
 
 from __future__ import annotations
@@ -69,7 +71,32 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole pipeline on a built-in multiplication task, on the CPU")
     d.add_argument("--out", default="out/demo")
     d.add_argument("overrides", nargs="*", help="dotted overrides applied to every stage")
+
+    c = sub.add_parser("compare", help="methods x seeds on one task under one budget: accuracy (mean ± 95%% "
+                                       "t-interval over seeds), generated tokens, latency, speedup vs cot-sft",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_COMPARE_EPILOG)
+    c.add_argument("--teacher", required=True, help="YAML preset of the CoT-SFT teacher (the cot-sft row)")
+    c.add_argument("--student", required=True, help="YAML preset of the students (method set per run; the "
+                                                    "curriculum, budget and method sections apply to all)")
+    c.add_argument("--methods", default="no-cot,cot-sft,icot-si,coconut,codi,lori",
+                   help="comma-separated methods (default: all six: no-cot,cot-sft,icot-si,coconut,codi,lori)")
+    c.add_argument("--seeds", default="0,1", help="comma-separated training seeds (train.seed; default: 0,1)")
+    c.add_argument("--out", required=True, help="output folder: OUT/seed-S/METHOD runs, results.json, results.md, "
+                                                "accuracy_vs_tokens.png")
+    c.add_argument("overrides", nargs="*", help="dotted overrides for both sides, or teacher./student. prefixed")
     return p
+
+
+_COMPARE_EPILOG = """\
+Per seed S: the teacher trains in OUT/seed-S/cot-sft (train.seed=S); every other method trains in OUT/seed-S/METHOD
+from the student preset with method=METHOD, train.seed=S and model.init_from = that teacher (LoRi also distils from
+it through OUT/seed-S/lori-cache). The data seed stays fixed: every run sees the same problems. Finished runs and
+their evaluations are reused, so an interrupted compare continues.
+
+example (the 4x4 six-method table; hours on a CPU):
+  lori compare --teacher configs/mult4x4-cot-sft.yaml --student configs/mult4x4-lori.yaml \\
+      --methods no-cot,cot-sft,icot-si,coconut,codi,lori --seeds 0,1 --out out/compare-4x4
+"""
 
 
 def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
@@ -86,7 +113,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     target = {"train": "overrides", "precompute": "overrides", "eval": "checkpoints", "demo": "overrides",
-              "analyze": "overrides"}.get(
+              "analyze": "overrides", "compare": "overrides"}.get(
         args.verb)
     if extra and target is not None and not any(x.startswith("-") for x in extra):
         setattr(args, target, [*(getattr(args, target) or []), *extra])
@@ -130,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             run_demo(Path(args.out), args.overrides)
+        elif args.verb == "compare":
+            from .compare import run_compare
+
+            run_compare(args.teacher, args.student, args.methods, args.seeds, Path(args.out), args.overrides)
         return 0
     except LoriError as e:
         print(f"lori: error: {e}", file=sys.stderr)

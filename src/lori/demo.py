@@ -3,18 +3,20 @@
 Stages: train the explicit-CoT teacher (CoT-SFT) from scratch -> precompute the teacher statistics -> train a No-CoT
 and a LoRi student from the teacher's weights with the same budget -> evaluate all three on held-out problems ->
 print a table and write ``results.json``, ``results.md``, ``report.md`` and a plot to ``--out DIR``. Every number is
-measured in the run; a finished stage is reused when the demo is run again on the same folder.
+measured in the run; a finished training (and its evaluation) is reused when the demo is run again on the same
+folder. The pipeline itself (configs, training order, evaluation) lives in :mod:`lori.pipeline`, shared with
+``lori compare``.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
 from pathlib import Path
 
-from .config import Config, config_from_dict, dump_config, parse_overrides, _set_dotted
+from .config import Config, dump_config
 from .evaluation.report import ResultRow, markdown_table, write_results
-from .training.checkpoint import list_checkpoints
+from .pipeline import evaluate_run, merge, pipeline_configs, train_runs
 
 # The built-in task and budgets (2 CPU cores: ~16k tokens/s for this model). Any key can be overridden from the
 # command line, e.g. `lori demo --out out/demo train.steps=300`; `teacher.`/`student.` prefixes target one side.
@@ -33,79 +35,28 @@ STUDENT = {"train": {"steps": 600, "lr": 5.0e-4},
            "curriculum": {"stages": 2, "steps_per_stage": 200, "thoughts_per_step": 1}}
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = json.loads(json.dumps(base))
-    for k, v in extra.items():
-        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
-
-
 def demo_configs(out: Path, overrides: list[str]) -> dict[str, Config]:
     """The teacher, No-CoT and LoRi configs of the demo, with command-line overrides applied."""
-    shared, per = [], {"teacher": [], "student": []}
-    for key, value in parse_overrides(overrides):
-        side, _, rest = key.partition(".")
-        (per[side].append((rest, value)) if side in per else shared.append((key, value)))
-    trees = {
-        "cot-sft": _merge(BASE, TEACHER) | {"out_dir": str(out / "cot-sft")},
-        "no-cot": _merge(_merge(BASE, STUDENT), {"method": "no-cot", "out_dir": str(out / "no-cot")}),
-        "lori": _merge(_merge(BASE, STUDENT), {"method": "lori", "out_dir": str(out / "lori")}),
-    }
-    for name, tree in trees.items():
-        for key, value in shared + per["teacher" if name == "cot-sft" else "student"]:
-            _set_dotted(tree, key, value)
-        if name != "cot-sft":
-            tree["model"]["init_from"] = str(out / "cot-sft")
-        if name == "lori":
-            tree["lori"]["teacher"] = str(out / "cot-sft")
-            tree["lori"]["cache_dir"] = str(out / "lori-cache")
-    return {name: config_from_dict(tree) for name, tree in trees.items()}
-
-
-def _finished(cfg: Config) -> bool:
-    found = list_checkpoints(Path(cfg.out_dir))
-    return bool(found) and found[-1].name == f"step-{cfg.train.steps:06d}"
+    return pipeline_configs(merge(BASE, TEACHER), merge(BASE, STUDENT), overrides, out, ("no-cot", "lori"))
 
 
 def run_demo(out: Path, overrides: list[str]) -> Path:
     from .evaluation.plots import plot_accuracy_vs_tokens
-    from .evaluation.run import evaluate_checkpoint
-    from .precompute import precompute
     from .subspace.cache import read_manifest
-    from .training.checkpoint import resolve_checkpoint
-    from .training.loop import train
 
     out.mkdir(parents=True, exist_ok=True)
     cfgs = demo_configs(out, overrides)
     timings: dict[str, float] = {}
-
-    def stage(name: str, fn) -> None:
-        t0 = time.perf_counter()
-        print(f"\n[lori demo] === {name} ===", flush=True)
-        fn()
-        timings[name] = time.perf_counter() - t0
-
-    for name in ("cot-sft", "no-cot", "lori"):
-        cfg = cfgs[name]
-        if name == "lori":
-            stage("precompute teacher statistics", lambda: precompute(cfg))
-        if _finished(cfg):
-            print(f"[lori demo] {name}: reusing the finished run in {cfg.out_dir}")
-            continue
-        stage(f"train {name}", lambda cfg=cfg: train(cfg))
+    train_runs(cfgs, "lori demo", timings)
 
     rows: list[ResultRow] = []
     n = 0
     for name, cfg in cfgs.items():
-        ckpt = resolve_checkpoint(cfg.out_dir)
         t0 = time.perf_counter()
-        ev = evaluate_checkpoint(ckpt, cfg)
+        row, n, predictions = evaluate_run(cfg, tag="lori demo")
         timings[f"eval {name}"] = time.perf_counter() - t0
-        rows.append(ev.row)
-        n = len(ev.predictions)
-        with (out / f"predictions-{name}.jsonl").open("w") as f:
-            for p in ev.predictions:
-                f.write(json.dumps(p) + "\n")
+        rows.append(row)
+        shutil.copyfile(predictions, out / f"predictions-{name}.jsonl")
     teacher_cfg = cfgs["cot-sft"]
     split = teacher_cfg.eval.split
     write_results(out, teacher_cfg.data.task, split, n, rows)

@@ -105,9 +105,12 @@ def _check_row(row: ResultRow, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- writing
-def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow]) -> tuple[Path, Path]:
+def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow],
+                  aggregate: bool = False) -> tuple[Path, Path]:
     """Write ``out_dir/results.json`` and ``out_dir/results.md`` atomically; return both paths.
 
+    With ``aggregate``, results.md also gets :func:`aggregate_table` (mean over the seeds of each method) after
+    the per-row table; results.json is the same either way (one row per method and seed).
     Raises LoriError (naming ``results[i].key``) for a row that does not fit the shape, before
     anything is written.
     """
@@ -130,6 +133,13 @@ def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow])
         "Accuracy in % with its 95% Wilson interval; tokens = mean generated tokens per problem; "
         f"speedup = latency of {BASELINE_METHOD} / latency of the row.\n"
     )
+    if aggregate:
+        md += (
+            f"\n## Mean over seeds\n\n{aggregate_table(rows)}\n\n"
+            "Accuracy: mean over seeds in % ± the half-width of its 95% Student-t interval over seeds "
+            "(n/a with one seed), then the interval; tokens, latency and throughput: means over seeds; "
+            f"speedup = mean latency of {BASELINE_METHOD} / mean latency of the method.\n"
+        )
     atomic_write_text(json_path, payload_text + "\n")
     atomic_write_text(md_path, md)
     return json_path, md_path
@@ -258,5 +268,65 @@ def markdown_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> st
     return "\n".join(lines)
 
 
-__all__ = ["BASELINE_METHOD", "RESULTS_JSON", "RESULTS_MD", "ResultRow", "markdown_table", "read_results",
-           "write_results"]
+# ----------------------------------------------------------------------------------------------- over seeds
+@dataclass
+class Aggregate:
+    """One method's rows (one per seed) summarised: means, and the 95% t-interval of the mean accuracy."""
+
+    method: str
+    seeds: list[int | None]
+    accuracy: float  # mean over seeds, a fraction
+    ci95: tuple[float, float]  # Student-t interval of the mean over seeds (NaN with one seed)
+    mean_generated_tokens: float
+    latency_ms_per_problem: float
+    throughput_problems_per_s: float
+
+
+def aggregate_rows(rows: list[ResultRow]) -> list[Aggregate]:
+    """Group ``rows`` by method (in order of first appearance) and average over their seeds
+    (:func:`lori.evaluation.metrics.mean_ci` for accuracy, plain means for the rest)."""
+    from .metrics import mean_ci
+
+    groups: dict[str, list[ResultRow]] = {}
+    for r in rows:
+        groups.setdefault(r.method, []).append(r)
+    out = []
+    for method, rs in groups.items():
+        mean, lo, hi = mean_ci([r.accuracy for r in rs])
+        out.append(Aggregate(
+            method=method, seeds=[r.seed for r in rs], accuracy=mean, ci95=(lo, hi),
+            mean_generated_tokens=math.fsum(r.mean_generated_tokens for r in rs) / len(rs),
+            latency_ms_per_problem=math.fsum(r.latency_ms_per_problem for r in rs) / len(rs),
+            throughput_problems_per_s=math.fsum(r.throughput_problems_per_s for r in rs) / len(rs),
+        ))
+    return out
+
+
+def aggregate_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> str:
+    """A Markdown table of :func:`aggregate_rows` (no trailing newline): method, seeds, accuracy % as
+    ``mean ± half-width [lo, hi]`` of the 95% t-interval over seeds (``± n/a`` with one seed), mean tokens,
+    latency, throughput, and -- when a ``baseline`` method is present -- speedup = its mean latency / the
+    method's mean latency."""
+    aggs = aggregate_rows(rows)
+    base = next((a.latency_ms_per_problem for a in aggs if a.method == baseline), None)
+    header = ["method", "seeds", "accuracy % (mean ± 95% t-CI)", "tokens", "latency ms", "problems/s"]
+    if base is not None:
+        header.append(f"speedup vs {baseline}")
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|---|---:|" + "---:|" * (len(header) - 2)]
+    for a in aggs:
+        acc = 100 * a.accuracy
+        if math.isnan(a.ci95[0]):
+            acc_cell = f"{acc:.1f} ± n/a"
+        else:
+            lo, hi = 100 * a.ci95[0], 100 * a.ci95[1]
+            acc_cell = f"{acc:.1f} ± {(hi - lo) / 2:.1f} [{lo:.1f}, {hi:.1f}]"
+        cells = [_cell(a.method), str(len(a.seeds)), acc_cell, f"{a.mean_generated_tokens:.1f}",
+                 f"{a.latency_ms_per_problem:.1f}", f"{a.throughput_problems_per_s:.2f}"]
+        if base is not None:
+            cells.append(f"{base / a.latency_ms_per_problem:.2f}x" if a.latency_ms_per_problem > 0 else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+__all__ = ["Aggregate", "BASELINE_METHOD", "RESULTS_JSON", "RESULTS_MD", "ResultRow", "aggregate_rows", "aggregate_table",
+           "markdown_table", "read_results", "write_results"]

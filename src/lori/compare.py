@@ -1,0 +1,119 @@
+"""``lori compare``: several methods x several seeds on one task under one budget, in one table.
+
+For every seed ``s`` the pipeline of :mod:`lori.pipeline` runs in ``OUT/seed-s/``: the teacher (the ``--teacher``
+preset, method ``cot-sft``) in ``OUT/seed-s/cot-sft`` -- its evaluation is the cot-sft row -- and one student per
+other method (the ``--student`` preset with ``method`` set) in ``OUT/seed-s/METHOD``, initialised from that seed's
+teacher; a LoRi student distils from it through ``OUT/seed-s/lori-cache``. Only ``train.seed`` changes with the
+seed (initialisation, data order, iCoT-SI's removal offsets); the data (``data.seed``) and the evaluation problems
+are the same for every run. Finished runs and their evaluations are reused, so an interrupted compare continues
+where it stopped.
+
+Writes ``OUT/results.json`` (one row per method and seed, with its ``seed``), ``OUT/results.md`` (the rows, then
+the mean over seeds with a 95% Student-t interval, mean tokens, latency and the speedup vs cot-sft),
+``OUT/accuracy_vs_tokens.png`` and, per run, ``OUT/seed-s/METHOD/eval-SPLIT/`` (predictions and a one-row
+results.json).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Config, load_tree, to_dict
+from .errors import ConfigError, LoriError
+from .evaluation.report import ResultRow, aggregate_table, markdown_table, write_results
+from .pipeline import TEACHER, evaluate_run, pipeline_configs, train_runs
+
+TAG = "lori compare"
+
+
+def parse_methods(text: str | list[str]) -> list[str]:
+    """``"no-cot,lori"`` -> ``["no-cot", "lori"]``; every name must be a key of ``lori.methods.METHODS``."""
+    from .methods import METHODS
+
+    items = text.split(",") if isinstance(text, str) else list(text)
+    methods = [m.strip() for m in items if m.strip()]
+    if not methods:
+        raise ConfigError("--methods: name at least one method")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"--methods: unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"--methods: a method is listed twice in {','.join(methods)}")
+    return methods
+
+
+def parse_seeds(text: str | list[int]) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (distinct non-negative integers)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        seeds = [int(s) for s in (str(x).strip() for x in items) if s]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected integers separated by commas, e.g. 0,1,2; got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: expected distinct integers >= 0, e.g. 0,1,2; got {text!r}")
+    return seeds
+
+
+def _first_difference(a: dict, b: dict, prefix: str) -> tuple[str, object, object] | None:
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            return f"{prefix}.{key}", a.get(key), b.get(key)
+    return None
+
+
+def compare_configs(teacher: str | Path, student: str | Path, methods: list[str], seeds: list[int], out: Path,
+                    overrides: list[str]) -> dict[int, dict[str, Config]]:
+    """``{seed: {"cot-sft": teacher, METHOD: student, ...}}`` for every seed; the teacher is always there (the
+    students start from it) even when cot-sft is not among ``methods``. Every config is built and checked before
+    anything runs; the teacher and the students must share their ``data`` and ``eval`` sections (the same
+    problems, scored the same way), which shared overrides keep true."""
+    t_tree, s_tree = load_tree(teacher), load_tree(student)
+    where = f"--teacher {teacher} / --student {student}"
+    out = Path(out)
+    cfgs = {s: pipeline_configs(t_tree, s_tree, overrides, out / f"seed-{s}", methods, seed=s, where=where)
+            for s in seeds}
+    ref = cfgs[seeds[0]][TEACHER]
+    for name, cfg in cfgs[seeds[0]].items():
+        for section in ("data", "eval"):
+            diff = _first_difference(to_dict(getattr(ref, section)), to_dict(getattr(cfg, section)), section)
+            if diff is not None:
+                key, t_value, s_value = diff
+                raise ConfigError(f"{where}: {key} is {t_value!r} for the teacher but {s_value!r} for the {name} "
+                                  "student; the compared runs must see the same problems and evaluation: align the "
+                                  f"presets or override {key} for both sides (no teacher./student. prefix)")
+    return cfgs
+
+
+def run_compare(teacher: str | Path, student: str | Path, methods: str | list[str], seeds: str | list[int],
+                out: Path, overrides: list[str]) -> Path:
+    from .evaluation.plots import plot_accuracy_vs_tokens
+
+    methods, seeds, out = parse_methods(methods), parse_seeds(seeds), Path(out)
+    cfgs = compare_configs(teacher, student, methods, seeds, out, overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[{TAG}] methods {', '.join(methods)} x seeds {', '.join(map(str, seeds))} -> {out}")
+    for seed in seeds:
+        # The teacher always trains (the students start from it); it is evaluated only when cot-sft is compared.
+        train_runs(cfgs[seed], TAG, label=f"seed {seed} / ")
+
+    by_run: dict[tuple[str, int], ResultRow] = {}
+    sizes = set()
+    for seed in seeds:
+        for method in methods:
+            row, n, _ = evaluate_run(cfgs[seed][method], seed=seed, tag=TAG, label=f"seed {seed} / ")
+            by_run[method, seed] = row
+            sizes.add(n)
+    if len(sizes) != 1:  # pragma: no cover - the data and eval sections are checked to agree
+        raise LoriError(f"the runs were evaluated on different numbers of problems: {sorted(sizes)}")
+    rows = [by_run[m, s] for m in methods for s in seeds]  # grouped by method, seeds in order
+    ref = cfgs[seeds[0]][TEACHER]
+    task, split, n = ref.data.task, ref.eval.split, sizes.pop()
+    write_results(out, task, split, n, rows, aggregate=True)
+    what = f"{'x'.join(map(str, ref.data.digits))} multiplication" if task == "multiplication" else task
+    plot_accuracy_vs_tokens(rows, out / "accuracy_vs_tokens.png",
+                            title=f"{what}, {split} (n = {n}), {len(seeds)} seed{'s' * (len(seeds) > 1)}")
+    print("\n" + markdown_table(rows))
+    print(f"\nMean over seeds ({task} / {split}, n = {n}; accuracy ± 95% t-interval over seeds):\n")
+    print(aggregate_table(rows))
+    print(f"\n[{TAG}] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'accuracy_vs_tokens.png'}")
+    return out

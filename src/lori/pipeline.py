@@ -1,0 +1,165 @@
+"""The teacher -> students pipeline shared by ``lori demo`` and ``lori compare``.
+
+One folder ``OUT`` holds a CoT-SFT teacher in ``OUT/cot-sft`` and one student per method in ``OUT/METHOD``, each
+initialised from the teacher's weights; a LoRi student also distils from it through the teacher statistics in
+``OUT/lori-cache``. :func:`pipeline_configs` builds those configs from a teacher and a student config tree plus
+command-line overrides (``teacher.``/``student.`` prefixes target one side, other keys apply to both);
+:func:`train_runs` trains them in order, reusing finished runs; :func:`evaluate_run` evaluates one run's final
+checkpoint, reusing an earlier evaluation of the same checkpoint with the same data and eval settings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .config import Config, config_from_dict, parse_overrides, to_dict, _set_dotted
+from .errors import ConfigError
+from .evaluation.report import ResultRow
+from .training.checkpoint import list_checkpoints
+
+TEACHER = "cot-sft"  # the teacher's method and folder name; its evaluation is the cot-sft row
+SIDES = ("teacher", "student")
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """A deep copy of ``base`` with the (nested) keys of ``extra`` set over it."""
+    out = json.loads(json.dumps(base))
+    for k, v in extra.items():
+        out[k] = merge(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[tuple[str, Any]], dict[str, list[tuple[str, Any]]]]:
+    """``key=value`` overrides -> (shared, {"teacher": [...], "student": [...]}), the side prefix removed."""
+    shared: list[tuple[str, Any]] = []
+    per: dict[str, list[tuple[str, Any]]] = {side: [] for side in SIDES}
+    for key, value in parse_overrides(overrides):
+        side, _, rest = key.partition(".")
+        if side in per:
+            if not rest:
+                raise ConfigError(f"override {key}: name a key after '{side}.', e.g. {side}.train.steps=100")
+            per[side].append((rest, value))
+        else:
+            shared.append((key, value))
+    return shared, per
+
+
+def pipeline_configs(teacher: dict, student: dict, overrides: list[str], out: Path, students: Iterable[str],
+                     seed: int | None = None, where: str = "") -> dict[str, Config]:
+    """The teacher config (``cot-sft``, in ``out/cot-sft``) and one student config per method of ``students`` (in
+    ``out/METHOD``), keyed by method, teacher first.
+
+    ``teacher`` and ``student`` are config trees (a parsed YAML preset); the overrides are applied to them, then
+    the pipeline's own fields are set: ``method``, ``out_dir``, ``train.seed`` (when ``seed`` is given), a
+    student's ``model.init_from`` (the teacher) and a LoRi student's ``lori.teacher`` and ``lori.cache_dir``
+    (``out/lori-cache``; null for the other students). A config error names ``where`` (e.g. the preset files) and
+    the run.
+    """
+    shared, per = split_overrides(overrides)
+    out = Path(out)
+    teacher_dir = str(out / TEACHER)
+    trees = {TEACHER: merge(teacher, {})} | {m: merge(student, {}) for m in students if m != TEACHER}
+    cfgs: dict[str, Config] = {}
+    for name, tree in trees.items():
+        is_teacher = name == TEACHER
+        for key, value in shared + per["teacher" if is_teacher else "student"]:
+            _set_dotted(tree, key, value)
+        if is_teacher and tree.get("method", TEACHER) != TEACHER:
+            raise ConfigError(f"{where + ': ' if where else ''}the teacher must be an explicit-CoT run (method: "
+                              f"{TEACHER}), got method: {tree['method']}")
+        tree["method"] = name
+        tree["out_dir"] = str(out / name)
+        if seed is not None:
+            _set_dotted(tree, "train.seed", seed)
+        if not is_teacher:
+            _set_dotted(tree, "model.init_from", teacher_dir)
+        if not is_teacher:  # only a LoRi student reads them; others get none rather than a preset's stale paths
+            _set_dotted(tree, "lori.teacher", teacher_dir if name == "lori" else None)
+            _set_dotted(tree, "lori.cache_dir", str(out / "lori-cache") if name == "lori" else None)
+        try:
+            cfgs[name] = config_from_dict(tree)
+        except ConfigError as e:
+            run = f"{name}{'' if seed is None else f', seed {seed}'}"
+            raise ConfigError(f"{where + ' ' if where else ''}({run}): {e}") from None
+    return cfgs
+
+
+def finished(cfg: Config) -> bool:
+    """Whether ``cfg.out_dir`` holds the final checkpoint (step == train.steps)."""
+    found = list_checkpoints(Path(cfg.out_dir))
+    return bool(found) and found[-1].name == f"step-{cfg.train.steps:06d}"
+
+
+def train_runs(cfgs: dict[str, Config], tag: str, timings: dict[str, float] | None = None,
+               label: str = "") -> None:
+    """Train every config in order (the teacher first); a LoRi student gets its teacher statistics first. Finished
+    runs are reused; an interrupted one resumes from its newest checkpoint (``train.resume: auto``)."""
+    from .precompute import precompute
+    from .training.loop import train
+
+    timings = {} if timings is None else timings
+
+    def stage(name: str, fn) -> None:
+        t0 = time.perf_counter()
+        print(f"\n[{tag}] === {label}{name} ===", flush=True)
+        fn()
+        timings[f"{label}{name}"] = time.perf_counter() - t0
+
+    for name, cfg in cfgs.items():
+        if finished(cfg):
+            print(f"[{tag}] {label}{name}: reusing the finished run in {cfg.out_dir}")
+            continue
+        if cfg.method == "lori":
+            stage("precompute teacher statistics", lambda cfg=cfg: precompute(cfg))
+        stage(f"train {name}", lambda cfg=cfg: train(cfg))
+
+
+def _eval_key(ckpt: Path, cfg: Config) -> dict:
+    """What an evaluation depends on: the checkpoint's files (name, size, mtime), the data and eval settings."""
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in ckpt.iterdir() if p.is_file())
+    return {"checkpoint": str(ckpt), "files": [list(f) for f in files], "method": cfg.method,
+            "data": to_dict(cfg.data), "eval": to_dict(cfg.eval)}
+
+
+def evaluate_run(cfg: Config, seed: int | None = None, tag: str = "lori", label: str = "",
+                 reuse: bool = True) -> tuple[ResultRow, int, Path]:
+    """Evaluate the newest checkpoint of ``cfg.out_dir`` on ``cfg.eval.split`` -> ``(row, n, predictions)``.
+
+    Writes ``OUT_DIR/eval-SPLIT/`` as ``lori eval`` does (``results.json``, ``results.md``,
+    ``predictions-METHOD-STEP.jsonl``) plus ``eval_key.json``; with ``reuse``, an evaluation whose key matches (same
+    checkpoint files, data and eval settings) is read back instead of being run again. ``seed`` goes into the row.
+    """
+    from .evaluation.report import read_results, write_results
+    from .evaluation.run import evaluate_checkpoint
+    from .training.checkpoint import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(cfg.out_dir)
+    folder = Path(cfg.out_dir) / f"eval-{cfg.eval.split}"
+    predictions = folder / f"predictions-{cfg.method}-{ckpt.name}.jsonl"
+    key_file = folder / "eval_key.json"
+    key = _eval_key(ckpt, cfg)
+    if reuse and key_file.is_file() and predictions.is_file():
+        try:
+            same = json.loads(key_file.read_text()) == key
+        except json.JSONDecodeError:
+            same = False
+        if same:
+            _, _, n, rows = read_results(folder)
+            if len(rows) == 1:
+                print(f"[{tag}] {label}{cfg.method}: reusing its evaluation in {folder}")
+                return replace(rows[0], seed=seed), n, predictions
+    key_file.unlink(missing_ok=True)  # written last: a folder without it holds no finished evaluation
+    ev = evaluate_checkpoint(ckpt, cfg)
+    row = replace(ev.row, seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    with predictions.open("w") as f:
+        for p in ev.predictions:
+            f.write(json.dumps(p) + "\n")
+    write_results(folder, cfg.data.task, cfg.eval.split, len(ev.predictions), [row])
+    key_file.write_text(json.dumps(key, indent=1) + "\n")
+    return row, len(ev.predictions), predictions
