@@ -8,6 +8,7 @@ and what is allowed. The resolved config is printed at start and saved with ever
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -116,6 +117,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.stop_at is not None and self.stop_at < 1:
+            raise ConfigError(f"train.stop_at must be >= 1 or null (run to train.steps), got {self.stop_at}")
         if self.warmup_steps < 0 or self.eval_every < 0:
             raise ConfigError("train.warmup_steps and train.eval_every must be >= 0")
         if self.grad_clip is not None and self.grad_clip <= 0:
@@ -135,6 +138,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.latency_problems < 0:
             raise ConfigError("eval.batch_size and eval.max_new_tokens must be >= 1, eval.latency_problems >= 0")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"eval.limit must be >= 1 or null (every problem), got {self.limit}")
 
 
 @dataclass
@@ -298,6 +303,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it (ints are accepted for floats)."""
     origin = get_origin(tp)
     if origin is Literal:
+        # YAML 1.1 reads a bare no/off (yes/on) as a boolean: `mixed_precision: no` means the choice 'no'.
+        if isinstance(value, bool) and ("yes" if value else "no") in get_args(tp):
+            return "yes" if value else "no"
         if value not in get_args(tp):
             allowed = ", ".join(repr(a) for a in get_args(tp))
             raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {allowed}")
@@ -330,6 +338,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -343,7 +353,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {values!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(set(values) - set(fields), key=str)  # YAML keys may be numbers or null
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
@@ -372,11 +382,13 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         child = node.get(p)
-        if not isinstance(child, dict):
-            child = {} if child is None else child
-            node[p] = child
+        if child is None:
+            child = node[p] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {'.'.join(parts[: i + 1])} is a value ({child!r:.40}), "
+                              "not a section with keys")
         node = child
     node[parts[-1]] = value
 
@@ -391,10 +403,14 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
+        if any(not part.strip() for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: the key {key!r} has an empty part; keys look like train.lr")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from e
+        except RecursionError:
+            raise ConfigError(f"override {key}: value nested too deeply") from None
         # YAML reads 3e-4 as a string (it wants 3.0e-4); accept the usual float spellings.
         if isinstance(value, str):
             try:
@@ -409,11 +425,15 @@ def load_tree(path: str | Path) -> dict[str, Any]:
     """The raw mapping of a YAML preset (not yet validated: overrides may still be applied to it)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):

@@ -3,6 +3,13 @@ calibration subset, and write the per-example LoRi statistics (mean, covariance,
 
 Training a LoRi student then never runs the teacher. The same :func:`trajectory_statistics` computes the teacher's
 statistics here and the student's during training, so cached and on-the-fly statistics agree by construction.
+
+Several processes (``torchrun --nproc_per_node N -m lori precompute ...``) split the work: the calibration batches
+are dealt round-robin and the subspace accumulators summed over processes (the main process fits the basis and
+sends it to the others); every shard is cut into the same batches as on one process, the batches are dealt
+round-robin, and the main process gathers the statistics and alone writes the shard and the manifest. A cache
+written by N processes therefore holds the statistics one process computes from the same basis batch for batch,
+and an interrupted multi-process precompute resumes like a single-process one.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from .subspace import Basis, LayerGramAccumulator, SecondMomentAccumulator, fit_
 from .subspace.cache import CacheWriter, cache_bytes, examples_digest, teacher_digests
 from .subspace.stats import triu_pack
 from .training.checkpoint import resolve_checkpoint
+from .training.distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
 
 RENDER_VERSION = "v1"  # bump when the rendering of teacher trajectories changes
 
@@ -122,6 +130,8 @@ def precompute(cfg: Config) -> Path:
     lc = cfg.lori
     if lc.cache_dir is None:
         raise ConfigError("lori.cache_dir is required: where to write the teacher statistics")
+    state = process_state()
+    rank, world, main, device = state.process_index, state.num_processes, state.is_main_process, state.device
     teacher = teacher_path(cfg)
     train = load_split(cfg.data, "train")
     lm, tokenizer = load_pretrained(teacher, cfg.model.dtype)
@@ -129,67 +139,91 @@ def precompute(cfg: Config) -> Path:
 
     configure_tokenizer(tokenizer, cfg)
     lm.eval().requires_grad_(False)
-    if torch.cuda.is_available():
-        lm.to("cuda")
+    lm.to(device)
     layers = resolve_layers(lc, num_layers(lm))
     fp = fingerprint(cfg, teacher, train, num_layers(lm))
+    # Every process reads the same manifest before any is written (the barrier below); only the main one writes.
     writer = CacheWriter(Path(lc.cache_dir), fp, len(train), lc.shard_size)
+    have_basis = writer.has_basis()
+    todo = [i for i in range(writer.n_shards) if not writer.done(i)]
+    if main:
+        for partial in writer.remove_partial_files():
+            print(f"[lori] removed {partial}: a file an interrupted precompute did not finish writing")
+    state.wait_for_everyone()
     rendered = [render_teacher(ex, tokenizer) for ex in train]
     d = lm.get_input_embeddings().weight.shape[1]
     pad = tokenizer.pad_token_id
     bs = lc.precompute_batch
     t0 = time.perf_counter()
-    print(f"[lori] precompute: teacher {teacher}, {len(train)} examples, layers {layers}, cache {lc.cache_dir}")
+    if main:
+        print(f"[lori] precompute: teacher {teacher}, {len(train)} examples, layers {layers}, cache {lc.cache_dir}"
+              + (f", {world} processes" if world > 1 else ""))
 
-    if writer.has_basis():
+    if have_basis:
         from safetensors.torch import load_file
 
         basis = Basis.from_dict(load_file(str(Path(lc.cache_dir) / "basis.safetensors")))
-        print("[lori] subspace: reusing the fitted basis in the cache")
+        if main:
+            print("[lori] subspace: reusing the fitted basis in the cache")
     else:
         calib = sorted(random.Random(cfg.data.seed).sample(range(len(train)), min(lc.calib_size, len(train))))
         acc = SecondMomentAccumulator(len(layers), d)
         batches = [calib[i : i + bs] for i in range(0, len(calib), bs)]
-        for b in tqdm(batches, desc="calibrate subspace", leave=False):
+        mine = batches[rank::world]
+        for b in tqdm(mine, desc="calibrate subspace", leave=False, disable=not main):
             h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad)
             acc.update(h.cpu(), mask.cpu())
-        basis = fit_bases(acc, rank=lc.rank, energy=lc.energy, shared=lc.shared_basis)
+        acc.load_state_dict(all_reduce_sum(acc.state_dict(), world, device))
+        basis = fit_bases(acc, rank=lc.rank, energy=lc.energy, shared=lc.shared_basis) if main else None
+        basis = Basis.from_dict(broadcast_object(basis.to_dict() if main else None, world))
         if lc.layer_rank is not None:
             gram = LayerGramAccumulator(basis)
-            for b in batches:
+            for b in mine:
                 h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad)
                 gram.update(h.cpu(), mask.cpu())
-            basis = fit_layer_factor(basis, gram, rank=lc.layer_rank, energy=None)
-        info = {"rank": basis.rank, "layer_rank": basis.layer_rank,
-                "energy_captured": [round(float(e), 4) for e in basis.energy_captured]}
-        writer.write_basis(basis, info)
-        print(f"[lori] subspace: rank {basis.rank}; energy captured per layer "
-              f"{', '.join(f'{e:.3f}' for e in info['energy_captured'])}")
+            gram.load_state_dict(all_reduce_sum(gram.state_dict(), world, device))
+            basis = fit_layer_factor(basis, gram, rank=lc.layer_rank, energy=None) if main else None
+            basis = Basis.from_dict(broadcast_object(basis.to_dict() if main else None, world))
+        if main:
+            info = {"rank": basis.rank, "layer_rank": basis.layer_rank,
+                    "energy_captured": [round(float(e), 4) for e in basis.energy_captured]}
+            writer.write_basis(basis, info)
+            print(f"[lori] subspace: rank {basis.rank}; energy captured per layer "
+                  f"{', '.join(f'{e:.3f}' for e in info['energy_captured'])}")
 
-    basis_dev = Basis.from_dict({k: v.to(next(lm.parameters()).device) for k, v in basis.to_dict().items()})
+    basis_dev = Basis.from_dict({k: v.to(device) for k, v in basis.to_dict().items()})
     raw_bytes = 4 * sum((r.length + 1) * len(layers) * d for r in rendered)  # fp32 trajectories + anchors
-    todo = [i for i in range(writer.n_shards) if not writer.done(i)]
-    if len(todo) < writer.n_shards:
+    if main and len(todo) < writer.n_shards:
         print(f"[lori] resuming: {writer.n_shards - len(todo)} of {writer.n_shards} shards already complete")
-    bar = tqdm(total=sum(writer.shard_range(i)[1] - writer.shard_range(i)[0] for i in todo), desc="precompute")
+    bar = tqdm(total=sum(writer.shard_range(i)[1] - writer.shard_range(i)[0] for i in todo), desc="precompute",
+               disable=not main)
     for i in todo:
         start, end = writer.shard_range(i)
-        mus, covs, anchors, valid = [], [], [], []
-        for s in range(start, end, bs):
+        # The batches one process would run, dealt round-robin: the same arithmetic on any number of processes.
+        chunks = list(range(start, end, bs))
+        mine = {}
+        for s in chunks[rank::world]:
             chunk = rendered[s : min(s + bs, end)]
             h, mask, anchor = teacher_trajectories(lm, chunk, layers, pad)
             mu, C, a = trajectory_statistics(basis_dev, h, mask, anchor, lc.centred)
-            mus.append(mu.cpu())
-            covs.append(triu_pack(C).cpu())
-            anchors.append(a.cpu())
-            valid.append(mask.any(-1).cpu())
-            bar.update(len(chunk))
-        writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid))
+            mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu())
+            if world == 1:
+                bar.update(len(chunk))
+        gathered = gather_to_main(mine, world, rank)
+        if main:
+            if world > 1:
+                bar.update(end - start)
+            parts = {s: v for part in gathered for s, v in part.items()}
+            mus, covs, anchors, valid = zip(*(parts[s] for s in chunks))
+            writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid))
     bar.close()
-    size = cache_bytes(Path(lc.cache_dir))
-    writer.finish({"raw_trajectory_bytes": raw_bytes, "cache_bytes": size})
-    print(f"[lori] cache: {size / 2**20:.1f} MiB for {len(train)} examples, against {raw_bytes / 2**20:.1f} MiB of raw "
-          f"fp32 teacher trajectories ({raw_bytes / max(size, 1):.1f}x smaller); {time.perf_counter() - t0:.0f}s")
-    if not writer.manifest["complete"]:  # pragma: no cover - every shard was just written
-        raise LoriError(f"{lc.cache_dir}: precompute ended with missing shards")
+    if main:
+        size = cache_bytes(Path(lc.cache_dir))
+        writer.finish({"raw_trajectory_bytes": raw_bytes, "cache_bytes": size})
+        print(f"[lori] cache: {size / 2**20:.1f} MiB for {len(train)} examples, against {raw_bytes / 2**20:.1f} MiB "
+              f"of raw fp32 teacher trajectories ({raw_bytes / max(size, 1):.1f}x smaller); "
+              f"{time.perf_counter() - t0:.0f}s")
+        if not writer.manifest["complete"]:  # pragma: no cover - every shard was just written
+            raise LoriError(f"{lc.cache_dir}: precompute ended with missing shards")
+    state.wait_for_everyone()
     return Path(lc.cache_dir)

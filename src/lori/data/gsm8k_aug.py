@@ -90,9 +90,8 @@ def prepare_gsm8k_aug(out: str | Path, source: str = "gsm8k-train",
         held_out = {_norm(ex.question) for ex in read_icot(valid)}
         inputs["valid"] = {"path": str(valid), "sha256": sha256_file(Path(valid)), "questions": len(held_out)}
     kept = [ex for ex in examples if _norm(ex.question) not in held_out]
-    out.mkdir(parents=True, exist_ok=True)
     train_file = out / "train.txt"
-    write_icot(kept, train_file)
+    write_icot(kept, train_file)  # checks every example before it creates anything (out/ included)
     manifest = {
         "what": "GSM8k-Aug training set in the iCoT format (question||<<a=b>> <<c=d>> #### answer)",
         "source": source,

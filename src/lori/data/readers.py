@@ -88,14 +88,23 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield lineno, line
 
 
+def _parse_json(text: str, path: Path, lineno: int | None, expected: str) -> Any:
+    """``json.loads`` whose every failure is a DataError: bad syntax, but also an integer with more digits than
+    Python converts (a plain ValueError) and nesting deeper than the parser's recursion limit."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = exc.lineno if lineno is None else lineno
+        raise DataError(path, line, f"invalid JSON: {exc.msg} at column {exc.colno}", expected) from exc
+    except (ValueError, RecursionError) as exc:
+        raise DataError(path, lineno, f"unreadable JSON: {str(exc).split(';')[0]:.100}", expected) from None
+
+
 def _json_lines(path: Path, keys: tuple[str, ...]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Parse each non-blank line as a JSON object that has all ``keys``."""
     expected = "expected one JSON object per line with keys " + ", ".join(repr(k) for k in keys)
     for lineno, line in _lines(path):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(path, lineno, f"invalid JSON: {exc.msg} at column {exc.colno}", expected) from exc
+        obj = _parse_json(line, path, lineno, expected)
         if not isinstance(obj, dict):
             raise DataError(path, lineno, f"a JSON {type(obj).__name__}, not an object", expected)
         missing = [k for k in keys if k not in obj]
@@ -167,10 +176,7 @@ def read_svamp_json(path: PathLike) -> list[Example]:
     """Read the SVAMP JSON list (module docstring). Errors name the 1-based item index and its ID."""
     path = Path(path)
     expected = "expected a JSON list of objects with keys 'Body', 'Question', 'Equation', 'Answer'"
-    try:
-        items = json.loads(_open_text(path))
-    except json.JSONDecodeError as exc:
-        raise DataError(path, exc.lineno, f"invalid JSON: {exc.msg} at column {exc.colno}", expected) from exc
+    items = _parse_json(_open_text(path), path, None, expected)
     if not isinstance(items, list):
         raise DataError(path, None, f"top level is a JSON {type(items).__name__}, not a list", expected)
     examples = []

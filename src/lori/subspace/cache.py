@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,14 @@ class CacheWriter:
     def done(self, i: int) -> bool:
         return any(sh["index"] == i for sh in self.manifest["shards"]) and (self.folder / _shard_name(i)).is_file()
 
+    def remove_partial_files(self) -> list[Path]:
+        """Delete the temporary files (``.NAME.*.tmp``, see lori.utils.atomic_target) a killed precompute left
+        behind; they are never read. Only the one process that writes the cache may call this."""
+        partial = sorted(p for p in self.folder.iterdir() if p.is_file() and _PARTIAL_FILE.match(p.name))
+        for p in partial:
+            p.unlink(missing_ok=True)
+        return partial
+
     def has_basis(self) -> bool:
         return (self.folder / BASIS_FILE).is_file() and "basis" in self.manifest
 
@@ -140,6 +149,9 @@ class CacheWriter:
 
     def _flush(self) -> None:
         atomic_write_text(self.folder / MANIFEST, json.dumps(self.manifest, indent=1))
+
+
+_PARTIAL_FILE = re.compile(r"^\.(stats-\d+\.safetensors|basis\.safetensors|manifest\.json)\..*\.tmp$")
 
 
 def _shard_name(i: int) -> str:

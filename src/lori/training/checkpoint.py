@@ -17,6 +17,7 @@ from ..errors import LoriError
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "lori_config.yaml"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
+_PARTIAL_DIR = re.compile(r"^\.step-\d{6,}\.")  # tempfile.mkdtemp(prefix=".step-NNNNNN.") in save_checkpoint
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -30,6 +31,18 @@ def list_checkpoints(out_dir: Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def remove_partial_checkpoints(out_dir: Path) -> list[Path]:
+    """Delete the temporary ``.step-*`` folders a killed run left in ``out_dir/checkpoints`` (never read: only
+    complete ``step-*`` folders count). Call it from the one process that writes checkpoints, before it writes."""
+    root = checkpoint_dir(out_dir)
+    if not root.is_dir():
+        return []
+    partial = sorted(p for p in root.iterdir() if p.is_dir() and _PARTIAL_DIR.match(p.name))
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True)
+    return partial
 
 
 def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, state: dict,

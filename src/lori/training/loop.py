@@ -1,9 +1,18 @@
 """The one training loop. Every method runs through it; only rendering and the loss differ.
 
-Built on ``accelerate`` so that ``accelerate launch -m lori train ...`` scales it to several processes with no
-change: the user sets the global batch, and gradient accumulation is derived from micro batch x processes.
+Built on ``accelerate`` so that ``torchrun --nproc_per_node N -m lori train ...`` (or ``accelerate launch
+--multi_gpu``) scales it to several processes with no change: the user sets the global batch, and gradient
+accumulation is derived from micro batch x processes. Every process renders the whole data set and takes its own
+slice of each step's global batch; the losses are normalised by the step's global token count, so N processes
+with accumulation A give the loss (and, up to float reduction order, the update) of one process with N x A.
+Logging, checkpoints and validation run on the main process only (validation generates on one process while the
+others wait; ``lori eval`` is single-process).
+
 Data order is a seeded permutation per epoch, indexed by a global example cursor, so a resumed run sees exactly
 the examples an uninterrupted run would.
+
+Every step's loss terms are summed over processes and checked before the optimizer step: a NaN or infinite term
+stops the run with the step, the term and the last good checkpoint, and no weights from that step are written.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ from ..methods import METHODS
 from ..methods.common import step_norm
 from ..tasks import TASKS
 from ..utils import rng_state, seed_everything, set_rng_state
-from .checkpoint import list_checkpoints, load_state, resolve_checkpoint, save_checkpoint
+from .checkpoint import (list_checkpoints, load_state, remove_partial_checkpoints, resolve_checkpoint,
+                         save_checkpoint)
+from .distributed import all_gather, check_world, force_cpu
 from .model_setup import build_model
 
 
@@ -130,7 +141,8 @@ def train(cfg: Config) -> Path:
     mixed = cfg.train.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(mixed_precision=mixed)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=force_cpu())
+    check_world(accelerator.num_processes)
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     accum = batch_arithmetic(cfg, world)
@@ -153,6 +165,8 @@ def train(cfg: Config) -> Path:
 
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for partial in remove_partial_checkpoints(out_dir):
+            print(f"[lori] removed {partial}: a checkpoint an interrupted run did not finish writing")
         save_config(cfg, out_dir / "config.yaml")
         print(dump_config(cfg), end="")
         n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -175,6 +189,8 @@ def train(cfg: Config) -> Path:
         state = load_state(resume_from)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        per_process = state.get("rng_per_process") or []
+        # Each process continues its own random stream when the run resumes with as many processes as it saved.
         set_rng_state(state["rng"])
         step, cursor = state["step"], state["cursor"]
         if main:
@@ -189,12 +205,13 @@ def train(cfg: Config) -> Path:
     bar = tqdm(total=stop, initial=step, desc=f"train {cfg.method}", disable=not main, dynamic_ncols=True)
     t_last, tok_since = time.perf_counter(), 0
     totals: dict[str, float] = {}
-    last_saved = None
+    last_saved = resume_from
 
     def save(at_step: int) -> Path:
         unwrapped = accelerator.unwrap_model(module)
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                 "step": at_step, "cursor": cursor}
+        rngs = all_gather(rng_state(), world)
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs[0],
+                 "rng_per_process": rngs, "step": at_step, "cursor": cursor}
         path = None
         if main:
             path = save_checkpoint(out_dir, at_step, getattr(unwrapped, "lm", unwrapped), tokenizer, cfg, state,
@@ -228,23 +245,27 @@ def train(cfg: Config) -> Path:
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
             parts_sum["loss"] = parts_sum.get("loss", 0.0) + float(loss.detach())
+        # Sum the per-process parts (each already divided by the global normaliser) into step totals, and refuse
+        # a non-finite one before the optimizer step, so bad weights are never written. Float64: the totals of one
+        # process with accumulation A and of A processes are then the same sums.
+        reduced = accelerator.reduce(torch.tensor(list(parts_sum.values()), dtype=torch.float64,
+                                                  device=accelerator.device), "sum")
+        totals = dict(zip(parts_sum.keys(), reduced.tolist()))
         grad_norm, lr_used = None, scheduler.get_last_lr()[0]
         if cfg.train.grad_clip is not None:
             grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), cfg.train.grad_clip))
+        problem = _non_finite(totals if grad_norm is None else {**totals, "grad_norm": grad_norm}, step + 1,
+                              last_saved)
+        if problem:
+            bar.close()
+            raise LoriError(problem)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tok_since += norm.tokens
         bar.update(1)
-        # Sum the per-process parts (each already divided by the global normaliser) into step totals.
         if step % cfg.train.log_every == 0 or step == stop:
-            reduced = accelerator.reduce(torch.tensor(list(parts_sum.values()), device=accelerator.device), "sum")
-            totals = dict(zip(parts_sum.keys(), reduced.tolist()))
-            bad = [k for k, v in totals.items() if not math.isfinite(v)]
-            if bad:
-                raise LoriError(f"non-finite loss at step {step}: {', '.join(f'{k}={totals[k]}' for k in bad)}; "
-                                f"the last good checkpoint is {last_saved}")
             now = time.perf_counter()
             record = {"step": step, **({"stage": stage} if cfg.curriculum.stages else {}),
                       **{k: round(v, 6) for k, v in totals.items()},
@@ -276,6 +297,17 @@ def train(cfg: Config) -> Path:
         print(f"[lori] checkpoint: {final}")
     accelerator.end_training()
     return final
+
+
+def _non_finite(values: dict[str, float], step: int, last_saved: Path | None) -> str | None:
+    """The error message for a step whose loss terms (or gradient norm) are not all finite, else None."""
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if not bad:
+        return None
+    where = f"the last good checkpoint is {last_saved}" if last_saved is not None else "no checkpoint was saved before it"
+    return (f"step {step}: non-finite {', '.join(f'{k}={values[k]}' for k in bad)}; stopped before the optimizer "
+            f"step, so no weights of step {step} were written; {where}. Lower train.lr or set train.grad_clip, then "
+            "resume from that checkpoint (train.resume)")
 
 
 def checkpoint_path(out_dir: Path, step: int) -> Path:
