@@ -191,7 +191,7 @@ def train(cfg: Config) -> Path:
         scheduler.load_state_dict(state["scheduler"])
         per_process = state.get("rng_per_process") or []
         # Each process continues its own random stream when the run resumes with as many processes as it saved.
-        set_rng_state(state["rng"])
+        set_rng_state(per_process[rank] if len(per_process) == world else state["rng"])
         step, cursor = state["step"], state["cursor"]
         if main:
             print(f"[lori] resumed from {resume_from} at step {step}")
@@ -246,11 +246,13 @@ def train(cfg: Config) -> Path:
                 parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
             parts_sum["loss"] = parts_sum.get("loss", 0.0) + float(loss.detach())
         # Sum the per-process parts (each already divided by the global normaliser) into step totals, and refuse
-        # a non-finite one before the optimizer step, so bad weights are never written. Float64: the totals of one
-        # process with accumulation A and of A processes are then the same sums.
-        reduced = accelerator.reduce(torch.tensor(list(parts_sum.values()), dtype=torch.float64,
-                                                  device=accelerator.device), "sum")
-        totals = dict(zip(parts_sum.keys(), reduced.tolist()))
+        # a non-finite one before the optimizer step, so bad weights are never written. Float64, as the Python
+        # sums of one process: one process with accumulation A and A processes then log the same totals.
+        totals = dict(parts_sum)
+        if world > 1:
+            reduced = accelerator.reduce(torch.tensor(list(parts_sum.values()), dtype=torch.float64,
+                                                      device=accelerator.device), "sum")
+            totals = dict(zip(parts_sum.keys(), reduced.tolist()))
         grad_norm, lr_used = None, scheduler.get_last_lr()[0]
         if cfg.train.grad_clip is not None:
             grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), cfg.train.grad_clip))
@@ -304,7 +306,8 @@ def _non_finite(values: dict[str, float], step: int, last_saved: Path | None) ->
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if not bad:
         return None
-    where = f"the last good checkpoint is {last_saved}" if last_saved is not None else "no checkpoint was saved before it"
+    where = (f"the last good checkpoint is {last_saved}" if last_saved is not None
+             else "no checkpoint was saved before it")
     return (f"step {step}: non-finite {', '.join(f'{k}={values[k]}' for k in bad)}; stopped before the optimizer "
             f"step, so no weights of step {step} were written; {where}. Lower train.lr or set train.grad_clip, then "
             "resume from that checkpoint (train.resume)")
