@@ -29,10 +29,12 @@ BASE = {
               "eval_every": 0, "eval_size": 100, "save_every": 100_000},
     "eval": {"split": "test", "batch_size": 250, "max_new_tokens": 64, "latency_problems": 16},
 }
-TEACHER = {"method": "cot-sft", "train": {"steps": 1_200}}
-STUDENT = {"train": {"steps": 600, "lr": 5.0e-4},
-           "lori": {"latent_steps": 3, "rank": 16, "calib_size": 1_000},
-           "curriculum": {"stages": 2, "steps_per_stage": 200, "thoughts_per_step": 1}}
+# A constant learning rate: the teacher's accuracy jumps late (from a few % to ~100% within a few hundred steps) and
+# a cosine decay over a short run can stop it before the jump (1,200 cosine steps: 47% on the demo's test set).
+TEACHER = {"method": "cot-sft", "train": {"steps": 1_600, "schedule": "constant"}}
+STUDENT = {"train": {"steps": 600, "lr": 5.0e-4, "schedule": "constant"},
+           "lori": {"latent_steps": 6, "rank": 16, "calib_size": 1_000},
+           "curriculum": {"stages": 2, "steps_per_stage": 150, "thoughts_per_step": 2}}
 
 
 def demo_configs(out: Path, overrides: list[str]) -> dict[str, Config]:
