@@ -75,7 +75,9 @@ sys.exit(main(sys.argv[3:]))
 def killed_run(tmp_path: Path, mode: str, kill_at: int, *args: str) -> subprocess.CompletedProcess:
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # The same intra-op thread count as this process, which finishes the run: CPU reductions split work by thread
+    # count, so 1 thread before the kill and 2 after would differ in the last bits (not a resume bug).
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run([sys.executable, str(driver), mode, str(kill_at), *args], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stdout[-2000:] + done.stderr[-2000:]
