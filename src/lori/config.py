@@ -104,13 +104,14 @@ class TrainConfig:
     eval_every: int = 250  # validation loss + accuracy on eval_size validation problems; 0 = only at end
     eval_size: int = 200
     save_every: int = 500
-    keep_checkpoints: int = 2  # newest N kept (the final one is always kept)
+    keep_checkpoints: int = 2  # newest N checkpoints kept (>= 1), older ones deleted
     resume: str = "auto"  # "auto": newest checkpoint in out_dir, "never", or a checkpoint folder
     stop_at: int | None = None  # stop after this step (checkpoint saved), e.g. to stage a run or test resume
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("steps", "global_batch", "micro_batch", "log_every", "save_every", "eval_size"):
+        for key in ("steps", "global_batch", "micro_batch", "log_every", "save_every", "eval_size",
+                    "keep_checkpoints"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:

@@ -73,7 +73,7 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, sta
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
+    for old in list_checkpoints(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
