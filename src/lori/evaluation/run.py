@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import yaml
 
 from ..config import Config, config_from_dict, parse_overrides, _set_dotted
@@ -39,13 +40,8 @@ def evaluate_checkpoint(ckpt: Path, cfg: Config, progress: bool = True) -> Evalu
     examples = load_split(cfg.data, cfg.eval.split)
     if cfg.eval.limit is not None:
         examples = examples[: cfg.eval.limit]
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            module.to("cuda")
-    except ImportError:  # pragma: no cover
-        pass
+    if torch.cuda.is_available():
+        module.to("cuda")
     return evaluate(
         getattr(module, "lm", module), tokenizer, [method.prompt(ex, tokenizer) for ex in examples], examples,
         TASKS[cfg.data.task], method=cfg.method, checkpoint=str(ckpt), batch_size=cfg.eval.batch_size,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses import token_cross_entropy
-from .render import IGNORE
+from .render import IGNORE, segments
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,11 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], norm: Norm) -> tuple[t
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     loss = token_cross_entropy(logits[:, :-1], batch["labels"][:, 1:], num_tokens=norm.tokens)
     return loss, {"ce": loss.detach()}
+
+
+def plain_prompt(example, tokenizer) -> list[int]:
+    """``prompt`` of explicit methods: ``[bos] question ||``, then plain greedy decoding."""
+    return segments(example, tokenizer).prompt
 
 
 def plain_lm(lm, tokenizer, cfg, checkpoint=None):

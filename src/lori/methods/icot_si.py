@@ -18,7 +18,15 @@ import math
 import random
 
 from ..data.schema import Example
-from .common import causal_lm_loss, collate, no_extra_tensors, no_generation_kwargs, no_training_setup, plain_lm
+from .common import (
+    causal_lm_loss,
+    collate,
+    no_extra_tensors,
+    no_generation_kwargs,
+    no_training_setup,
+    plain_lm,
+    plain_prompt,
+)
 from .render import segments, supervised
 
 name = "icot-si"
@@ -47,10 +55,7 @@ def render(example: Example, tokenizer, cfg, stage: int) -> dict[str, list[int]]
     return supervised(s.prompt, s.rationale[n:] + s.answer)
 
 
-def prompt(example: Example, tokenizer) -> list[int]:
-    return segments(example, tokenizer).prompt
-
-
+prompt = plain_prompt
 loss = causal_lm_loss
 wrap = plain_lm
 collate = collate

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from ..data.schema import Example
-from .common import causal_lm_loss, collate, no_extra_tensors, no_generation_kwargs, no_training_setup, plain_lm
+from .common import (
+    causal_lm_loss,
+    collate,
+    no_extra_tensors,
+    no_generation_kwargs,
+    no_training_setup,
+    plain_lm,
+    plain_prompt,
+)
 from .render import segments, supervised
 
 name = "no-cot"
@@ -15,10 +23,7 @@ def render(example: Example, tokenizer, cfg=None, stage: int = 1) -> dict[str, l
     return supervised(s.prompt, s.answer)
 
 
-def prompt(example: Example, tokenizer) -> list[int]:
-    return segments(example, tokenizer).prompt
-
-
+prompt = plain_prompt
 loss = causal_lm_loss
 wrap = plain_lm
 collate = collate

@@ -24,6 +24,11 @@ def checkpoint_dir(out_dir: Path) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
+def step_dir(out_dir: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives: ``out_dir/checkpoints/step-NNNNNN``."""
+    return checkpoint_dir(out_dir) / f"step-{step:06d}"
+
+
 def list_checkpoints(out_dir: Path) -> list[Path]:
     """Complete checkpoints under ``out_dir/checkpoints``, oldest first."""
     root = checkpoint_dir(out_dir)
@@ -50,7 +55,7 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, sta
     """Write ``out_dir/checkpoints/step-{step:06d}`` atomically and prune all but the newest ``keep``."""
     root = checkpoint_dir(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
+    final = step_dir(out_dir, step)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}."))
     try:
         from .lora import is_peft_model, save_lora_checkpoint

@@ -17,6 +17,7 @@ stops the run with the step, the term and the last good checkpoint, and no weigh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -36,7 +37,7 @@ from ..methods.common import step_norm
 from ..tasks import TASKS
 from ..utils import rng_state, seed_everything, set_rng_state
 from .checkpoint import (list_checkpoints, load_state, remove_partial_checkpoints, resolve_checkpoint,
-                         save_checkpoint)
+                         save_checkpoint, step_dir)
 from .distributed import all_gather, check_world, force_cpu
 from .model_setup import build_model
 
@@ -217,7 +218,7 @@ def train(cfg: Config) -> Path:
             path = save_checkpoint(out_dir, at_step, getattr(unwrapped, "lm", unwrapped), tokenizer, cfg, state,
                                    extra_tensors=method.extra_tensors(unwrapped), keep=cfg.train.keep_checkpoints)
         accelerator.wait_for_everyone()
-        return path or checkpoint_path(out_dir, at_step)
+        return path or step_dir(out_dir, at_step)
 
     while step < stop:
         if cfg.curriculum.stage_at(step) != stage:
@@ -237,7 +238,7 @@ def train(cfg: Config) -> Path:
             micro = [items[i] for i in mine[a * cfg.train.micro_batch : (a + 1) * cfg.train.micro_batch]]
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v
                      for k, v in method.collate(micro, tokenizer.pad_token_id).items()}
-            ctx = accelerator.no_sync(module) if a < accum - 1 else _null()
+            ctx = accelerator.no_sync(module) if a < accum - 1 else contextlib.nullcontext()
             with ctx, accelerator.autocast():
                 loss, parts = method.loss(module, batch, norm)
                 # DDP averages gradients over processes; the loss is already normalised globally, so undo that.
@@ -312,14 +313,3 @@ def _non_finite(values: dict[str, float], step: int, last_saved: Path | None) ->
             f"step, so no weights of step {step} were written; {where}. Lower train.lr or set train.grad_clip, then "
             "resume from that checkpoint (train.resume)")
 
-
-def checkpoint_path(out_dir: Path, step: int) -> Path:
-    return out_dir / "checkpoints" / f"step-{step:06d}"
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
