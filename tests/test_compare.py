@@ -53,6 +53,12 @@ def test_compare_configs_cover_every_method(tmp_path):
         assert runs["lori"].lori.teacher == teacher_dir
         assert runs["lori"].lori.cache_dir == str(out / f"seed-{seed}" / "lori-cache")
         assert runs["no-cot"].lori.teacher is None and runs["codi"].lori.cache_dir is None  # no stale paths
+    # METHOD: overrides reach that one run only, after the side overrides.
+    one = compare_configs(teacher, student, SIX, [0], out, ["student.curriculum.stages=3", "codi:curriculum.stages=0",
+                                                            "no-cot:curriculum.stages=0", "cot-sft:train.steps=12"])[0]
+    assert one["codi"].curriculum.stages == 0 and one["no-cot"].curriculum.stages == 0
+    assert one["lori"].curriculum.stages == 3 and one["coconut"].curriculum.stages == 3
+    assert one["cot-sft"].train.steps == 12 and one["lori"].train.steps == 8
     # Without cot-sft among the methods the teacher is still built (the students start from it).
     assert list(compare_configs(teacher, student, ["lori"], [0], out, [])[0]) == ["cot-sft", "lori"]
 
@@ -73,6 +79,10 @@ def test_compare_rejects_bad_input(tmp_path):
         compare_configs(teacher, student, ["lori"], [0], tmp_path, ["student.eval.max_new_tokens=7"])
     with pytest.raises(ConfigError, match="method: cot-sft"):
         compare_configs(student, student, ["lori"], [0], tmp_path, [])
+    with pytest.raises(ConfigError, match="'cod' before ':' is not a method"):
+        compare_configs(teacher, student, ["codi"], [0], tmp_path, ["cod:curriculum.stages=0"])
+    with pytest.raises(ConfigError, match="no coconut run"):
+        compare_configs(teacher, student, ["codi"], [0], tmp_path, ["coconut:curriculum.stages=0"])
     assert main(["compare", "--teacher", str(teacher), "--student", str(student), "--methods", "x",
                  "--out", str(tmp_path / "o")]) == 2
 

@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", default="0,1", help="comma-separated training seeds (train.seed; default: 0,1)")
     c.add_argument("--out", required=True, help="output folder: OUT/seed-S/METHOD runs, results.json, results.md, "
                                                 "accuracy_vs_tokens.png")
-    c.add_argument("overrides", nargs="*", help="dotted overrides for both sides, or teacher./student. prefixed")
+    c.add_argument("overrides", nargs="*", help="dotted overrides for every run, or prefixed: teacher./student. "
+                                                "for one side, METHOD: for one method (codi:curriculum.stages=0)")
     return p
 
 

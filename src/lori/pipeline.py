@@ -3,7 +3,8 @@
 One folder ``OUT`` holds a CoT-SFT teacher in ``OUT/cot-sft`` and one student per method in ``OUT/METHOD``, each
 initialised from the teacher's weights; a LoRi student also distils from it through the teacher statistics in
 ``OUT/lori-cache``. :func:`pipeline_configs` builds those configs from a teacher and a student config tree plus
-command-line overrides (``teacher.``/``student.`` prefixes target one side, other keys apply to both);
+command-line overrides (``teacher.``/``student.`` prefixes target one side, ``METHOD:`` one run, other keys apply
+to all);
 :func:`train_runs` trains them in order, reusing finished runs; :func:`evaluate_run` evaluates one run's final
 checkpoint, reusing an earlier evaluation of the same checkpoint with the same data and eval settings.
 """
@@ -34,11 +35,27 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def split_overrides(overrides: list[str]) -> tuple[list[tuple[str, Any]], dict[str, list[tuple[str, Any]]]]:
-    """``key=value`` overrides -> (shared, {"teacher": [...], "student": [...]}), the side prefix removed."""
+def split_overrides(overrides: list[str]) -> tuple[list[tuple[str, Any]], dict[str, list[tuple[str, Any]]],
+                                                 dict[str, list[tuple[str, Any]]]]:
+    """``key=value`` overrides -> (shared, {"teacher": [...], "student": [...]}, {METHOD: [...]}), prefixes removed.
+
+    ``teacher.KEY`` / ``student.KEY`` target one side; ``METHOD:KEY`` (e.g. ``codi:curriculum.stages=0``) targets
+    the one run of that method (``cot-sft:`` is the teacher) and is applied last; other keys apply to every run."""
+    from .methods import METHODS
+
     shared: list[tuple[str, Any]] = []
     per: dict[str, list[tuple[str, Any]]] = {side: [] for side in SIDES}
+    per_method: dict[str, list[tuple[str, Any]]] = {}
     for key, value in parse_overrides(overrides):
+        if ":" in key:
+            method, _, rest = key.partition(":")
+            if method not in METHODS:
+                raise ConfigError(f"override {key}: {method!r} before ':' is not a method; choose from "
+                                  f"{', '.join(METHODS)} (e.g. codi:curriculum.stages=0)")
+            if not rest:
+                raise ConfigError(f"override {key}: name a key after '{method}:', e.g. {method}:train.lr=3e-4")
+            per_method.setdefault(method, []).append((rest, value))
+            continue
         side, _, rest = key.partition(".")
         if side in per:
             if not rest:
@@ -46,7 +63,7 @@ def split_overrides(overrides: list[str]) -> tuple[list[tuple[str, Any]], dict[s
             per[side].append((rest, value))
         else:
             shared.append((key, value))
-    return shared, per
+    return shared, per, per_method
 
 
 def pipeline_configs(teacher: dict, student: dict, overrides: list[str], out: Path, students: Iterable[str],
@@ -60,14 +77,18 @@ def pipeline_configs(teacher: dict, student: dict, overrides: list[str], out: Pa
     (``out/lori-cache``; null for the other students). A config error names ``where`` (e.g. the preset files) and
     the run.
     """
-    shared, per = split_overrides(overrides)
+    shared, per, per_method = split_overrides(overrides)
     out = Path(out)
     teacher_dir = str(out / TEACHER)
     trees = {TEACHER: merge(teacher, {})} | {m: merge(student, {}) for m in students if m != TEACHER}
+    unused = sorted(set(per_method) - set(trees))
+    if unused:
+        raise ConfigError(f"{where + ': ' if where else ''}override {unused[0]}:...: no {unused[0]} run here; runs: "
+                          f"{', '.join(trees)}")
     cfgs: dict[str, Config] = {}
     for name, tree in trees.items():
         is_teacher = name == TEACHER
-        for key, value in shared + per["teacher" if is_teacher else "student"]:
+        for key, value in shared + per["teacher" if is_teacher else "student"] + per_method.get(name, []):
             _set_dotted(tree, key, value)
         if is_teacher and tree.get("method", TEACHER) != TEACHER:
             raise ConfigError(f"{where + ': ' if where else ''}the teacher must be an explicit-CoT run (method: "
