@@ -93,7 +93,7 @@ def test_two_processes_match_one_with_double_accumulation(tmp_path):
     assert la[-1]["loss"] < la[0]["loss"]
     valid = lambda run: [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())  # noqa: E731
                          if "valid_accuracy" in r]
-    assert [r["step"] for r in valid(two)] == [3, 6]  # validated on the main process at eval_every and at the end
+    assert [r["step"] for r in valid(two)] == [3, 6]  # validated at eval_every and at the end, each process on its slice
     assert valid(one) == valid(two)
     wa = load_file(str(one / "checkpoints" / "step-000006" / "model.safetensors"))
     wb = load_file(str(two / "checkpoints" / "step-000006" / "model.safetensors"))

@@ -18,6 +18,7 @@ stops the run with the step, the term and the last good checkpoint, and no weigh
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import time
@@ -125,15 +126,24 @@ def render_all(method, examples: list[Example], tokenizer, cfg: Config, stage: i
     return items
 
 
-def validate(cfg: Config, method, module, tokenizer, valid: list[Example], progress: bool) -> dict:
+def validate(cfg: Config, method, module, tokenizer, valid: list[Example], accelerator) -> dict:
+    """Greedy accuracy and mean generated tokens on the first ``train.eval_size`` validation problems. Every
+    process generates for its own slice (problems rank, rank + world, ...) and the counts are summed, so all
+    processes must call this together; the result is the same on every process."""
     lm = getattr(module, "lm", module)
     examples = valid[: cfg.train.eval_size]
+    mine = examples[accelerator.process_index :: accelerator.num_processes]
     ev = evaluate(
-        lm, tokenizer, [method.prompt(ex, tokenizer) for ex in examples], examples, TASKS[cfg.data.task],
+        lm, tokenizer, [method.prompt(ex, tokenizer) for ex in mine], mine, TASKS[cfg.data.task],
         method=cfg.method, checkpoint="", batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-        latency_problems=0, **method.generation_kwargs(module, tokenizer), progress=progress,
+        latency_problems=0, **method.generation_kwargs(module, tokenizer), progress=False,
     )
-    return {"valid_accuracy": ev.row.accuracy, "valid_generated_tokens": ev.row.mean_generated_tokens}
+    counts = torch.tensor([sum(p["correct"] for p in ev.predictions), sum(p["steps"] for p in ev.predictions),
+                           len(ev.predictions)], dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        counts = accelerator.reduce(counts, "sum")
+    correct, steps, n = counts.tolist()
+    return {"valid_accuracy": correct / n if n else 0.0, "valid_generated_tokens": steps / n if n else 0.0}
 
 
 def train(cfg: Config) -> Path:
@@ -281,23 +291,28 @@ def train(cfg: Config) -> Path:
             if main:
                 bar.write(" ".join(f"{k}={v}" for k, v in record.items()))
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < stop:
+            record = {"step": step, **validate(cfg, method, accelerator.unwrap_model(module), tokenizer, valid_set,
+                                               accelerator)}
+            log.write(record)
             if main:
-                record = {"step": step, **validate(cfg, method, accelerator.unwrap_model(module), tokenizer,
-                                                   valid_set, progress=False)}
-                log.write(record)
                 bar.write(" ".join(f"{k}={v}" for k, v in record.items()))
-            accelerator.wait_for_everyone()
             t_last, tok_since = time.perf_counter(), 0  # throughput counts training time only
         if step % cfg.train.save_every == 0 and step < stop:
             last_saved = save(step)
     bar.close()
     final = save(step)
+    record = {"step": step, **validate(cfg, method, accelerator.unwrap_model(module), tokenizer, valid_set,
+                                       accelerator)}
+    log.write(record)
     if main:
-        record = {"step": step, **validate(cfg, method, accelerator.unwrap_model(module), tokenizer, valid_set,
-                                           progress=False)}
-        log.write(record)
         print(" ".join(f"{k}={v}" for k, v in record.items()))
         print(f"[lori] checkpoint: {final}")
+    # Tear down in order: every process reaches the end, the DDP wrapper (its reducer holds the process group) is
+    # freed, then the group is destroyed. A DDP reducer freed after its gloo group was destroyed can hang at exit.
+    accelerator.wait_for_everyone()
+    del module, optimizer
+    accelerator.free_memory()
+    gc.collect()
     accelerator.end_training()
     return final
 
