@@ -121,6 +121,21 @@ def test_a_launch_that_did_not_form_one_job_is_refused(monkeypatch):
         check_world(1)
 
 
+def test_sharded_strategies_are_refused_with_the_reason():
+    """FSDP and DeepSpeed shard weights and optimizer state; the loop's main-process checkpoint would keep one
+    shard, so they are refused before anything trains (accelerate only selects them on GPUs)."""
+    from accelerate.utils import DistributedType
+
+    from lori.errors import LoriError
+    from lori.training.distributed import check_strategy
+
+    for ok in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        check_strategy(ok)
+    for bad in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(LoriError, match=f"{bad.name} strategy.*one process's shard.*DDP"):
+            check_strategy(bad)
+
+
 def _teacher(folder: Path) -> Path:
     """A random tiny LLaMA saved as a checkpoint folder (the teacher of a LoRi precompute)."""
     from lori.data.splits import load_split

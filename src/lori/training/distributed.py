@@ -41,6 +41,24 @@ def check_world(num_processes: int) -> None:
                         "Launch with torchrun --nproc_per_node N or accelerate launch --multi_gpu")
 
 
+SUPPORTED = ("NO", "MULTI_CPU", "MULTI_GPU")  # accelerate DistributedType names this loop handles
+
+
+def check_strategy(distributed_type) -> None:
+    """Refuse a launch strategy whose checkpoints this loop would write wrongly.
+
+    Checkpoints are written from the main process with ``save_pretrained`` and ``optimizer.state_dict()``: right
+    when every process holds the whole model and optimizer (one process, DDP), wrong under FSDP or DeepSpeed,
+    which shard parameters and optimizer state across processes (the main process would save its shard only).
+    DeepSpeed also steps the optimizer inside ``backward``, which breaks the loop's gradient accumulation."""
+    name = getattr(distributed_type, "name", str(distributed_type))
+    if name not in SUPPORTED:
+        raise LoriError(f"accelerate chose the {name} strategy, which lori's training loop does not support yet: its "
+                        "checkpoints would hold one process's shard of the weights and optimizer state. Launch with "
+                        "DDP (accelerate launch --multi_gpu, or torchrun) and no FSDP/DeepSpeed config; for a model "
+                        "too large for one device, train a LoRA adapter (model.lora_r) with gradient checkpointing")
+
+
 def process_state():
     """accelerate's :class:`PartialState` (rank, world size, device, barrier) for commands without an optimizer."""
     from accelerate import PartialState

@@ -39,7 +39,7 @@ from ..tasks import TASKS
 from ..utils import rng_state, seed_everything, set_rng_state
 from .checkpoint import (list_checkpoints, load_state, remove_partial_checkpoints, resolve_checkpoint,
                          save_checkpoint, step_dir)
-from .distributed import all_gather, check_world, force_cpu
+from .distributed import all_gather, check_strategy, check_world, force_cpu
 from .model_setup import build_model
 
 
@@ -154,6 +154,7 @@ def train(cfg: Config) -> Path:
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     accelerator = Accelerator(mixed_precision=mixed, cpu=force_cpu())
     check_world(accelerator.num_processes)
+    check_strategy(accelerator.distributed_type)
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     accum = batch_arithmetic(cfg, world)
