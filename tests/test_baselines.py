@@ -162,7 +162,7 @@ def test_coconut_renders_exactly_as_lori_and_trains_with_ce_only():
                           3)["latent_steps"] == 7
     # The student: identity projector by default (nothing extra in the checkpoint), CE only.
     module, tok, examples, cfg = setup("coconut", *common)
-    assert module.projector.kind == "identity" and coconut.extra_tensors(module) is None
+    assert module.projector.kind == "identity" and METHODS["coconut"].extra_tensors(module) is None
     assert module.latent_steps == 4
     _, batch, norm = batch_of("coconut", examples, tok, cfg, 1)
     loss, parts = coconut.loss(module, batch, norm)
@@ -217,7 +217,7 @@ def test_codi_renders_teacher_and_student_with_the_anchor_on_the_last_marker():
         assert item["suffix_ids"][item["anchor"]] == marker
         assert teacher["input_ids"][teacher["anchor"] + 1:] == item["suffix_ids"][item["anchor"] + 1:]  # same answer
         assert item["latent_steps"] == 6 and item["prompt_ids"][-1] == tok.convert_tokens_to_ids("<bot>")
-    assert module.projector.kind == "codi" and set(codi.extra_tensors(module)) == {PROJECTOR_FILE}
+    assert module.projector.kind == "codi" and set(METHODS["codi"].extra_tensors(module)) == {PROJECTOR_FILE}
 
 
 def test_codi_distillation_gradient_flows_through_the_student_only():

@@ -9,6 +9,7 @@ at the worst moment: a temporary folder / file half written, after earlier check
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -156,7 +157,7 @@ def _poison(monkeypatch, at_step: int, term: str, value: float, micro_per_step: 
                 parts = {**parts, term: torch.tensor(value)}
         return total, parts
 
-    monkeypatch.setattr(method, "loss", loss)
+    monkeypatch.setitem(METHODS, "cot-sft", dataclasses.replace(method, loss=loss))
 
 
 def test_nan_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):

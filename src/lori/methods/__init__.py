@@ -1,6 +1,7 @@
 """Methods: each module only says how it renders an example and computes its loss; everything else is shared.
 
-A method module provides:
+A method module ends with ``METHOD = Method(name=..., render=..., ...)`` (``lori.methods.common.Method``), whose
+fields are, the defaults being a plain causal-LM fine-tune's:
 - ``name``; ``render(example, tokenizer, cfg, stage) -> dict`` of token lists plus ``n_target`` (supervised tokens)
   and optionally further ``n_<name>`` counts (summed over each step into ``Norm.counts[name]``);
   ``collate(items, pad_id) -> dict of tensors``; ``prompt(example, tokenizer)`` (the generation prompt);
@@ -15,4 +16,4 @@ A method module provides:
 
 from . import coconut, codi, cot_sft, icot_si, lori, no_cot
 
-METHODS = {m.name: m for m in (no_cot, cot_sft, lori, icot_si, coconut, codi)}
+METHODS = {m.METHOD.name: m.METHOD for m in (no_cot, cot_sft, lori, icot_si, coconut, codi)}

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from ..data.schema import Example
 from . import lori
-from .common import no_training_setup
-
-name = "coconut"
+from .common import Method
 
 
 def final_thoughts(cfg) -> int:
@@ -39,8 +37,5 @@ def loss(module, batch, norm):
     return ce, {"ce": ce.detach()}
 
 
-prompt = lori.prompt
-collate = lori.collate
-setup_training = no_training_setup
-generation_kwargs = lori.generation_kwargs
-extra_tensors = lori.extra_tensors
+METHOD = Method(name="coconut", render=render, prompt=lori.prompt, collate=lori.collate, wrap=wrap, loss=loss,
+                generation_kwargs=lori.generation_kwargs, extra_tensors=lori.extra_tensors)

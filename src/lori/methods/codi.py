@@ -24,8 +24,6 @@ from ..losses import hidden_distance, token_cross_entropy
 from . import common, lori
 from .render import segments, supervised
 
-name = "codi"
-
 
 def render(example: Example, tokenizer, cfg, stage: int) -> dict:
     """The student's rendering (LoRi's, K = codi.latent_steps) plus ``teacher``: the CoT-SFT rendering and the
@@ -71,6 +69,6 @@ def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, di
     return total, {"ce": ce.detach(), "ce_teacher": ce_t.detach(), "distill": kd.detach()}
 
 
-prompt = lori.prompt
-generation_kwargs = lori.generation_kwargs
-extra_tensors = lori.extra_tensors
+METHOD = common.Method(name="codi", render=render, prompt=lori.prompt, collate=collate, wrap=wrap,
+                       setup_training=setup_training, loss=loss, generation_kwargs=lori.generation_kwargs,
+                       extra_tensors=lori.extra_tensors)

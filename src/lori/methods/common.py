@@ -1,7 +1,9 @@
-"""Pieces several methods share: batching rendered examples and the plain causal-LM loss."""
+"""Pieces several methods share: the :class:`Method` protocol, batching rendered examples and the plain causal-LM
+loss."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -79,3 +81,19 @@ def no_training_setup(module, cfg, train_set) -> None:
 def no_extra_tensors(module) -> None:
     """``extra_tensors`` of methods whose checkpoint is the language model alone."""
     return None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method's protocol (see ``lori.methods``): a name, how it renders an example, and the parts that differ
+    from a plain causal-LM fine-tune; the defaults are that fine-tune's."""
+
+    name: str
+    render: Callable
+    prompt: Callable = plain_prompt
+    collate: Callable = collate
+    wrap: Callable = plain_lm
+    setup_training: Callable = no_training_setup
+    loss: Callable = causal_lm_loss
+    generation_kwargs: Callable = no_generation_kwargs
+    extra_tensors: Callable = no_extra_tensors

@@ -18,19 +18,8 @@ import math
 import random
 
 from ..data.schema import Example
-from .common import (
-    causal_lm_loss,
-    collate,
-    no_extra_tensors,
-    no_generation_kwargs,
-    no_training_setup,
-    plain_lm,
-    plain_prompt,
-)
+from .common import Method
 from .render import segments, supervised
-
-name = "icot-si"
-latent_steps = 0  # answer-only generation
 
 
 def removal_offset(example: Example, cfg, stage: int) -> int:
@@ -55,10 +44,4 @@ def render(example: Example, tokenizer, cfg, stage: int) -> dict[str, list[int]]
     return supervised(s.prompt, s.rationale[n:] + s.answer)
 
 
-prompt = plain_prompt
-loss = causal_lm_loss
-wrap = plain_lm
-collate = collate
-setup_training = no_training_setup
-generation_kwargs = no_generation_kwargs
-extra_tensors = no_extra_tensors
+METHOD = Method(name="icot-si", render=render)

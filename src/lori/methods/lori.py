@@ -19,9 +19,8 @@ from ..data.schema import Example
 from ..errors import LoriError
 from ..losses import anchor_loss, combine, rationale_loss, teacher_energy, token_cross_entropy
 from ..models.latent import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
+from .common import Method
 from .render import IGNORE, encode, segments
-
-name = "lori"
 
 
 def render(example: Example, tokenizer, cfg, stage: int, latent_steps: int | None = None) -> dict:
@@ -166,3 +165,7 @@ def generation_kwargs(student: LatentStudent, tokenizer) -> dict:
 
 def extra_tensors(student: LatentStudent) -> dict | None:
     return {PROJECTOR_FILE: student.projector.state_dict()} if student.projector.kind != "identity" else None
+
+
+METHOD = Method(name="lori", render=render, prompt=prompt, collate=collate, wrap=wrap, setup_training=setup_training,
+                loss=loss, generation_kwargs=generation_kwargs, extra_tensors=extra_tensors)
