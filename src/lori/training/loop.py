@@ -311,7 +311,7 @@ def train(cfg: Config) -> Path:
     # Tear down in order: every process reaches the end, the DDP wrapper (its reducer holds the process group) is
     # freed, then the group is destroyed. A DDP reducer freed after its gloo group was destroyed can hang at exit.
     accelerator.wait_for_everyone()
-    del module, optimizer
+    module = optimizer = None  # the closure save() shares these cells, so rebinding drops the last references
     accelerator.free_memory()
     gc.collect()
     accelerator.end_training()
