@@ -121,6 +121,18 @@ def test_a_launch_that_did_not_form_one_job_is_refused(monkeypatch):
         check_world(1)
 
 
+def test_single_process_commands_refuse_a_multi_process_launch(monkeypatch, capsys, tmp_path):
+    """eval / analyze / demo / compare write the same files from every process: refused under a launcher."""
+    from lori.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for argv in (["eval", str(tmp_path)], ["demo", "--out", str(tmp_path / "d")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"lori {argv[0]} runs in one process, but a launcher started 2" in err
+    assert not (tmp_path / "d").exists()
+
+
 def test_sharded_strategies_are_refused_with_the_reason():
     """FSDP and DeepSpeed shard weights and optimizer state; the loop's main-process checkpoint would keep one
     shard, so they are refused before anything trains (accelerate only selects them on GPUs)."""

@@ -123,9 +123,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def single_process(verb: str) -> None:
+    """``lori eval | analyze | demo | compare`` run in one process; under a multi-process launcher every process would
+    write the same files."""
+    from .training.distributed import launched_processes
+
+    n = launched_processes()
+    if n > 1:
+        raise LoriError(f"lori {verb} runs in one process, but a launcher started {n} (WORLD_SIZE={n}); run it "
+                        "without torchrun / accelerate launch (only train and precompute use several processes)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
+        if args.verb in ("eval", "analyze", "demo", "compare"):
+            single_process(args.verb)
         if args.verb in ("train", "precompute"):
             from .config import load_config
 
