@@ -16,3 +16,5 @@ $LORI train configs/mult4x4-lori.yaml out_dir=out/mult4x4-lori-first-order lori.
 $LORI train configs/mult4x4-lori.yaml out_dir=out/mult4x4-lori-second-order lori.first_order=false
 $LORI eval out/mult4x4-cot-sft out/mult4x4-no-cot out/mult4x4-lori out/mult4x4-lori-alpha0 out/mult4x4-lori-no-anchor \
     out/mult4x4-lori-first-order out/mult4x4-lori-second-order --out out/mult4x4-eval
+# Per-digit accuracy (a diagnostic for students that get no problem fully right).
+.venv/bin/python runs/digit_accuracy.py out/mult4x4-eval/predictions-*.jsonl

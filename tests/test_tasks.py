@@ -179,3 +179,29 @@ def test_svamp_and_multiarith_golds_normalise():
         for line in path.read_text(encoding="utf-8").splitlines():
             target = json.loads(line)["target"]
             assert TASKS["multiarith"].is_correct(f"#### {target}", str(target))
+
+
+def test_digit_matches_and_the_digit_table(tmp_path):
+    task = get_task("multiplication")
+    assert task.digit_matches("#### 7 8 0 3 7 8 8 1", "7 8 0 3 7 8 8 1") == [True] * 8
+    assert task.digit_matches("#### 7 0 8 3", "7 8 0 3 7 8 8 1") == [True, False, False, True] + [False] * 4
+    assert task.digit_matches("no answer", "1 2") == [False, False]
+    assert task.digit_matches("#### 1 2 3 4", "1 2") == [True, True]  # extra digits: places match, exact does not
+    assert not task.is_correct("#### 1 2 3 4", "1 2")
+    # runs/digit_accuracy.py reads lori eval's prediction lines and prints exact, all-digit and per-place shares.
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "runs" / "digit_accuracy.py"
+    spec = importlib.util.spec_from_file_location("digit_accuracy", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    preds = tmp_path / "predictions-lori-step-000001.jsonl"
+    preds.write_text("\n".join(json.dumps({"generated": g, "gold": "1 2 3", "correct": g == "#### 1 2 3"})
+                               for g in ("#### 1 2 3", "#### 1 0 3", "#### 9")) + "\n")
+    table = mod.digit_table({"x": preds})
+    assert "| x | 3 | 33.3 | 55.6 | 66.7 | 33.3 | 66.7 |" in table
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"generated": "#### 1"}\n')
+    with pytest.raises(LoriError, match=r"bad.jsonl:1: not a prediction line"):
+        mod.digit_table({"bad": bad})
+    assert mod.main([str(tmp_path / "missing.jsonl")]) == 2

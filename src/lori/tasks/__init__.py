@@ -116,6 +116,15 @@ class DigitStringTask:
         pred = self.extract_answer(generated_text)
         return pred is not None and pred == self.normalize(gold)
 
+    def digit_matches(self, generated_text: str, gold: str) -> list[bool]:
+        """Per gold digit group, in the gold's order (iCoT: least significant first), whether the prediction has
+        the same group at the same place; a missing or non-digit answer matches nothing. A diagnostic beside the
+        exact match, which stays the only accuracy."""
+        gold_groups = self.normalize(gold).split()
+        pred = answer_text(generated_text)
+        pred_groups = pred.split() if pred is not None else []
+        return [i < len(pred_groups) and pred_groups[i] == g for i, g in enumerate(gold_groups)]
+
 
 @dataclass(frozen=True)
 class NumericTask:
