@@ -149,6 +149,20 @@ def test_lori_eval_cli(cot_run, tmp_path, capsys):
     assert len(preds) == 8
 
 
+def test_lori_eval_keeps_every_run_of_one_method_and_step(cot_run, tmp_path, capsys):
+    """Two runs of one method saved at the same step (ablations) get one predictions file each."""
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(cot_run, twin)
+    out = tmp_path / "eval"
+    assert main(["eval", str(cot_run), str(twin), "--out", str(out), "eval.limit=4", "eval.latency_problems=1"]) == 0
+    names = sorted(p.name for p in out.glob("predictions-*.jsonl"))
+    assert names == [f"predictions-{cot_run.name}-cot-sft-step-000010.jsonl",
+                     "predictions-twin-cot-sft-step-000010.jsonl"]
+    assert len(json.loads((out / "results.json").read_text())["results"]) == 2
+
+
 def test_lori_eval_cli_bad_path(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()

@@ -54,10 +54,14 @@ def eval_checkpoints(paths: list[str], overrides: list[str], out: str | None) ->
     if not paths:
         raise LoriError("lori eval needs at least one checkpoint or run folder")
     ckpts = [resolve_checkpoint(p) for p in paths]
+    cfgs = [checkpoint_config(ckpt, overrides) for ckpt in ckpts]
+    names = [f"predictions-{cfg.method}-{ckpt.name}.jsonl" for ckpt, cfg in zip(ckpts, cfgs)]
+    # Runs of one method saved at the same step (e.g. ablations) would share a file name: add the run folder's.
+    names = [f"predictions-{ckpt.parent.parent.name}-{cfg.method}-{ckpt.name}.jsonl" if names.count(n) > 1 else n
+             for n, ckpt, cfg in zip(names, ckpts, cfgs)]
     rows, meta = [], None
     out_dir = None
-    for ckpt in ckpts:
-        cfg = checkpoint_config(ckpt, overrides)
+    for ckpt, cfg, name in zip(ckpts, cfgs, names):
         this = (cfg.data.task, cfg.eval.split)
         if meta is not None and this[:2] != meta[:2]:
             raise LoriError(f"{ckpt} evaluates {this}, but earlier checkpoints {meta[:2]}: one task and split per run")
@@ -66,7 +70,7 @@ def eval_checkpoints(paths: list[str], overrides: list[str], out: str | None) ->
         meta = (cfg.data.task, cfg.eval.split, len(ev.predictions))
         rows.append(ev.row)
         out_dir.mkdir(parents=True, exist_ok=True)
-        with (out_dir / f"predictions-{cfg.method}-{ckpt.name}.jsonl").open("w") as f:
+        with (out_dir / name).open("w") as f:
             for p in ev.predictions:
                 f.write(json.dumps(p) + "\n")
     write_results(out_dir, meta[0], meta[1], meta[2], rows)
