@@ -88,7 +88,7 @@ def test_compare_rejects_bad_input(tmp_path):
 
 
 def _aggregate_cells(md: str) -> dict[str, list[str]]:
-    section = md.split("## Mean over seeds", 1)[1]
+    section = md.split("## Mean over seeds", 1)[1].split("\n## ", 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
 
@@ -148,9 +148,22 @@ def test_compare_end_to_end_and_reuse(tmp_path, capsys):
         assert float(tokens) == pytest.approx(sum(r.mean_generated_tokens for r in mine) / 2, abs=0.051)
         assert float(latency) == pytest.approx(sum(r.latency_ms_per_problem for r in mine) / 2, abs=0.051)
     assert cells["cot-sft"][-1] == "1.00x"  # the speedup column, against cot-sft
+    # Digit-string answers: each row carries its digit share, and results.md the mean over seeds per method.
+    from lori.evaluation.digits import digit_shares, read_predictions
+    from lori.tasks import get_task
+
+    for r, d in zip(rows, raw):
+        preds = next((out / f"seed-{r.seed}" / r.method / "eval-test").glob("predictions-*.jsonl"))
+        share = digit_shares(read_predictions(preds), get_task("multiplication")).digits
+        assert d["extra"]["digit_accuracy"] == pytest.approx(share, abs=1e-6)
+    digits = md.split("## Answer digits", 1)[1]
+    for method in SIX:
+        mean = sum(d["extra"]["digit_accuracy"] for d in raw if d["method"] == method) / 2
+        line = next(x for x in digits.splitlines() if x.startswith(f"| {method} |"))
+        assert float(line.split("|")[4]) == pytest.approx(100 * mean, abs=0.051)
     assert (out / "accuracy_vs_tokens.png").stat().st_size > 1000
     first = capsys.readouterr().out
-    assert "Mean over seeds" in first and "speedup vs cot-sft" in first
+    assert "Mean over seeds" in first and "speedup vs cot-sft" in first and "Answer digits" in first
 
     # A second call reuses every finished run and evaluation and writes the same rows.
     assert main(argv) == 0

@@ -188,20 +188,24 @@ def test_digit_matches_and_the_digit_table(tmp_path):
     assert task.digit_matches("no answer", "1 2") == [False, False]
     assert task.digit_matches("#### 1 2 3 4", "1 2") == [True, True]  # extra digits: places match, exact does not
     assert not task.is_correct("#### 1 2 3 4", "1 2")
-    # runs/digit_accuracy.py reads lori eval's prediction lines and prints exact, all-digit and per-place shares.
+    # lori.evaluation.digits reads lori eval's prediction lines; runs/digit_accuracy.py prints its table.
     import importlib.util
 
+    from lori.evaluation.digits import digit_shares, digit_table, read_predictions
+
+    preds = tmp_path / "predictions-lori-step-000001.jsonl"
+    preds.write_text("\n".join(json.dumps({"generated": g, "gold": "1 2 3", "correct": g == "#### 1 2 3"})
+                               for g in ("#### 1 2 3", "#### 1 0 3", "#### 9")) + "\n")
+    shares = digit_shares(read_predictions(preds), task)
+    assert shares.problems == 3 and shares.exact == pytest.approx(1 / 3) and shares.digits == pytest.approx(5 / 9)
+    assert shares.per_place == pytest.approx([2 / 3, 1 / 3, 2 / 3])
+    assert "| x | 3 | 33.3 | 55.6 | 66.7 | 33.3 | 66.7 |" in digit_table({"x": shares})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"generated": "#### 1"}\n')
+    with pytest.raises(LoriError, match=r"bad.jsonl:1: not a prediction line"):
+        read_predictions(bad)
     script = Path(__file__).parents[1] / "runs" / "digit_accuracy.py"
     spec = importlib.util.spec_from_file_location("digit_accuracy", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    preds = tmp_path / "predictions-lori-step-000001.jsonl"
-    preds.write_text("\n".join(json.dumps({"generated": g, "gold": "1 2 3", "correct": g == "#### 1 2 3"})
-                               for g in ("#### 1 2 3", "#### 1 0 3", "#### 9")) + "\n")
-    table = mod.digit_table({"x": preds})
-    assert "| x | 3 | 33.3 | 55.6 | 66.7 | 33.3 | 66.7 |" in table
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"generated": "#### 1"}\n')
-    with pytest.raises(LoriError, match=r"bad.jsonl:1: not a prediction line"):
-        mod.digit_table({"bad": bad})
-    assert mod.main([str(tmp_path / "missing.jsonl")]) == 2
+    assert mod.main([f"x={preds}"]) == 0 and mod.main([str(tmp_path / "missing.jsonl")]) == 2

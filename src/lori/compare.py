@@ -9,19 +9,24 @@ are the same for every run. Finished runs and their evaluations are reused, so a
 where it stopped.
 
 Writes ``OUT/results.json`` (one row per method and seed, with its ``seed``), ``OUT/results.md`` (the rows, then
-the mean over seeds with a 95% Student-t interval, mean tokens, latency and the speedup vs cot-sft),
+the mean over seeds with a 95% Student-t interval, mean tokens, latency and the speedup vs cot-sft; for
+digit-string answers also the share of answer digits right, a diagnostic of :mod:`lori.evaluation.digits`),
 ``OUT/accuracy_vs_tokens.png`` and, per run, ``OUT/seed-s/METHOD/eval-SPLIT/`` (predictions and a one-row
 results.json).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .config import Config, load_tree, to_dict
 from .errors import ConfigError, LoriError
+from .evaluation.digits import DigitShares, digit_shares, digit_table, mean_shares, read_predictions
 from .evaluation.report import ResultRow, aggregate_table, markdown_table, write_results
 from .pipeline import TEACHER, evaluate_run, pipeline_configs, train_runs
+from .tasks import TASKS
+from .utils import atomic_write_text
 
 TAG = "lori compare"
 
@@ -96,24 +101,39 @@ def run_compare(teacher: str | Path, student: str | Path, methods: str | list[st
         # The teacher always trains (the students start from it); it is evaluated only when cot-sft is compared.
         train_runs(cfgs[seed], TAG, label=f"seed {seed} / ")
 
+    ref = cfgs[seeds[0]][TEACHER]
+    scorer = TASKS[ref.data.task]
     by_run: dict[tuple[str, int], ResultRow] = {}
+    digits: dict[tuple[str, int], DigitShares] = {}
     sizes = set()
     for seed in seeds:
         for method in methods:
-            row, n, _ = evaluate_run(cfgs[seed][method], seed=seed, tag=TAG, label=f"seed {seed} / ")
+            row, n, predictions = evaluate_run(cfgs[seed][method], seed=seed, tag=TAG, label=f"seed {seed} / ")
+            if hasattr(scorer, "digit_matches"):  # digit-string answers: the per-digit diagnostic too
+                digits[method, seed] = digit_shares(read_predictions(predictions), scorer)
+                row = replace(row, extra={**row.extra, "digit_accuracy": round(digits[method, seed].digits, 6)})
             by_run[method, seed] = row
             sizes.add(n)
     if len(sizes) != 1:  # pragma: no cover - the data and eval sections are checked to agree
         raise LoriError(f"the runs were evaluated on different numbers of problems: {sorted(sizes)}")
     rows = [by_run[m, s] for m in methods for s in seeds]  # grouped by method, seeds in order
-    ref = cfgs[seeds[0]][TEACHER]
     task, split, n = ref.data.task, ref.eval.split, sizes.pop()
     write_results(out, task, split, n, rows, aggregate=True)
+    if digits:
+        table = digit_table({m: mean_shares([digits[m, s] for s in seeds]) for m in methods})
+        section = (f"\n## Answer digits (a diagnostic; exact match above is the accuracy)\n\n{table}\n\n"
+                   "Mean over seeds of the share of gold digits right at their place (d1 = least significant, the "
+                   "first one written), from each run's predictions; per run in results.json as "
+                   "extra.digit_accuracy.\n")
+        md = out / "results.md"
+        atomic_write_text(md, md.read_text() + section)
     what = f"{'x'.join(map(str, ref.data.digits))} multiplication" if task == "multiplication" else task
     plot_accuracy_vs_tokens(rows, out / "accuracy_vs_tokens.png",
                             title=f"{what}, {split} (n = {n}), {len(seeds)} seed{'s' * (len(seeds) > 1)}")
     print("\n" + markdown_table(rows))
     print(f"\nMean over seeds ({task} / {split}, n = {n}; accuracy ± 95% t-interval over seeds):\n")
     print(aggregate_table(rows))
+    if digits:
+        print(f"\nAnswer digits, mean over seeds (a diagnostic):\n\n{table}")
     print(f"\n[{TAG}] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'accuracy_vs_tokens.png'}")
     return out
