@@ -100,8 +100,8 @@ def test_aggregate_table_means_over_seeds(tmp_path):
             ResultRow("lori", "l1", 0.60, (0.54, 0.66), 8.0, 25.0, 40.0, seed=1),
             ResultRow("no-cot", "n0", 0.25, (0.2, 0.3), 5.0, 10.0, 90.0, seed=0)]
     cells = _aggregate_cells("## Mean over seeds\n" + aggregate_table(rows))
-    mean, lo, hi = mean_ci([0.7, 0.6])  # t_{0.975,1} = 12.706: a wide interval with two seeds
-    assert cells["lori"] == ["2", f"65.0 ± {50 * (hi - lo):.1f} [{100 * lo:.1f}, {100 * hi:.1f}]", "7.0", "22.5",
+    mean, lo, hi = mean_ci([0.7, 0.6])  # t_{0.975,1} = 12.706: a wide interval, its bracket clipped at 100%
+    assert cells["lori"] == ["2", f"65.0 ± {50 * (hi - lo):.1f} [{100 * lo:.1f}, 100.0]", "7.0", "22.5",
                              "45.00", "4.00x"]  # 90 ms / 22.5 ms
     assert cells["cot-sft"][1].startswith("85.0 ± ") and cells["cot-sft"][-1] == "1.00x"
     assert cells["no-cot"][:2] == ["1", "25.0 ± n/a"]  # one seed: no interval rather than a zero-width one
@@ -143,8 +143,8 @@ def test_compare_end_to_end_and_reuse(tmp_path, capsys):
         m = re.fullmatch(r"(-?[\d.]+) ± ([\d.]+) \[(-?[\d.]+), (-?[\d.]+)\]", acc)
         assert m, acc
         assert float(m.group(1)) == pytest.approx(100 * mean, abs=0.051)
-        assert float(m.group(3)) == pytest.approx(100 * lo, abs=0.051)
-        assert float(m.group(4)) == pytest.approx(100 * hi, abs=0.051)
+        assert float(m.group(3)) == pytest.approx(100 * max(0.0, lo), abs=0.051)  # clipped to [0, 100]
+        assert float(m.group(4)) == pytest.approx(100 * min(1.0, hi), abs=0.051)
         assert float(tokens) == pytest.approx(sum(r.mean_generated_tokens for r in mine) / 2, abs=0.051)
         assert float(latency) == pytest.approx(sum(r.latency_ms_per_problem for r in mine) / 2, abs=0.051)
     assert cells["cot-sft"][-1] == "1.00x"  # the speedup column, against cot-sft

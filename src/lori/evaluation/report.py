@@ -137,7 +137,7 @@ def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow],
         md += (
             f"\n## Mean over seeds\n\n{aggregate_table(rows)}\n\n"
             "Accuracy: mean over seeds in % ± the half-width of its 95% Student-t interval over seeds "
-            "(n/a with one seed), then the interval; tokens, latency and throughput: means over seeds; "
+            "(n/a with one seed), then the interval clipped to [0, 100]; tokens, latency and throughput: means over seeds; "
             f"speedup = mean latency of {BASELINE_METHOD} / mean latency of the method.\n"
         )
     atomic_write_text(json_path, payload_text + "\n")
@@ -319,7 +319,8 @@ def aggregate_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> s
             acc_cell = f"{acc:.1f} ± n/a"
         else:
             lo, hi = 100 * a.ci95[0], 100 * a.ci95[1]
-            acc_cell = f"{acc:.1f} ± {(hi - lo) / 2:.1f} [{lo:.1f}, {hi:.1f}]"
+            # ± the t half-width; the bracket clipped to [0, 100], the range of an accuracy
+            acc_cell = f"{acc:.1f} ± {(hi - lo) / 2:.1f} [{max(0.0, lo):.1f}, {min(100.0, hi):.1f}]"
         cells = [_cell(a.method), str(len(a.seeds)), acc_cell, f"{a.mean_generated_tokens:.1f}",
                  f"{a.latency_ms_per_problem:.1f}", f"{a.throughput_problems_per_s:.2f}"]
         if base is not None:
