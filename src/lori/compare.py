@@ -26,7 +26,6 @@ from .evaluation.digits import DigitShares, digit_shares, digit_table, mean_shar
 from .evaluation.report import ResultRow, aggregate_table, markdown_table, write_results
 from .pipeline import TEACHER, evaluate_run, pipeline_configs, train_runs
 from .tasks import TASKS
-from .utils import atomic_write_text
 
 TAG = "lori compare"
 
@@ -118,15 +117,14 @@ def run_compare(teacher: str | Path, student: str | Path, methods: str | list[st
         raise LoriError(f"the runs were evaluated on different numbers of problems: {sorted(sizes)}")
     rows = [by_run[m, s] for m in methods for s in seeds]  # grouped by method, seeds in order
     task, split, n = ref.data.task, ref.eval.split, sizes.pop()
-    write_results(out, task, split, n, rows, aggregate=True)
+    section = ""
     if digits:
         table = digit_table({m: mean_shares([digits[m, s] for s in seeds]) for m in methods})
         section = (f"\n## Answer digits (a diagnostic; exact match above is the accuracy)\n\n{table}\n\n"
                    "Mean over seeds of the share of gold digits right at their place (d1 = least significant, the "
                    "first one written), from each run's predictions; per run in results.json as "
                    "extra.digit_accuracy.\n")
-        md = out / "results.md"
-        atomic_write_text(md, md.read_text() + section)
+    write_results(out, task, split, n, rows, aggregate=True, appendix=section)
     what = f"{'x'.join(map(str, ref.data.digits))} multiplication" if task == "multiplication" else task
     plot_accuracy_vs_tokens(rows, out / "accuracy_vs_tokens.png",
                             title=f"{what}, {split} (n = {n}), {len(seeds)} seed{'s' * (len(seeds) > 1)}")

@@ -106,11 +106,12 @@ def _check_row(row: ResultRow, where: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- writing
 def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow],
-                  aggregate: bool = False) -> tuple[Path, Path]:
+                  aggregate: bool = False, appendix: str = "") -> tuple[Path, Path]:
     """Write ``out_dir/results.json`` and ``out_dir/results.md`` atomically; return both paths.
 
     With ``aggregate``, results.md also gets :func:`aggregate_table` (mean over the seeds of each method) after
-    the per-row table; results.json is the same either way (one row per method and seed).
+    the per-row table; results.json is the same either way (one row per method and seed). ``appendix`` (Markdown)
+    ends results.md.
     Raises LoriError (naming ``results[i].key``) for a row that does not fit the shape, before
     anything is written.
     """
@@ -141,7 +142,7 @@ def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow],
             f"speedup = mean latency of {BASELINE_METHOD} / mean latency of the method.\n"
         )
     atomic_write_text(json_path, payload_text + "\n")
-    atomic_write_text(md_path, md)
+    atomic_write_text(md_path, md + appendix)
     return json_path, md_path
 
 
