@@ -39,6 +39,12 @@ def read_predictions(path: str | Path) -> list[dict]:
     return out
 
 
+def _place_means(rows: list[list[float]]) -> list[float]:
+    """Mean of column i over the rows that have a column i, for every i (rows of unequal length)."""
+    width = max(len(r) for r in rows)
+    return [sum(r[i] for r in rows if i < len(r)) / sum(i < len(r) for r in rows) for i in range(width)]
+
+
 def digit_shares(predictions: Iterable[dict], task) -> DigitShares:
     """Exact, all-digit and per-place shares of ``predictions`` (dicts with generated, gold, correct) under
     ``task`` (a task with ``digit_matches``)."""
@@ -48,20 +54,15 @@ def digit_shares(predictions: Iterable[dict], task) -> DigitShares:
         exact += bool(p["correct"])
     if not matches:
         raise LoriError("digit_shares: no predictions")
-    width = max(len(m) for m in matches)
-    per_place = [sum(m[i] for m in matches if i < len(m)) / sum(i < len(m) for m in matches) for i in range(width)]
     return DigitShares(problems=len(matches), exact=exact / len(matches),
-                       digits=sum(map(sum, matches)) / sum(map(len, matches)), per_place=per_place)
+                       digits=sum(map(sum, matches)) / sum(map(len, matches)), per_place=_place_means(matches))
 
 
 def mean_shares(shares: list[DigitShares]) -> DigitShares:
     """The plain mean of several runs' shares (e.g. over seeds; every run scored on the same problems)."""
     k = len(shares)
-    places = max(len(s.per_place) for s in shares)
     return DigitShares(problems=shares[0].problems, exact=sum(s.exact for s in shares) / k,
-                       digits=sum(s.digits for s in shares) / k,
-                       per_place=[sum(s.per_place[i] for s in shares if i < len(s.per_place))
-                                  / sum(i < len(s.per_place) for s in shares) for i in range(places)])
+                       digits=sum(s.digits for s in shares) / k, per_place=_place_means([s.per_place for s in shares]))
 
 
 def digit_table(shares: dict[str, DigitShares]) -> str:

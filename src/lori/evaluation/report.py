@@ -138,7 +138,8 @@ def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow],
         md += (
             f"\n## Mean over seeds\n\n{aggregate_table(rows)}\n\n"
             "Accuracy: mean over seeds in % ± the half-width of its 95% Student-t interval over seeds "
-            "(n/a with one seed), then the interval clipped to [0, 100]; tokens, latency and throughput: means over seeds; "
+            "(n/a with one seed), then the interval clipped to [0, 100]; tokens, latency and throughput: means over "
+            "seeds; "
             f"speedup = mean latency of {BASELINE_METHOD} / mean latency of the method.\n"
         )
     atomic_write_text(json_path, payload_text + "\n")
