@@ -176,7 +176,8 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tmp_path
     assert all(torch.isfinite(w).all() for w in weights.values())
     # Resuming from the kept checkpoint (without the fault) continues from step 2.
     monkeypatch.undo()
-    train(load_config(None, [*TINY, "method=cot-sft", "train.steps=3", "train.save_every=2", f"out_dir={tmp_path}"]))
+    train(load_config(None, [*TINY, "method=cot-sft", "train.steps=6", "train.stop_at=3", "train.save_every=2",
+                             f"out_dir={tmp_path}"]))
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000002", "step-000003"]
 
 

@@ -111,15 +111,24 @@ def pipeline_configs(teacher: dict, student: dict, overrides: list[str], out: Pa
 
 
 def finished(cfg: Config) -> bool:
-    """Whether ``cfg.out_dir`` holds the final checkpoint (step == train.steps)."""
-    found = list_checkpoints(Path(cfg.out_dir))
-    return bool(found) and found[-1].name == f"step-{cfg.train.steps:06d}"
+    """Whether ``cfg.out_dir`` holds the final checkpoint (step == train.steps) of a run with ``cfg``'s identity.
+
+    A folder with checkpoints of other settings or inputs (lori.training.identity) is refused, naming the keys."""
+    from .training.identity import check_reuse
+
+    out = Path(cfg.out_dir)
+    found = list_checkpoints(out)
+    if not found:
+        return False
+    check_reuse(cfg, out, f"use a new output folder, or delete {out} to train this run again")
+    return found[-1].name == f"step-{cfg.train.steps:06d}"
 
 
 def train_runs(cfgs: dict[str, Config], tag: str, timings: dict[str, float] | None = None,
                label: str = "") -> None:
     """Train every config in order (the teacher first); a LoRi student gets its teacher statistics first. Finished
-    runs are reused; an interrupted one resumes from its newest checkpoint (``train.resume: auto``)."""
+    runs are reused; an interrupted one resumes from its newest checkpoint (``train.resume: auto``); a run folder
+    whose settings or inputs differ from its config (a changed key, a retrained teacher) is refused."""
     from .precompute import precompute
     from .training.loop import train
 

@@ -39,7 +39,8 @@ from ..tasks import TASKS
 from ..utils import rng_state, seed_everything, set_rng_state
 from .checkpoint import (list_checkpoints, load_state, remove_partial_checkpoints, resolve_checkpoint,
                          save_checkpoint, step_dir)
-from .distributed import all_gather, check_strategy, check_world, force_cpu
+from .distributed import all_gather, broadcast_object, check_strategy, check_world, force_cpu
+from .identity import acquire_lock, release_lock, start_run, truncate_metrics
 from .model_setup import build_model
 
 
@@ -147,7 +148,8 @@ def validate(cfg: Config, method, module, tokenizer, valid: list[Example], accel
 
 
 def train(cfg: Config) -> Path:
-    """Train ``cfg.method`` and return the final checkpoint folder."""
+    """Train ``cfg.method`` and return the final checkpoint folder. The main process holds ``OUT/.lock`` while the
+    run writes the folder (lori.training.identity), so a second run into the same folder is refused."""
     out_dir = Path(cfg.out_dir)
     mixed = cfg.train.mixed_precision
     if mixed == "auto":
@@ -155,6 +157,24 @@ def train(cfg: Config) -> Path:
     accelerator = Accelerator(mixed_precision=mixed, cpu=force_cpu())
     check_world(accelerator.num_processes)
     check_strategy(accelerator.distributed_type)
+    lock, problem = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = acquire_lock(out_dir)
+        except LoriError as e:
+            problem = str(e)
+    problem = broadcast_object(problem, accelerator.num_processes)  # every process stops, not the main one alone
+    if problem:
+        raise LoriError(problem)
+    try:
+        return _train(cfg, accelerator, mixed)
+    finally:
+        if lock is not None:
+            release_lock(lock)
+
+
+def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
+    out_dir = Path(cfg.out_dir)
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     accum = batch_arithmetic(cfg, world)
@@ -168,6 +188,18 @@ def train(cfg: Config) -> Path:
         resume_from = found[-1] if found else None
     elif cfg.train.resume != "never":
         resume_from = resolve_checkpoint(cfg.train.resume)
+    # The run folder's identity: checked against the run resumed from (changed settings or inputs are refused,
+    # the allowed ones printed), recorded for a fresh run (lori.training.identity). On the main process; every
+    # process stops on a refusal.
+    problem = None
+    if main:
+        try:
+            start_run(cfg, out_dir, resume_from)
+        except LoriError as e:
+            problem = str(e)
+    problem = broadcast_object(problem, world)
+    if problem:
+        raise LoriError(problem)
 
     seed_everything(cfg.train.seed)
     train_set = load_split(cfg.data, "train")
@@ -205,8 +237,14 @@ def train(cfg: Config) -> Path:
         # Each process continues its own random stream when the run resumes with as many processes as it saved.
         set_rng_state(per_process[rank] if len(per_process) == world else state["rng"])
         step, cursor = state["step"], state["cursor"]
+        if step > cfg.train.steps:
+            raise LoriError(f"{resume_from} is at step {step}, past train.steps={cfg.train.steps}; set train.steps "
+                            f">= {step}, or start over with train.resume=never")
         if main:
             print(f"[lori] resumed from {resume_from} at step {step}")
+            dropped = truncate_metrics(out_dir / "metrics.jsonl", step)  # the steps after it are logged again
+            if dropped:
+                print(f"[lori] metrics.jsonl: dropped {dropped} line(s) after step {step}")
     stage = cfg.curriculum.stage_at(step)
     items = render_all(method, train_set, tokenizer, cfg, stage)
     module, optimizer = accelerator.prepare(module, optimizer)
@@ -326,6 +364,6 @@ def _non_finite(values: dict[str, float], step: int, last_saved: Path | None) ->
     where = (f"the last good checkpoint is {last_saved}" if last_saved is not None
              else "no checkpoint was saved before it")
     return (f"step {step}: non-finite {', '.join(f'{k}={values[k]}' for k in bad)}; stopped before the optimizer "
-            f"step, so no weights of step {step} were written; {where}. Lower train.lr or set train.grad_clip, then "
-            "resume from that checkpoint (train.resume)")
+            f"step, so no weights of step {step} were written; {where}. Lower train.lr or set train.grad_clip and train "
+            "again (train.resume=never, or a new out_dir): a resumed run keeps the settings it started with")
 
