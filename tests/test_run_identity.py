@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from lori.cli import main
 from lori.config import load_config
-from lori.errors import LoriError
+from lori.errors import ConfigError, LoriError
 from lori.pipeline import finished, pipeline_configs, train_runs
 from lori.training.checkpoint import STATE_FILE, list_checkpoints
 from lori.training.identity import IDENTITY_FILE, LOCK_FILE, acquire_lock, differences, run_identity
@@ -163,3 +163,18 @@ def test_resumed_metrics_have_each_step_once(tmp_path):
     assert _steps(tmp_path) == [1, 2, 3, 4, 5, 6]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(r.get("loss") != 1.0 for r in records)
+
+
+def test_a_student_has_its_teachers_architecture(tmp_path):
+    """A tiny student's config says the size of the weights it starts from: the pipeline gives it the teacher's,
+    and a config that says otherwise is refused."""
+    teacher = {"model": {"arch": "gpt2", "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}}
+    cfgs = pipeline_configs(teacher, {"model": {"hidden_size": 128}}, [], tmp_path, ("no-cot",))
+    model = cfgs["no-cot"].model
+    assert (model.arch, model.hidden_size, model.num_layers, model.num_heads, model.intermediate_size) == \
+        ("gpt2", 32, 2, 2, 64)
+    _train(tmp_path / "teacher", "train.steps=1")
+    with pytest.raises(ConfigError, match="model.hidden_size=64 but .* holds a model with hidden_size 32; .* set "
+                                          "model.hidden_size=32"):
+        _train(tmp_path / "student", "method=no-cot", "train.steps=1", f"model.init_from={tmp_path / 'teacher'}",
+               "model.hidden_size=64")

@@ -22,6 +22,7 @@ from .config import Config, config_from_dict, parse_overrides, to_dict, _set_dot
 from .errors import ConfigError
 from .evaluation.report import ResultRow
 from .training.checkpoint import list_checkpoints
+from .training.model_setup import TINY_ARCH_KEYS
 
 TEACHER = "cot-sft"  # the teacher's method and folder name; its evaluation is the cot-sft row
 SIDES = ("teacher", "student")
@@ -73,9 +74,9 @@ def pipeline_configs(teacher: dict, student: dict, overrides: list[str], out: Pa
 
     ``teacher`` and ``student`` are config trees (a parsed YAML preset); the overrides are applied to them, then
     the pipeline's own fields are set: ``method``, ``out_dir``, ``train.seed`` (when ``seed`` is given), a
-    student's ``model.init_from`` (the teacher) and a LoRi student's ``lori.teacher`` and ``lori.cache_dir``
-    (``out/lori-cache``; null for the other students). A config error names ``where`` (e.g. the preset files) and
-    the run.
+    student's ``model.init_from`` (the teacher; a tiny student gets a tiny teacher's ``model.arch`` and sizes, the
+    weights it starts from) and a LoRi student's ``lori.teacher`` and ``lori.cache_dir`` (``out/lori-cache``; null
+    for the other students). A config error names ``where`` (e.g. the preset files) and the run.
     """
     shared, per, per_method = split_overrides(overrides)
     out = Path(out)
@@ -99,6 +100,10 @@ def pipeline_configs(teacher: dict, student: dict, overrides: list[str], out: Pa
             _set_dotted(tree, "train.seed", seed)
         if not is_teacher:
             _set_dotted(tree, "model.init_from", teacher_dir)
+            teacher_model = cfgs[TEACHER].model
+            if teacher_model.name == "tiny" and (tree.get("model") or {}).get("name", "tiny") == "tiny":
+                for key in TINY_ARCH_KEYS:  # the student starts from the teacher's weights, so it has its size
+                    _set_dotted(tree, f"model.{key}", getattr(teacher_model, key))
         if not is_teacher:  # only a LoRi student reads them; others get none rather than a preset's stale paths
             _set_dotted(tree, "lori.teacher", teacher_dir if name == "lori" else None)
             _set_dotted(tree, "lori.cache_dir", str(out / "lori-cache") if name == "lori" else None)

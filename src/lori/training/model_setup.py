@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Config
+from ..config import Config, ModelConfig
+from ..errors import ConfigError
 from ..data.schema import Example
 from ..models.build import load_pretrained, tiny_model
 from ..models.tokenizer import build_word_tokenizer
@@ -26,6 +27,8 @@ def build_model(cfg: Config, method, train_set: list[Example], resume_from=None)
     source = source or (resolve_checkpoint(cfg.model.init_from) if cfg.model.init_from else None)
     if source is not None:
         lm, tokenizer = load_pretrained(source, cfg.model.dtype)
+        if cfg.model.name == "tiny":
+            check_architecture(lm, cfg.model, source)
     elif cfg.model.name == "tiny":
         tokenizer = builtin_tokenizer(train_set)
         torch.manual_seed(cfg.train.seed)
@@ -43,6 +46,29 @@ def build_model(cfg: Config, method, train_set: list[Example], resume_from=None)
 
         module = apply_lora(module, tokenizer, cfg.model, resume_from)
     return module, tokenizer
+
+
+TINY_ARCH_KEYS = ("arch", "hidden_size", "num_layers", "num_heads", "intermediate_size")
+
+
+def architecture(lm) -> dict:
+    """The ``model.*`` values of a tiny model's architecture, read from its Hugging Face config."""
+    c = lm.config
+    inner = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * c.hidden_size
+    return {"arch": c.model_type, "hidden_size": c.hidden_size, "num_layers": c.num_hidden_layers,
+            "num_heads": c.num_attention_heads, "intermediate_size": inner}
+
+
+def check_architecture(lm, model: ModelConfig, source) -> None:
+    """A tiny model started from a checkpoint has that checkpoint's architecture: refuse a config that says
+    otherwise, so the config saved with the run describes the weights."""
+    have = architecture(lm)
+    bad = [k for k in TINY_ARCH_KEYS if getattr(model, k) != have[k]]
+    if bad:
+        said = ", ".join(f"model.{k}={getattr(model, k)}" for k in bad)
+        raise ConfigError(f"{said} but {source} holds a model with "
+                          f"{', '.join(f'{k} {have[k]}' for k in bad)}; a model started from a checkpoint has its "
+                          f"architecture: set {' '.join(f'model.{k}={have[k]}' for k in bad)}")
 
 
 def configure_tokenizer(tokenizer, cfg: Config):
