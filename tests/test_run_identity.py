@@ -178,3 +178,8 @@ def test_a_student_has_its_teachers_architecture(tmp_path):
                                           "model.hidden_size=32"):
         _train(tmp_path / "student", "method=no-cot", "train.steps=1", f"model.init_from={tmp_path / 'teacher'}",
                "model.hidden_size=64")
+
+
+def test_a_missing_data_file_is_named(tmp_path):
+    with pytest.raises(LoriError, match=r"nope\.txt: file does not exist"):
+        run_identity(load_config(None, [*TINY, f"data.train_file={tmp_path / 'nope.txt'}"]))

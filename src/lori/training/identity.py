@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, to_dict
-from ..errors import LoriError
+from ..errors import DataError, LoriError
 from ..utils import atomic_write_text
 from .checkpoint import checkpoint_dir, resolve_checkpoint
 
@@ -90,7 +90,8 @@ def _input(path: str | None, kind: str) -> dict | None:
     if kind == "file":
         p = Path(path)
         if not p.is_file():
-            raise LoriError(f"{path}: data file does not exist")
+            raise DataError(p, None, "not a regular file" if p.exists() else "file does not exist",
+                            "check the path; data files are never downloaded silently")
         return {"path": str(path), "digest": _file_sha(p)}
     return {"path": str(path), "digest": _weights_digest(resolve_checkpoint(path))}
 
