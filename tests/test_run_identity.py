@@ -183,3 +183,11 @@ def test_a_student_has_its_teachers_architecture(tmp_path):
 def test_a_missing_data_file_is_named(tmp_path):
     with pytest.raises(LoriError, match=r"nope\.txt: file does not exist"):
         run_identity(load_config(None, [*TINY, f"data.train_file={tmp_path / 'nope.txt'}"]))
+
+
+def test_a_key_added_to_the_config_since_counts_as_its_default():
+    new = run_identity(load_config(None, TINY))
+    old = {k: v for k, v in new.items() if k != "train.grad_clip"}  # grad_clip's default: null
+    assert differences(old, new) == ([], [])
+    assert differences(old, run_identity(load_config(None, [*TINY, "train.grad_clip=1.0"])))[0] == ["train.grad_clip"]
+    assert differences({**new, "train.gone": 1}, new) == ([], [])

@@ -18,6 +18,7 @@ folder; a lock left by a process that is gone (same host, pid not running) is ta
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -121,11 +122,19 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    return _flatten(to_dict(Config()))
+
+
 def differences(old: dict, new: dict) -> tuple[list[str], list[str]]:
-    """``(refused, allowed)``: the dotted keys whose values differ and change the run, and those that may differ."""
+    """``(refused, allowed)``: the dotted keys whose values differ and change the run, and those that may differ.
+
+    A key the old identity lacks (added to the config since) counts as its default there; a key only the old one
+    has (since removed) no longer means anything."""
     refused, allowed = [], []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+    for key in sorted(new):
+        a, b = old[key] if key in old else _defaults().get(key), new[key]
         if _same(a, b):
             continue
         (allowed if _free(key, old, new) else refused).append(key)
