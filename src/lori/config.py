@@ -105,7 +105,9 @@ class TrainConfig:
     eval_size: int = 200
     save_every: int = 500
     keep_checkpoints: int = 2  # newest N checkpoints kept (>= 1), older ones deleted
-    resume: str = "auto"  # "auto": newest checkpoint in out_dir, "never", or a checkpoint folder
+    # "auto": newest checkpoint in out_dir; "never": start over (deletes out_dir's checkpoints and metrics); or a
+    # checkpoint folder. A resume refuses changed settings (lori.training.identity).
+    resume: str = "auto"
     stop_at: int | None = None  # stop after this step (checkpoint saved), e.g. to stage a run or test resume
     tensorboard: bool = False
 
