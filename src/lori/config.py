@@ -17,7 +17,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, LoriError
 
 MethodName = Literal["cot-sft", "no-cot", "lori", "icot-si", "coconut", "codi"]
 Arch = Literal["llama", "qwen2", "gpt2"]
@@ -35,6 +35,12 @@ class DataConfig:
     valid_size: int = 500
     test_size: int = 1_000
     seed: int = 0  # generator seed; splits use seed, seed+1, seed+2
+    # Generated chains (task: chains; lori.data.chains): L steps mod m over named variables.
+    chain_steps: int = 4  # L: the depth; the answer needs every step in order
+    chain_modulus: int = 10  # values are 0..m-1; the answer is uniform, chance = 1/m
+    chain_ops: str = "+-*"  # a subset of "+-*" (`*` by a constant coprime with m)
+    chain_back_ref: float = 0.0  # share of +/- steps whose operand is an earlier variable, not a constant
+    chain_rationale: Literal["value", "expression"] = "value"  # << c = 5 >> or << c = 2 + 3 = 5 >>
     max_length: int = 512  # rendered examples longer than this are an error, not silently cut
 
     def __post_init__(self) -> None:
@@ -43,6 +49,13 @@ class DataConfig:
         for key in ("train_size", "valid_size", "test_size", "max_length"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        from .data.chains import check_options
+
+        try:
+            check_options(self.chain_steps, self.chain_modulus, self.chain_ops, self.chain_back_ref,
+                          self.chain_rationale)
+        except LoriError as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -198,13 +211,19 @@ class LoRiConfig:
     shard_size: int = 10_000  # examples per cache shard
     precompute_batch: int = 256
     latent_steps: int = 5  # K continuous thoughts
-    projector: Literal["mlp", "identity"] = "mlp"  # LayerNorm + 2-layer MLP (CODI) or identity (Coconut)
+    # "mlp": LayerNorm then Linear-GELU-Linear (ours); "codi": Linear-GELU-Linear then LayerNorm (CODI's order);
+    # "identity": the hidden state as is (Coconut); "pause": one learned embedding, nothing fed back (the control)
+    projector: Literal["mlp", "codi", "identity", "pause"] = "mlp"
     alpha: float = 1.0  # L = L_task + alpha (L_rat + beta L_anc)
     beta: float = 1.0
     lam: float = 1.0  # weight of the second-order (covariance) term inside L_rat
     first_order: bool = True
     second_order: bool = True
     anchor: bool = True
+    # (choice) divide each term by the teacher's per-layer energy (losses/lori.py), so that layers weigh alike
+    normalize: bool = True
+    # (choice) the anchor term averages its layers (1/L, like L_rat, so beta balances the two); false: the literal sum
+    anchor_layer_mean: bool = True
 
     def __post_init__(self) -> None:
         if self.rank is not None and self.rank < 1:
@@ -236,7 +255,7 @@ class CoconutConfig:
     # K of the final stage; null: curriculum.stages x curriculum.thoughts_per_step, Coconut's rule (its
     # pad_latent_to_max: 3 stages x c=2 = 6 thoughts on GSM8K).
     latent_steps: int | None = None
-    projector: Literal["identity", "mlp"] = "identity"  # Coconut feeds the last hidden state back as is
+    projector: Literal["identity", "mlp", "codi", "pause"] = "identity"  # Coconut feeds the last hidden state back
 
     def __post_init__(self) -> None:
         if self.latent_steps is not None and self.latent_steps < 1:
@@ -251,7 +270,7 @@ class CodiConfig:
 
     latent_steps: int = 6  # K continuous thoughts (--num_latent 6, GPT-2 and LLaMA)
     # "codi": Linear-GELU-Linear then LayerNorm, CODI's order; "mlp": LoRi's LayerNorm-first projector
-    projector: Literal["codi", "mlp", "identity"] = "codi"
+    projector: Literal["codi", "mlp", "identity", "pause"] = "codi"
     alpha: float = 1.0  # teacher CE (their ref_loss_factor)
     beta: float = 1.0  # student CE
     gamma: float = 1.0  # distillation (their distill_loss_factor: 1 for GPT-2, 20 for LLaMA-3.2-1B)

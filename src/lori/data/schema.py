@@ -6,18 +6,20 @@ import re
 from dataclasses import dataclass
 
 # Rationale steps: GSM8k-Aug style `<<a=b>> <<c=d>>` notes, or multiplication partial products `... + ... ( ... )`.
-_STEP_BOUNDARY = re.compile(r"(?<=>>) (?=<<)| (?=\+ )")
+_NOTE_BOUNDARY = re.compile(r"(?<=>>) (?=<<)")
+_PARTIAL_BOUNDARY = re.compile(r" (?=\+ )")
 
 
 def split_steps(rationale: str) -> tuple[str, ...]:
     """Split a rationale into steps such that ``" ".join(steps) == rationale.strip()``.
 
-    Boundaries: between two calculator notes (``>> <<``) and before each `` + `` (multiplication partial sums).
+    Boundaries: between two calculator notes (``>> <<``) when the rationale is made of notes (a ``+`` inside a note
+    never splits it), otherwise before each `` + `` (multiplication partial sums).
     """
     rationale = rationale.strip()
     if not rationale:
         return ()
-    return tuple(_STEP_BOUNDARY.split(rationale))
+    return tuple((_NOTE_BOUNDARY if "<<" in rationale else _PARTIAL_BOUNDARY).split(rationale))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ first, implicit methods write ``#### answer`` directly); EOS is stripped before 
 2. ``multiplication``: the whitespace-normalised digit string (digit groups joined by one space)
    must equal the gold exactly. Anything else after ``####`` (extra words, a second ``####``,
    commas) makes it wrong. This is iCoT's rule (Deng et al. 2023/2024: exact string after ``####``).
-3. Numeric tasks (``gsm8k`` and GSM8k-Aug, ``gsm8k-hard``, ``svamp``, ``multiarith``): take the
+3. Numeric tasks (``gsm8k`` and GSM8k-Aug, ``gsm8k-hard``, ``svamp``, ``multiarith``, ``chains``): take the
    FIRST number in that text -- optional sign, optional leading ``$``, commas only as thousands
    separators (``1,000``), optional decimals; a trailing ``.`` or ``%`` is ignored, as is any text
    after the number -- and compare it with the gold as a number, correct iff
@@ -178,6 +178,7 @@ TASKS: dict[str, Task] = {
     "gsm8k-hard": NumericTask("gsm8k-hard"),
     "svamp": NumericTask("svamp"),
     "multiarith": NumericTask("multiarith"),
+    "chains": NumericTask("chains"),  # generated multi-step arithmetic mod m (lori.data.chains)
 }
 
 _ALIASES = {"gsm8k-aug": "gsm8k", "gsm-hard": "gsm8k-hard", "gsmhard": "gsm8k-hard"}
