@@ -67,7 +67,9 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         "suffix_labels": torch.full((B, S), IGNORE, dtype=torch.long),
         "anchor": torch.tensor([it["anchor"] for it in items]),
         "index": torch.tensor([it["index"] for it in items]),
-        "latent_steps": items[0]["latent_steps"],  # one stage per batch: the same K for every example
+        # Each example's own K (a curriculum stage gives an example with fewer steps fewer thoughts); the latent
+        # loop masks the steps past an example's count.
+        "latent_steps": torch.tensor([it["latent_steps"] for it in items]),
         "final": items[0]["final"],
     }
     for i, it in enumerate(items):
@@ -142,18 +144,20 @@ def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, di
     basis = student.lori_stats.basis
     if basis.U.device != device:
         student.lori_stats.basis = basis = type(basis).from_dict({k: v.to(device) for k, v in basis.to_dict().items()})
-    mask = torch.ones(h.shape[0], h.shape[2], dtype=torch.bool, device=device)
+    mask = torch.arange(h.shape[2], device=device)[None] < batch["latent_steps"].to(device)[:, None]  # [B, K]
     mu_s, C_s, a_s = trajectory_statistics(basis, h, mask, anchor_h, lc.centred)
     t = student.lori_stats.batch(batch["index"].cpu(), device)
     rat = anc = None
     if use_rat:
         rat, rparts = rationale_loss(mu_s, C_s, t["mu"], t["cov"], lam=lc.lam, first_order=lc.first_order,
-                                     second_order=lc.second_order, centred=lc.centred, example_mask=t["valid"],
-                                     num_examples=norm.examples, scale=student.lori_scale.to(device))
+                                     second_order=lc.second_order, normalize=lc.normalize, centred=lc.centred,
+                                     example_mask=t["valid"], num_examples=norm.examples,
+                                     scale=student.lori_scale.to(device))
         parts["rat_mean"], parts["rat_cov"] = rparts["mean"], rparts["cov"]
     if lc.anchor:
-        anc = anchor_loss(a_s, t["anchor"], example_mask=t["valid"], num_examples=norm.examples,
-                          scale=student.lori_anchor_scale.to(device))
+        anc = anchor_loss(a_s, t["anchor"], normalize=lc.normalize, example_mask=t["valid"],
+                          num_examples=norm.examples, scale=student.lori_anchor_scale.to(device),
+                          layer_weights=None if lc.anchor_layer_mean else [1.0] * a_s.shape[1])
         parts["anc"] = anc.detach()
     total = combine(ce, rat, anc, alpha=lc.alpha, beta=lc.beta, use_anchor=lc.anchor, use_rationale=use_rat)
     return total, parts

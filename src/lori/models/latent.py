@@ -20,8 +20,11 @@ PROJECTOR_FILE = "projector.safetensors"
 
 
 class Projector(nn.Module):
-    """``h -> W2 gelu(W1 LayerNorm(h))`` (kind "mlp"), ``h -> LayerNorm(W2 gelu(W1 h))`` (kind "codi": the order of
-    CODI's released code, src/model.py ``prj``), or the identity (kind "identity")."""
+    """``h -> W2 gelu(W1 LayerNorm(h))`` (kind "mlp", ours), ``h -> LayerNorm(W2 gelu(W1 h))`` (kind "codi": the
+    order of CODI's released code, src/model.py ``prj``), the identity (kind "identity", Coconut), or the **pause
+    control** (kind "pause"): one learned embedding in place of every thought, whatever ``h`` is, so nothing is fed
+    back and the K steps are pause tokens (Goyal et al. 2024) — if it matches the fed-back student, the thoughts
+    carry nothing."""
 
     def __init__(self, dim: int, kind: str = "mlp"):
         super().__init__()
@@ -30,11 +33,17 @@ class Projector(nn.Module):
             self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         elif kind == "codi":
             self.net = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim), nn.LayerNorm(dim))
+        elif kind == "pause":
+            self.pause = nn.Parameter(torch.zeros(dim))
         elif kind != "identity":
             raise ValueError(f"unknown projector {kind!r}")
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h if self.kind == "identity" else self.net(h)
+        if self.kind == "identity":
+            return h
+        if self.kind == "pause":
+            return self.pause.to(h.dtype).expand_as(h)
+        return self.net(h)
 
 
 def add_latent_tokens(lm, tokenizer) -> tuple[int, int]:
@@ -67,26 +76,28 @@ class LatentStudent(nn.Module):
     def project(self, h: torch.Tensor) -> torch.Tensor:
         return self.projector(h)
 
-    def forward(self, prompt_ids, prompt_mask, suffix_ids, suffix_mask, latent_steps: int | None = None) -> LatentOutput:
+    def forward(self, prompt_ids, prompt_mask, suffix_ids, suffix_mask, latent_steps=None) -> LatentOutput:
         """Teacher-forced pass. ``prompt_ids`` [B, P] left-padded and ending in ``<bot>``; ``suffix_ids`` [B, S]
-        right-padded, starting with ``<eot>``; ``latent_steps`` K (default: the student's). Positions follow the
-        attention mask, exactly as in generation."""
-        K = self.latent_steps if latent_steps is None else latent_steps
+        right-padded, starting with ``<eot>``; ``latent_steps`` K: an int (every example), a [B] tensor of
+        per-example counts (a curriculum stage where examples have different numbers of steps), or None (the
+        student's). With per-example counts the loop runs ``max K`` steps and an example's steps past its own count
+        are masked out (no attention, no position), so each example sees exactly its own K thoughts. Positions
+        follow the attention mask, exactly as in generation."""
+        K, step_mask = self._latent_mask(latent_steps, prompt_ids)
         if self.training and any(getattr(m, "gradient_checkpointing", False) is True for m in self.lm.modules()):
-            return self._forward_without_cache(prompt_ids, prompt_mask, suffix_ids, suffix_mask, K)
+            return self._forward_without_cache(prompt_ids, prompt_mask, suffix_ids, suffix_mask, K, step_mask)
         mask = prompt_mask
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.lm(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True,
                       output_hidden_states=True)
         cache, next_pos = out.past_key_values, pos[:, -1:] + 1
-        ones = torch.ones_like(mask[:, :1])
         states = []
         h = out.hidden_states[-1][:, -1:]
-        for _ in range(K):
-            mask = torch.cat([mask, ones], dim=1)
+        for j in range(K):
+            mask = torch.cat([mask, step_mask[:, j : j + 1]], dim=1)
             out = self.lm(inputs_embeds=self.project(h), attention_mask=mask, position_ids=next_pos,
                           past_key_values=cache, use_cache=True, output_hidden_states=True)
-            cache, next_pos = out.past_key_values, next_pos + 1
+            cache, next_pos = out.past_key_values, next_pos + step_mask[:, j : j + 1]
             states.append(torch.stack([s[:, -1] for s in out.hidden_states], dim=1))  # [B, L+1, d]
             h = out.hidden_states[-1][:, -1:]
         mask = torch.cat([mask, suffix_mask], dim=1)
@@ -96,14 +107,25 @@ class LatentStudent(nn.Module):
         latent = torch.stack(states, dim=2) if states else suffix_ids.new_zeros((0,))
         return LatentOutput(out.logits, latent, out.hidden_states)
 
-    def _forward_without_cache(self, prompt_ids, prompt_mask, suffix_ids, suffix_mask, K: int) -> LatentOutput:
+    def _latent_mask(self, latent_steps, like: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """``(K, step_mask [B, K])``: the loop length and which latent steps are real for each example."""
+        B = like.shape[0]
+        if latent_steps is None:
+            latent_steps = self.latent_steps
+        if torch.is_tensor(latent_steps):
+            counts = latent_steps.to(like.device).long().reshape(B)
+            K = int(counts.max()) if B else 0
+            return K, (torch.arange(K, device=like.device)[None] < counts[:, None]).long()
+        return int(latent_steps), torch.ones((B, int(latent_steps)), dtype=torch.long, device=like.device)
+
+    def _forward_without_cache(self, prompt_ids, prompt_mask, suffix_ids, suffix_mask, K: int,
+                               step_mask: torch.Tensor) -> LatentOutput:
         """The same pass with the whole sequence re-run at every latent step and no KV cache: what training under
         gradient checkpointing needs, because Hugging Face layers drop the cache when they checkpoint (a cached
         latent loop would silently attend to nothing but the current step). Costs about K + 2 prompt-length
         forwards instead of one; the outputs equal the cached pass up to float rounding (tested)."""
         emb = self.lm.get_input_embeddings()
         seq, mask = emb(prompt_ids), prompt_mask
-        ones = torch.ones_like(mask[:, :1])
 
         def run(seq, mask):
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -112,9 +134,9 @@ class LatentStudent(nn.Module):
 
         out = run(seq, mask)
         states = []
-        for _ in range(K):
+        for j in range(K):
             seq = torch.cat([seq, self.project(out.hidden_states[-1][:, -1:]).to(seq.dtype)], dim=1)
-            mask = torch.cat([mask, ones], dim=1)
+            mask = torch.cat([mask, step_mask[:, j : j + 1]], dim=1)
             out = run(seq, mask)
             states.append(torch.stack([s[:, -1] for s in out.hidden_states], dim=1))  # [B, L+1, d]
         S = suffix_ids.shape[1]
@@ -128,6 +150,13 @@ class LatentStudent(nn.Module):
     def load_projector(self, folder: str | Path) -> None:
         from safetensors.torch import load_file
 
+        if self.projector.kind == "identity":
+            return
         f = Path(folder) / PROJECTOR_FILE
-        if f.is_file():
-            self.projector.load_state_dict(load_file(str(f)))
+        if not f.is_file():
+            from ..errors import LoriError
+
+            raise LoriError(f"{folder}: no {PROJECTOR_FILE}, but this latent student's projector is "
+                            f"{self.projector.kind!r}; a random projector would be evaluated. Use the complete "
+                            "checkpoint folder the training wrote (copy the projector with the weights)")
+        self.projector.load_state_dict(load_file(str(f)))

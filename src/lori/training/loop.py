@@ -116,7 +116,8 @@ def render_all(method, examples: list[Example], tokenizer, cfg: Config, stage: i
     items, max_length = [], cfg.data.max_length
     for i, ex in enumerate(examples):
         item = method.render(ex, tokenizer, cfg, stage)
-        length = sum(len(v) for k, v in item.items() if k.endswith("_ids"))
+        # Latent thoughts take positions too (a learned-position model would overflow without counting them).
+        length = sum(len(v) for k, v in item.items() if k.endswith("_ids")) + item.get("latent_steps", 0)
         if length > max_length:
             raise LoriError(
                 f"{ex.source}: renders to {length} tokens, over data.max_length={max_length}; "
