@@ -149,11 +149,11 @@ def test_interrupted_precompute_resumes_without_redoing_shards(teacher, tmp_path
     calls = []
     real = cache_mod.CacheWriter.write_shard
 
-    def crash_on_second(self, i, *a):
+    def crash_on_second(self, i, *a, **kw):
         calls.append(i)
         if i == 1:
             raise KeyboardInterrupt("simulated crash")
-        return real(self, i, *a)
+        return real(self, i, *a, **kw)
 
     monkeypatch.setattr(cache_mod.CacheWriter, "write_shard", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
@@ -163,7 +163,7 @@ def test_interrupted_precompute_resumes_without_redoing_shards(teacher, tmp_path
     first = (tmp_path / "cache" / "stats-00000.safetensors").stat().st_mtime_ns
     calls.clear()
     monkeypatch.setattr(cache_mod.CacheWriter, "write_shard", real)
-    monkeypatch.setattr(cache_mod.CacheWriter, "write_shard", lambda self, i, *a: (calls.append(i), real(self, i, *a)))
+    monkeypatch.setattr(cache_mod.CacheWriter, "write_shard", lambda self, i, *a, **kw: (calls.append(i), real(self, i, *a, **kw)))
     precompute(cfg)
     assert calls == [1, 2]  # 60 examples in shards of 25: shard 0 was kept
     assert (tmp_path / "cache" / "stats-00000.safetensors").stat().st_mtime_ns == first
@@ -225,3 +225,46 @@ def test_curriculum_renderings_at_each_stage():
         assert item["suffix_ids"] == [tok.convert_tokens_to_ids("<eot>")] + language + answer
         assert item["suffix_ids"][item["anchor"]] == tok.convert_tokens_to_ids("####")
         assert item["final"] == (stage == 3)
+
+
+def test_prefix_statistics_are_the_mean_over_the_first_steps(teacher, tmp_path):
+    """The cache's per-prefix means equal the mean of the projected teacher states over each step prefix, and a
+    LoRi loss at an intermediate stage with lori.prefix_statistics compares the thoughts with the right prefix."""
+    folder, train = teacher
+    cfg = lori_cfg(folder, tmp_path / "cache", "curriculum.stages=2", "curriculum.thoughts_per_step=1",
+                   "lori.prefix_statistics=true")
+    precompute(cfg)
+    stats = load_cache(tmp_path / "cache")
+    from lori.models.build import load_pretrained
+
+    lm, tok = load_pretrained(folder)
+    for i in (0, 7, 33):
+        r = render_teacher(train[i], tok)
+        assert len(r.ends) == len(train[i].steps) and r.ends[-1] == r.length
+        h, mask, _ = teacher_trajectories(lm, [r], list(range(1, 3)), tok.pad_token_id)
+        z = stats.basis.project(h)[0]  # [L, T, r]
+        for k, end in enumerate(r.ends):
+            torch.testing.assert_close(stats.prefix_mu[i, k], z[:, :end].mean(1), atol=1e-5, rtol=1e-4)
+        assert bool(stats.prefix_valid[i, : len(r.ends)].all()) and not bool(stats.prefix_valid[i, len(r.ends):].any())
+    # the full prefix is the whole-rationale mean
+    last = torch.tensor([len(ex.steps) - 1 for ex in train])
+    torch.testing.assert_close(stats.prefix_mu[torch.arange(len(train)), last], stats.mu, atol=1e-5, rtol=1e-4)
+
+    from lori.training.model_setup import build_model
+    from lori.methods import METHODS
+
+    student, tok = build_model(lori_cfg(folder, tmp_path / "cache", "curriculum.stages=2",
+                                        "lori.prefix_statistics=true", f"model.init_from={folder}"),
+                               METHODS["lori"], train)
+    lori_method.setup_training(student, cfg, train)
+    items = [lori_method.render(ex, tok, cfg, stage=1) | {"index": i} for i, ex in enumerate(train[:6])]
+    assert {it["prefix_steps"] for it in items} == {1} and {it["latent_steps"] for it in items} == {1}
+    batch = lori_method.collate(items, tok.pad_token_id)
+    loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=6))
+    assert "rat_prefix" in parts and float(parts["rat_prefix"]) > 0 and "rat_mean" not in parts
+    loss.backward()
+    assert student.projector.net[1].weight.grad.abs().sum() > 0
+    off = load_config(None, ["method=lori", *TINY, *DATA, "curriculum.stages=2"])
+    student.lori_cfg = off.lori  # prefix_statistics=false: no rationale term before the final stage
+    _, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=6))
+    assert "rat_prefix" not in parts and "rat_mean" not in parts

@@ -220,6 +220,10 @@ class LoRiConfig:
     first_order: bool = True
     second_order: bool = True
     anchor: bool = True
+    # (choice) at an intermediate curriculum stage (the first k steps are k x c thoughts), L_rat's first-order term
+    # compares the mean of the thoughts with the teacher's mean over its first k rationale steps (per-prefix
+    # statistics from the cache); false: L_rat only at the final stage, on the whole-rationale statistics
+    prefix_statistics: bool = False
     # (choice) divide each term by the teacher's per-layer energy (losses/lori.py), so that layers weigh alike
     normalize: bool = True
     # (choice) the anchor term averages its layers (1/L, like L_rat, so beta balances the two); false: the literal sum

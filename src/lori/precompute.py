@@ -26,7 +26,7 @@ from .config import Config, LoRiConfig
 from .data.schema import Example
 from .data.splits import load_split
 from .errors import ConfigError, LoriError
-from .methods.render import segments
+from .methods.render import encode, segments
 from .models.build import load_pretrained, num_layers
 from .subspace import Basis, LayerGramAccumulator, SecondMomentAccumulator, fit_bases, fit_layer_factor, masked_moments
 from .subspace.cache import CacheWriter, cache_bytes, examples_digest, teacher_digests
@@ -34,7 +34,7 @@ from .subspace.stats import triu_pack
 from .training.checkpoint import resolve_checkpoint
 from .training.distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
 
-RENDER_VERSION = "v1"  # bump when the rendering of teacher trajectories changes
+RENDER_VERSION = "v2"  # bump when the rendering of teacher trajectories changes (v2: per-step bounds, prefix means)
 
 
 def resolve_layers(lcfg: LoRiConfig, n_layers: int) -> list[int]:
@@ -86,18 +86,48 @@ def trajectory_statistics(basis: Basis, h: torch.Tensor, mask: torch.Tensor, anc
     return mu, C, a
 
 
+def prefix_means(basis: Basis, h: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Per-prefix first-order statistics: the mean of the projected states over the first k rationale steps.
+
+    Args:
+        h: ``[B, L, T, d]`` hidden states at the rationale positions.
+        ends: ``[B, S]`` long, the end (exclusive) of step s+1 in rationale positions; 0 = no such step.
+    Returns:
+        ``[B, S, L', r]``: row ``k-1`` is the mean over positions ``0 .. ends[:, k-1] - 1`` (0 where there is no
+        step k). What a curriculum stage that has turned the first k steps into thoughts is compared with
+        (``lori.prefix_statistics``).
+    """
+    z = basis.project(h)
+    if basis.V is not None:
+        z = basis.project_layers(z)
+    z = z.float()
+    csum = z.cumsum(2)  # [B, L, T, r]
+    idx = (ends - 1).clamp(min=0)  # [B, S]
+    g = torch.gather(csum, 2, idx[:, None, :, None].expand(-1, csum.shape[1], -1, csum.shape[-1]))  # [B, L, S, r]
+    means = g / ends.clamp(min=1)[:, None, :, None].to(g.dtype)
+    means = torch.where((ends > 0)[:, None, :, None], means, torch.zeros_like(means))
+    return means.transpose(1, 2).contiguous()
+
+
 @dataclass
 class Rendered:
     input_ids: list[int]
     start: int  # first rationale position
     length: int  # rationale positions
     anchor: int  # position of the last `####` marker token
+    ends: tuple[int, ...] = ()  # end (exclusive, in rationale positions) of each step
 
 
 def render_teacher(example: Example, tokenizer) -> Rendered:
     s = segments(example, tokenizer)
     ids = s.prompt + s.rationale + s.answer
-    return Rendered(ids, len(s.prompt), len(s.rationale), len(s.prompt) + len(s.rationale) + s.marker_len - 1)
+    # Step k ends where the encoding of the first k steps ends (exact for word-level tokenizers; for BPE the
+    # boundary token may merge differently, which moves a bound by at most one position).
+    steps = example.steps
+    ends = tuple(min(len(s.rationale), len(encode(tokenizer, " " + " ".join(steps[: k + 1]))))
+                 for k in range(len(steps))) if s.rationale else ()
+    return Rendered(ids, len(s.prompt), len(s.rationale), len(s.prompt) + len(s.rationale) + s.marker_len - 1,
+                    ends)
 
 
 @torch.no_grad()
@@ -192,6 +222,7 @@ def precompute(cfg: Config) -> Path:
                   f"{', '.join(f'{e:.3f}' for e in info['energy_captured'])}")
 
     basis_dev = Basis.from_dict({k: v.to(device) for k, v in basis.to_dict().items()})
+    max_steps = max(1, max(len(r.ends) for r in rendered))
     raw_bytes = 4 * sum((r.length + 1) * len(layers) * d for r in rendered)  # fp32 trajectories + anchors
     if main and len(todo) < writer.n_shards:
         print(f"[lori] resuming: {writer.n_shards - len(todo)} of {writer.n_shards} shards already complete")
@@ -206,7 +237,11 @@ def precompute(cfg: Config) -> Path:
             chunk = rendered[s : min(s + bs, end)]
             h, mask, anchor = teacher_trajectories(lm, chunk, layers, pad)
             mu, C, a = trajectory_statistics(basis_dev, h, mask, anchor, lc.centred)
-            mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu())
+            ends = torch.zeros((len(chunk), max_steps), dtype=torch.long)
+            for j, r in enumerate(chunk):
+                ends[j, : len(r.ends)] = torch.tensor(r.ends, dtype=torch.long)
+            prefix = prefix_means(basis_dev, h, ends.to(h.device))
+            mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu(), prefix.cpu(), (ends > 0))
             if world == 1:
                 bar.update(len(chunk))
         gathered = gather_to_main(mine, world, rank)
@@ -214,8 +249,9 @@ def precompute(cfg: Config) -> Path:
             if world > 1:
                 bar.update(end - start)
             parts = {s: v for part in gathered for s, v in part.items()}
-            mus, covs, anchors, valid = zip(*(parts[s] for s in chunks))
-            writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid))
+            mus, covs, anchors, valid, prefix, prefix_valid = zip(*(parts[s] for s in chunks))
+            writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid),
+                               prefix_mu=torch.cat(prefix), prefix_valid=torch.cat(prefix_valid))
     bar.close()
     if main:
         size = cache_bytes(Path(lc.cache_dir))

@@ -109,7 +109,8 @@ def rationale_loss(
     Args:
         mu_s, mu_t: ``[B, L, r]`` student / teacher means (``masked_moments``).
         C_s, C_t: ``[B, L, r, r]`` student / teacher covariances, full symmetric matrices (unpack a cached teacher
-            triangle with ``triu_unpack`` first). ``||.||_F`` counts each off-diagonal entry twice.
+            triangle with ``triu_unpack`` first). ``||.||_F`` counts each off-diagonal entry twice. May be None
+            when ``second_order=False`` (then ``normalize`` needs ``scale``).
         layer_weights: ``[L]``; default uniform ``1/L``; given weights are not renormalised.
         lam: weight of the second-order (covariance) term.
         first_order, second_order: switch the two terms (ablations); a switched-off term is exactly 0. At least one
@@ -132,15 +133,19 @@ def rationale_loss(
     if mu_s.dim() != 3 or mu_s.shape != mu_t.shape:
         raise ValueError(f"mu_s / mu_t must both be [B, L, r], got {tuple(mu_s.shape)} and {tuple(mu_t.shape)}")
     B, L, r = mu_s.shape
-    if C_s.shape != (B, L, r, r) or C_t.shape != (B, L, r, r):
-        raise ValueError(f"C_s / C_t must both be [B, L, r, r] = {(B, L, r, r)}, got {tuple(C_s.shape)} and "
-                         f"{tuple(C_t.shape)}")
-    mu_s, C_s = _f32(mu_s), _f32(C_s)
-    mu_t, C_t = _f32(mu_t.detach()).to(mu_s.device), _f32(C_t.detach()).to(mu_s.device)
+    if second_order or C_s is not None or C_t is not None:
+        if C_s is None or C_t is None or C_s.shape != (B, L, r, r) or C_t.shape != (B, L, r, r):
+            raise ValueError(f"C_s / C_t must both be [B, L, r, r] = {(B, L, r, r)}, got "
+                             f"{None if C_s is None else tuple(C_s.shape)} and {None if C_t is None else tuple(C_t.shape)}")
+    mu_s, mu_t = _f32(mu_s), _f32(mu_t.detach()).to(mu_s.device)
+    if second_order:
+        C_s, C_t = _f32(C_s), _f32(C_t.detach()).to(mu_s.device)
     valid = _example_mask(example_mask, B, mu_s.device)
     w = _layer_weights(layer_weights, L, mu_s)
 
     if normalize:
+        if scale is None and C_t is None:
+            raise ValueError("rationale_loss: normalize=True without C_t needs a fixed scale")
         e = teacher_energy(mu_t, C_t, centred=centred, example_mask=valid) if scale is None else \
             _f32(torch.as_tensor(scale, device=mu_s.device).detach())
         if e.shape != (L,):

@@ -45,6 +45,7 @@ def render(example: Example, tokenizer, cfg, stage: int, latent_steps: int | Non
         # suffix position of the last `####` token: it predicts the first answer token (the answer anchor)
         "anchor": len(language) + s.marker_len,
         "latent_steps": thoughts,
+        "prefix_steps": 0 if cfg.curriculum.is_final(stage) else k,  # rationale steps the thoughts replace
         "final": int(cfg.curriculum.is_final(stage)),
         "n_target": len(target),
     }
@@ -70,6 +71,7 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         # Each example's own K (a curriculum stage gives an example with fewer steps fewer thoughts); the latent
         # loop masks the steps past an example's count.
         "latent_steps": torch.tensor([it["latent_steps"] for it in items]),
+        "prefix_steps": torch.tensor([it.get("prefix_steps", 0) for it in items]),
         "final": items[0]["final"],
     }
     for i, it in enumerate(items):
@@ -134,7 +136,10 @@ def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, di
     # (choice) The cached statistics describe the whole rationale, so L_rat applies once every step is latent (the
     # final curriculum stage); the anchor hand-over to the answer exists at every stage and L_anc applies throughout.
     use_rat = (lc.first_order or lc.second_order) and bool(batch["final"])
-    if not (use_rat or lc.anchor):
+    # (choice, lori.prefix_statistics) before the final stage: the thoughts' mean against the teacher's mean over
+    # the rationale steps they replace
+    use_prefix = lc.prefix_statistics and lc.first_order and not batch["final"]
+    if not (use_rat or use_prefix or lc.anchor):
         return ce, parts
     device = ce.device
     layers = student.lori_layers
@@ -148,7 +153,20 @@ def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, di
     mu_s, C_s, a_s = trajectory_statistics(basis, h, mask, anchor_h, lc.centred)
     t = student.lori_stats.batch(batch["index"].cpu(), device)
     rat = anc = None
-    if use_rat:
+    if use_prefix:
+        if "prefix_mu" not in t:
+            raise LoriError(f"{lc.cache_dir}: the cache has no per-prefix statistics (lori.prefix_statistics=true); "
+                            "run `lori precompute` again")
+        k = batch["prefix_steps"].to(device)
+        rows_t = torch.arange(k.shape[0], device=device)
+        mu_t = t["prefix_mu"][rows_t, (k - 1).clamp(min=0)]  # [B, L, r]
+        valid = t["valid"] & (k > 0) & t["prefix_valid"][rows_t, (k - 1).clamp(min=0)]
+        rat, rparts = rationale_loss(mu_s, None, mu_t, None, first_order=True, second_order=False,
+                                     normalize=lc.normalize, centred=lc.centred, example_mask=valid,
+                                     num_examples=norm.examples, scale=student.lori_scale.to(device))
+        parts["rat_prefix"] = rparts["mean"]
+        use_rat = True
+    elif use_rat:
         rat, rparts = rationale_loss(mu_s, C_s, t["mu"], t["cov"], lam=lc.lam, first_order=lc.first_order,
                                      second_order=lc.second_order, normalize=lc.normalize, centred=lc.centred,
                                      example_mask=t["valid"], num_examples=norm.examples,
