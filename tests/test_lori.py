@@ -268,3 +268,48 @@ def test_prefix_statistics_are_the_mean_over_the_first_steps(teacher, tmp_path):
     student.lori_cfg = off.lori  # prefix_statistics=false: no rationale term before the final stage
     _, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=6))
     assert "rat_prefix" not in parts and "rat_mean" not in parts
+
+
+def test_step_anchors_point_at_each_steps_handover_and_train_the_thoughts(tmp_path):
+    """lori.step_anchors on chains: the teacher's hand-over of step k is the `=` that predicts its value; the cache
+    holds the projected teacher state there; the loss compares the state feeding step k's thoughts with it."""
+    from lori.data.splits import load_split
+    from lori.models.build import load_pretrained
+    from lori.methods import METHODS
+    from lori.training.model_setup import build_model
+
+    data = ["data.task=chains", "data.chain_steps=3", "data.train_size=40", "data.valid_size=5", "data.test_size=5"]
+    cfg0 = load_config(None, ["method=lori", *TINY, *data])
+    train = load_split(cfg0.data, "train")
+    tok = builtin_tokenizer(train)
+    torch.manual_seed(0)
+    folder = tmp_path / "teacher"
+    tiny_model(cfg0.model, tok, max_positions=128).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg = lori_cfg(folder, tmp_path / "cache", *data, "curriculum.stages=3", "lori.step_anchors=true",
+                   "lori.shard_size=40")
+    precompute(cfg)
+    stats = load_cache(tmp_path / "cache")
+    lm, tok = load_pretrained(folder)
+    r = render_teacher(train[0], tok)
+    rationale = tok.convert_ids_to_tokens(r.input_ids[r.start : r.start + r.length])
+    assert [rationale[p] for p in r.handovers] == ["="] * 3
+    assert [rationale[p + 1] for p in r.handovers] == [s.split()[3] for s in train[0].steps]  # the values
+    h, _, _ = teacher_trajectories(lm, [r], [1, 2], tok.pad_token_id)
+    z = stats.basis.project(h)[0]  # [L, T, r]
+    torch.testing.assert_close(stats.step_anchor[0], z[:, list(r.handovers)].transpose(0, 1), atol=1e-5, rtol=1e-4)
+
+    student, tok = build_model(cfg, METHODS["lori"], train)
+    lori_method.setup_training(student, cfg, train)
+    for stage, replaced in ((2, 2), (4, 3)):
+        items = [lori_method.render(ex, tok, cfg, stage) | {"index": i} for i, ex in enumerate(train[:4])]
+        assert {it["replaced_steps"] for it in items} == {replaced}
+        batch = lori_method.collate(items, tok.pad_token_id)
+        student.zero_grad()
+        loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=4))
+        assert float(parts["step_anc"]) > 0
+        loss.backward()
+        assert student.lm.get_input_embeddings().weight.grad.abs().sum() > 0
+    batch["replaced_steps"][:] = 0  # no replaced step: the term is exactly zero
+    _, parts = lori_method.loss(student, batch, Norm(tokens=1, examples=4))
+    assert float(parts["step_anc"]) == 0.0

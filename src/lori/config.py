@@ -213,7 +213,7 @@ class LoRiConfig:
     latent_steps: int = 5  # K continuous thoughts
     # "mlp": LayerNorm then Linear-GELU-Linear (ours); "codi": Linear-GELU-Linear then LayerNorm (CODI's order);
     # "identity": the hidden state as is (Coconut); "pause": one learned embedding, nothing fed back (the control)
-    projector: Literal["mlp", "codi", "identity", "pause"] = "mlp"
+    projector: Literal["mlp", "codi", "identity", "soft", "pause"] = "mlp"
     alpha: float = 1.0  # L = L_task + alpha (L_rat + beta L_anc)
     beta: float = 1.0
     lam: float = 1.0  # weight of the second-order (covariance) term inside L_rat
@@ -224,6 +224,15 @@ class LoRiConfig:
     # compares the mean of the thoughts with the teacher's mean over its first k rationale steps (per-prefix
     # statistics from the cache); false: L_rat only at the final stage, on the whole-rationale statistics
     prefix_statistics: bool = False
+    # (choice) the prefix term's units: "std" divides each subspace direction by the teacher's variance across
+    # examples (what distinguishes one problem from another weighs as much as what all share); "energy" as L_rat
+    prefix_norm: Literal["std", "energy"] = "std"
+    # (choice) step anchors, the answer anchor generalised to every rationale step: the state that feeds the
+    # thoughts of step k (<bot> for the first, then the thought before) is pulled, in the subspace and in units of
+    # the teacher's spread across examples, towards the teacher's state where it hands step k's result over (the
+    # `=` of `<< b = 7 >>`); weight step_weight, at every stage for the steps the thoughts replace
+    step_anchors: bool = False
+    step_weight: float = 1.0
     # (choice) divide each term by the teacher's per-layer energy (losses/lori.py), so that layers weigh alike
     normalize: bool = True
     # (choice) the anchor term averages its layers (1/L, like L_rat, so beta balances the two); false: the literal sum
@@ -247,7 +256,7 @@ class LoRiConfig:
         for key in ("calib_size", "shard_size", "precompute_batch"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"lori.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("alpha", "beta", "lam"):
+        for key in ("alpha", "beta", "lam", "step_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"lori.{key} must be >= 0, got {getattr(self, key)}")
 
@@ -259,7 +268,7 @@ class CoconutConfig:
     # K of the final stage; null: curriculum.stages x curriculum.thoughts_per_step, Coconut's rule (its
     # pad_latent_to_max: 3 stages x c=2 = 6 thoughts on GSM8K).
     latent_steps: int | None = None
-    projector: Literal["identity", "mlp", "codi", "pause"] = "identity"  # Coconut feeds the last hidden state back
+    projector: Literal["identity", "mlp", "codi", "soft", "pause"] = "identity"  # Coconut feeds the last hidden state back
 
     def __post_init__(self) -> None:
         if self.latent_steps is not None and self.latent_steps < 1:
@@ -274,7 +283,7 @@ class CodiConfig:
 
     latent_steps: int = 6  # K continuous thoughts (--num_latent 6, GPT-2 and LLaMA)
     # "codi": Linear-GELU-Linear then LayerNorm, CODI's order; "mlp": LoRi's LayerNorm-first projector
-    projector: Literal["codi", "mlp", "identity", "pause"] = "codi"
+    projector: Literal["codi", "mlp", "identity", "soft", "pause"] = "codi"
     alpha: float = 1.0  # teacher CE (their ref_loss_factor)
     beta: float = 1.0  # student CE
     gamma: float = 1.0  # distillation (their distill_loss_factor: 1 for GPT-2, 20 for LLaMA-3.2-1B)

@@ -34,7 +34,7 @@ from .subspace.stats import triu_pack
 from .training.checkpoint import resolve_checkpoint
 from .training.distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
 
-RENDER_VERSION = "v2"  # bump when the rendering of teacher trajectories changes (v2: per-step bounds, prefix means)
+RENDER_VERSION = "v3"  # bump when the rendering of teacher trajectories changes (v3: step bounds and hand-overs)
 
 
 def resolve_layers(lcfg: LoRiConfig, n_layers: int) -> list[int]:
@@ -109,6 +109,17 @@ def prefix_means(basis: Basis, h: torch.Tensor, ends: torch.Tensor) -> torch.Ten
     return means.transpose(1, 2).contiguous()
 
 
+def step_states(basis: Basis, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Projected states at one position per step: ``h [B, L, T, d]``, ``positions [B, S]`` long (clamped into the
+    trajectory) -> ``[B, S, L', r]``. The teacher's hand-over states (``Rendered.handovers``) for lori.step_anchors."""
+    idx = positions.clamp(0, h.shape[2] - 1)
+    g = torch.gather(h, 2, idx[:, None, :, None].expand(-1, h.shape[1], -1, h.shape[-1]))  # [B, L, S, d]
+    z = basis.project(g)
+    if basis.V is not None:
+        z = basis.project_layers(z)
+    return z.float().transpose(1, 2).contiguous()
+
+
 @dataclass
 class Rendered:
     input_ids: list[int]
@@ -116,6 +127,9 @@ class Rendered:
     length: int  # rationale positions
     anchor: int  # position of the last `####` marker token
     ends: tuple[int, ...] = ()  # end (exclusive, in rationale positions) of each step
+    # per step, the rationale position whose next token is the step's result (the `=` of `<< b = 7 >>`): where the
+    # teacher hands the step's value over (lori.step_anchors); -1 if that is before the rationale
+    handovers: tuple[int, ...] = ()
 
 
 def render_teacher(example: Example, tokenizer) -> Rendered:
@@ -126,8 +140,12 @@ def render_teacher(example: Example, tokenizer) -> Rendered:
     steps = example.steps
     ends = tuple(min(len(s.rationale), len(encode(tokenizer, " " + " ".join(steps[: k + 1]))))
                  for k in range(len(steps))) if s.rationale else ()
+    # A step's result is its last token, or the token before a closing `>>` (a calculator note).
+    close = len(encode(tokenizer, " >>"))
+    handovers = tuple(end - 1 - (close if step.rstrip().endswith(">>") else 0) - 1
+                      for end, step in zip(ends, steps))
     return Rendered(ids, len(s.prompt), len(s.rationale), len(s.prompt) + len(s.rationale) + s.marker_len - 1,
-                    ends)
+                    ends, handovers)
 
 
 @torch.no_grad()
@@ -241,7 +259,12 @@ def precompute(cfg: Config) -> Path:
             for j, r in enumerate(chunk):
                 ends[j, : len(r.ends)] = torch.tensor(r.ends, dtype=torch.long)
             prefix = prefix_means(basis_dev, h, ends.to(h.device))
-            mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu(), prefix.cpu(), (ends > 0))
+            hand = torch.full((len(chunk), max_steps), -1, dtype=torch.long)
+            for j, r in enumerate(chunk):
+                hand[j, : len(r.handovers)] = torch.tensor(r.handovers, dtype=torch.long)
+            steps = step_states(basis_dev, h, hand.to(h.device))
+            mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu(), prefix.cpu(), (ends > 0),
+                       steps.cpu(), hand >= 0)
             if world == 1:
                 bar.update(len(chunk))
         gathered = gather_to_main(mine, world, rank)
@@ -249,9 +272,10 @@ def precompute(cfg: Config) -> Path:
             if world > 1:
                 bar.update(end - start)
             parts = {s: v for part in gathered for s, v in part.items()}
-            mus, covs, anchors, valid, prefix, prefix_valid = zip(*(parts[s] for s in chunks))
+            mus, covs, anchors, valid, prefix, prefix_valid, steps, steps_valid = zip(*(parts[s] for s in chunks))
             writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid),
-                               prefix_mu=torch.cat(prefix), prefix_valid=torch.cat(prefix_valid))
+                               prefix_mu=torch.cat(prefix), prefix_valid=torch.cat(prefix_valid),
+                               step_anchor=torch.cat(steps), step_valid=torch.cat(steps_valid))
     bar.close()
     if main:
         size = cache_bytes(Path(lc.cache_dir))

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["anchor_loss", "combine", "rationale_loss", "teacher_energy"]
+__all__ = ["anchor_loss", "combine", "rationale_loss", "standardized_loss", "teacher_energy"]
 
 _F32 = torch.float32
 
@@ -212,6 +212,42 @@ def anchor_loss(
         s = torch.ones(L, dtype=a_s.dtype, device=a_s.device)
     d = torch.where(valid[:, None, None], a_s - a_t, a_s.new_zeros(()))
     per_example = (d.pow(2).sum(-1) / s * w).sum(-1)
+    return _batch_reduce(per_example, valid, num_examples)
+
+
+def standardized_loss(
+    x_s: Tensor,
+    x_t: Tensor,
+    var_t: Tensor,
+    eps: float = 1e-6,
+    *,
+    layer_weights: Tensor | Sequence[float] | None = None,
+    example_mask: Tensor | None = None,
+    num_examples: int | Tensor | None = None,
+) -> Tensor:
+    """``mean_b sum_l w_l mean_r (x_S[b, l, r] - x_T[b, l, r])^2 / (var_T[b, l, r] + eps)``.
+
+    The squared error in units of the teacher's spread across examples, per layer and subspace direction (CODI
+    divides by the teacher's std for the same reason): a direction where every example's teacher state is nearly the
+    same (the structure all problems share) weighs as much as one that carries the example's own values, so the
+    loss is not dominated by matching what is common.
+
+    Args:
+        x_s, x_t: ``[B, L, r]`` student / teacher statistics (e.g. a thought mean and the teacher's prefix mean).
+        var_t: ``[B, L, r]`` (or broadcastable) the teacher's variance of ``x_t`` across examples, a constant.
+        layer_weights, example_mask, num_examples: as in ``rationale_loss``.
+    Returns: float32 scalar.
+    """
+    if x_s.dim() != 3 or x_s.shape != x_t.shape:
+        raise ValueError(f"x_s / x_t must both be [B, L, r], got {tuple(x_s.shape)} and {tuple(x_t.shape)}")
+    B, L, _ = x_s.shape
+    x_s = _f32(x_s)
+    x_t = _f32(x_t.detach()).to(x_s.device)
+    var = _f32(torch.as_tensor(var_t).detach()).to(x_s.device)
+    valid = _example_mask(example_mask, B, x_s.device)
+    w = _layer_weights(layer_weights, L, x_s)
+    d = torch.where(valid[:, None, None], x_s - x_t, x_s.new_zeros(()))
+    per_example = ((d.pow(2) / (var + eps)).mean(-1) * w).sum(-1)
     return _batch_reduce(per_example, valid, num_examples)
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ..data.schema import Example
 from ..errors import LoriError
-from ..losses import anchor_loss, combine, rationale_loss, teacher_energy, token_cross_entropy
+from ..losses import anchor_loss, combine, rationale_loss, standardized_loss, teacher_energy, token_cross_entropy
 from ..models.latent import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
 from .common import Method
 from .render import IGNORE, encode, segments
@@ -30,6 +30,7 @@ def render(example: Example, tokenizer, cfg, stage: int, latent_steps: int | Non
     ``latent_steps``: K of the final stage (default ``lori.latent_steps``; Coconut and CODI pass their own)."""
     s = segments(example, tokenizer)
     bot, eot = tokenizer.convert_tokens_to_ids(["<bot>", "<eot>"])
+    k = 0
     if cfg.curriculum.is_final(stage):
         thoughts, language = cfg.lori.latent_steps if latent_steps is None else latent_steps, []
     else:
@@ -46,6 +47,9 @@ def render(example: Example, tokenizer, cfg, stage: int, latent_steps: int | Non
         "anchor": len(language) + s.marker_len,
         "latent_steps": thoughts,
         "prefix_steps": 0 if cfg.curriculum.is_final(stage) else k,  # rationale steps the thoughts replace
+        # steps whose hand-over the thoughts carry (lori.step_anchors): k, or at the final stage as many as K holds
+        "replaced_steps": (min(len(example.steps), thoughts // cfg.curriculum.thoughts_per_step)
+                           if cfg.curriculum.is_final(stage) else k),
         "final": int(cfg.curriculum.is_final(stage)),
         "n_target": len(target),
     }
@@ -72,6 +76,7 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         # loop masks the steps past an example's count.
         "latent_steps": torch.tensor([it["latent_steps"] for it in items]),
         "prefix_steps": torch.tensor([it.get("prefix_steps", 0) for it in items]),
+        "replaced_steps": torch.tensor([it.get("replaced_steps", 0) for it in items]),
         "final": items[0]["final"],
     }
     for i, it in enumerate(items):
@@ -116,6 +121,17 @@ def setup_training(student: LatentStudent, cfg, train_set: list[Example]) -> Non
     student.lori_scale = teacher_energy(stats.mu, triu_unpack(stats.cov), centred=cfg.lori.centred,
                                         example_mask=stats.valid)
     student.lori_anchor_scale = (stats.anchor[stats.valid] ** 2).sum(-1).mean(0)
+    if stats.prefix_mu is not None:  # [S, L, r]: the teacher's variance of each prefix mean across examples
+        m = stats.prefix_valid[:, :, None, None].float()
+        n = m.sum(0).clamp(min=1)
+        mean = (stats.prefix_mu * m).sum(0) / n
+        student.lori_prefix_var = (((stats.prefix_mu - mean) ** 2) * m).sum(0) / n
+    if stats.step_anchor is not None:  # [S, L, r]: the teacher's variance of each step's hand-over state
+        m = stats.step_valid[:, :, None, None].float()
+        n = m.sum(0).clamp(min=1)
+        mean = (stats.step_anchor * m).sum(0) / n
+        student.lori_step_var = (((stats.step_anchor - mean) ** 2) * m).sum(0) / n
+    student.lori_thoughts_per_step = cfg.curriculum.thoughts_per_step
 
 
 def student_ce(module, batch: dict[str, torch.Tensor], norm) -> tuple[LatentOutput, torch.Tensor]:
@@ -139,7 +155,7 @@ def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, di
     # (choice, lori.prefix_statistics) before the final stage: the thoughts' mean against the teacher's mean over
     # the rationale steps they replace
     use_prefix = lc.prefix_statistics and lc.first_order and not batch["final"]
-    if not (use_rat or use_prefix or lc.anchor):
+    if not (use_rat or use_prefix or lc.anchor or lc.step_anchors):
         return ce, parts
     device = ce.device
     layers = student.lori_layers
@@ -161,10 +177,14 @@ def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, di
         rows_t = torch.arange(k.shape[0], device=device)
         mu_t = t["prefix_mu"][rows_t, (k - 1).clamp(min=0)]  # [B, L, r]
         valid = t["valid"] & (k > 0) & t["prefix_valid"][rows_t, (k - 1).clamp(min=0)]
-        rat, rparts = rationale_loss(mu_s, None, mu_t, None, first_order=True, second_order=False,
-                                     normalize=lc.normalize, centred=lc.centred, example_mask=valid,
-                                     num_examples=norm.examples, scale=student.lori_scale.to(device))
-        parts["rat_prefix"] = rparts["mean"]
+        if lc.prefix_norm == "std":
+            var = student.lori_prefix_var.to(device)[(k - 1).clamp(min=0)]  # [B, L, r]
+            rat = standardized_loss(mu_s, mu_t, var, example_mask=valid, num_examples=norm.examples)
+        else:
+            rat, _ = rationale_loss(mu_s, None, mu_t, None, first_order=True, second_order=False,
+                                    normalize=lc.normalize, centred=lc.centred, example_mask=valid,
+                                    num_examples=norm.examples, scale=student.lori_scale.to(device))
+        parts["rat_prefix"] = rat.detach()
         use_rat = True
     elif use_rat:
         rat, rparts = rationale_loss(mu_s, C_s, t["mu"], t["cov"], lam=lc.lam, first_order=lc.first_order,
@@ -177,8 +197,37 @@ def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, di
                           num_examples=norm.examples, scale=student.lori_anchor_scale.to(device),
                           layer_weights=None if lc.anchor_layer_mean else [1.0] * a_s.shape[1])
         parts["anc"] = anc.detach()
-    total = combine(ce, rat, anc, alpha=lc.alpha, beta=lc.beta, use_anchor=lc.anchor, use_rationale=use_rat)
+    total = ce if not (use_rat or lc.anchor) else combine(ce, rat, anc, alpha=lc.alpha, beta=lc.beta,
+                                                          use_anchor=lc.anchor, use_rationale=use_rat)
+    if lc.step_anchors:
+        st = step_anchor_loss(student, out, batch, t, layers, basis, norm)
+        parts["step_anc"] = st.detach()
+        total = total + lc.alpha * lc.step_weight * st
     return total, parts
+
+
+def step_anchor_loss(student: LatentStudent, out: LatentOutput, batch, t: dict, layers: list[int], basis,
+                     norm) -> torch.Tensor:
+    """lori.step_anchors: for each replaced step k, the state feeding its first thought (``<bot>`` for k = 1, else
+    the thought before, index (k-1) c) against the teacher's hand-over state of step k, standardised per subspace
+    direction by the teacher's variance across examples; summed over steps, averaged over examples."""
+    if "step_anchor" not in t:
+        raise LoriError(f"{student.lori_cfg.cache_dir}: the cache has no step anchors (lori.step_anchors=true); run "
+                        "`lori precompute` again")
+    from ..precompute import step_states
+
+    device = out.latent_states.device
+    feed = torch.cat([out.prompt_states[:, layers, None], out.latent_states[:, layers, :-1]], dim=2)  # [B, L, K, d]
+    S = t["step_anchor"].shape[1]
+    c = student.lori_thoughts_per_step
+    steps = torch.arange(S, device=device)
+    pos = (steps * c).clamp(max=feed.shape[2] - 1)[None].expand(feed.shape[0], -1)  # [B, S]
+    z = step_states(basis, feed, pos)  # [B, S, L', r]
+    valid = (steps[None] < batch["replaced_steps"].to(device)[:, None]) & t["step_valid"] & t["valid"][:, None]
+    B, _, L, r = z.shape
+    var = student.lori_step_var.to(device)[None].expand(B, -1, -1, -1)
+    return standardized_loss(z.reshape(B * S, L, r), t["step_anchor"].reshape(B * S, L, r), var.reshape(B * S, L, r),
+                             example_mask=valid.reshape(-1), num_examples=norm.examples)
 
 
 def generation_kwargs(student: LatentStudent, tokenizer) -> dict:
@@ -186,7 +235,7 @@ def generation_kwargs(student: LatentStudent, tokenizer) -> dict:
 
 
 def extra_tensors(student: LatentStudent) -> dict | None:
-    return {PROJECTOR_FILE: student.projector.state_dict()} if student.projector.kind != "identity" else None
+    return {PROJECTOR_FILE: student.projector.state_dict()} if student.projector.kind not in ("identity", "soft") else None
 
 
 METHOD = Method(name="lori", render=render, prompt=prompt, collate=collate, wrap=wrap, setup_training=setup_training,

@@ -35,7 +35,7 @@ class Projector(nn.Module):
             self.net = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim), nn.LayerNorm(dim))
         elif kind == "pause":
             self.pause = nn.Parameter(torch.zeros(dim))
-        elif kind != "identity":
+        elif kind not in ("identity", "soft"):
             raise ValueError(f"unknown projector {kind!r}")
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -62,6 +62,7 @@ class LatentOutput:
     logits: torch.Tensor  # [B, S, V] over the suffix positions (<eot> #### answer <eos>)
     latent_states: torch.Tensor  # [B, L+1, K, d] hidden states (embeddings + every layer) at the K thought inputs
     suffix_states: tuple[torch.Tensor, ...]  # L+1 tensors [B, S, d] over the suffix positions
+    prompt_states: torch.Tensor | None = None  # [B, L+1, d] at the last prompt position (<bot>: feeds thought 1)
 
 
 class LatentStudent(nn.Module):
@@ -74,6 +75,11 @@ class LatentStudent(nn.Module):
         self.projector = Projector(dim, projector).to(lm.get_input_embeddings().weight.dtype)
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
+        if self.projector.kind == "soft":
+            # The expected input embedding under the LM head's next-token distribution (a "soft token"): a thought
+            # looks like the token the model would have written, so the teacher's circuits can read it.
+            probs = torch.softmax(self.lm.get_output_embeddings()(h).float(), dim=-1)
+            return (probs @ self.lm.get_input_embeddings().weight.float()).to(h.dtype)
         return self.projector(h)
 
     def forward(self, prompt_ids, prompt_mask, suffix_ids, suffix_mask, latent_steps=None) -> LatentOutput:
@@ -93,6 +99,7 @@ class LatentStudent(nn.Module):
         cache, next_pos = out.past_key_values, pos[:, -1:] + 1
         states = []
         h = out.hidden_states[-1][:, -1:]
+        prompt_states = torch.stack([s[:, -1] for s in out.hidden_states], dim=1)
         for j in range(K):
             mask = torch.cat([mask, step_mask[:, j : j + 1]], dim=1)
             out = self.lm(inputs_embeds=self.project(h), attention_mask=mask, position_ids=next_pos,
@@ -105,7 +112,7 @@ class LatentStudent(nn.Module):
         out = self.lm(input_ids=suffix_ids, attention_mask=mask, position_ids=spos, past_key_values=cache,
                       use_cache=True, output_hidden_states=True)
         latent = torch.stack(states, dim=2) if states else suffix_ids.new_zeros((0,))
-        return LatentOutput(out.logits, latent, out.hidden_states)
+        return LatentOutput(out.logits, latent, out.hidden_states, prompt_states)
 
     def _latent_mask(self, latent_steps, like: torch.Tensor) -> tuple[int, torch.Tensor]:
         """``(K, step_mask [B, K])``: the loop length and which latent steps are real for each example."""
@@ -134,6 +141,7 @@ class LatentStudent(nn.Module):
 
         out = run(seq, mask)
         states = []
+        prompt_states = torch.stack([s[:, -1] for s in out.hidden_states], dim=1)
         for j in range(K):
             seq = torch.cat([seq, self.project(out.hidden_states[-1][:, -1:]).to(seq.dtype)], dim=1)
             mask = torch.cat([mask, step_mask[:, j : j + 1]], dim=1)
@@ -142,7 +150,7 @@ class LatentStudent(nn.Module):
         S = suffix_ids.shape[1]
         out = run(torch.cat([seq, emb(suffix_ids)], dim=1), torch.cat([mask, suffix_mask], dim=1))
         latent = torch.stack(states, dim=2) if states else suffix_ids.new_zeros((0,))
-        return LatentOutput(out.logits[:, -S:], latent, tuple(s[:, -S:] for s in out.hidden_states))
+        return LatentOutput(out.logits[:, -S:], latent, tuple(s[:, -S:] for s in out.hidden_states), prompt_states)
 
     def generation_kwargs(self) -> dict:
         return {"latent_steps": self.latent_steps, "project": self.project, "eot_id": self.eot_id}
@@ -150,7 +158,7 @@ class LatentStudent(nn.Module):
     def load_projector(self, folder: str | Path) -> None:
         from safetensors.torch import load_file
 
-        if self.projector.kind == "identity":
+        if self.projector.kind in ("identity", "soft"):
             return
         f = Path(folder) / PROJECTOR_FILE
         if not f.is_file():

@@ -5,7 +5,8 @@ Layout of a cache folder::
     manifest.json            fingerprint, options, shard list (only finished shards), sizes, energy captured
     basis.safetensors        the fitted subspace (lori.subspace.Basis.to_dict())
     stats-00000.safetensors  mu [n, L, r], cov [n, L, r(r+1)/2] (upper triangle), anchor [n, L, r], valid [n],
-                             prefix_mu [n, S, L, r] (mean over the first k steps, row k-1), prefix_valid [n, S]
+                             prefix_mu [n, S, L, r] (mean over the first k steps, row k-1), prefix_valid [n, S],
+                             step_anchor [n, S, L, r] (the state handing each step's result over), step_valid [n, S]
 
 Every file is written atomically (temporary name, then ``os.replace``) and a shard enters the manifest only after
 it is complete, so an interrupted precompute resumes at the first missing shard and a half-written file is never
@@ -80,6 +81,8 @@ class TeacherStats:
     manifest: dict
     prefix_mu: torch.Tensor | None = None  # [N, S, L, r]: mean over the first k steps in row k-1
     prefix_valid: torch.Tensor | None = None  # [N, S] bool
+    step_anchor: torch.Tensor | None = None  # [N, S, L, r]: the teacher's hand-over state of each step
+    step_valid: torch.Tensor | None = None  # [N, S] bool
 
     def batch(self, index: torch.Tensor, device) -> dict[str, torch.Tensor]:
         out = {
@@ -88,9 +91,9 @@ class TeacherStats:
             "anchor": self.anchor[index].to(device),
             "valid": self.valid[index].to(device),
         }
-        if self.prefix_mu is not None:
-            out["prefix_mu"] = self.prefix_mu[index].to(device)
-            out["prefix_valid"] = self.prefix_valid[index].to(device)
+        for name in ("prefix_mu", "prefix_valid", "step_anchor", "step_valid"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)[index].to(device)
         return out
 
 
@@ -138,13 +141,16 @@ class CacheWriter:
         self.manifest["basis"] = info
         self._flush()
 
-    def write_shard(self, i: int, mu, cov, anchor, valid, prefix_mu=None, prefix_valid=None) -> None:
+    def write_shard(self, i: int, mu, cov, anchor, valid, prefix_mu=None, prefix_valid=None, step_anchor=None,
+                    step_valid=None) -> None:
         start, end = self.shard_range(i)
         if mu.shape[0] != end - start:
             raise ValueError(f"shard {i} expects {end - start} examples, got {mu.shape[0]}")
         tensors = {"mu": mu.float(), "cov": cov.float(), "anchor": anchor.float(), "valid": valid.to(torch.uint8)}
         if prefix_mu is not None:
             tensors |= {"prefix_mu": prefix_mu.float(), "prefix_valid": prefix_valid.to(torch.uint8)}
+        if step_anchor is not None:
+            tensors |= {"step_anchor": step_anchor.float(), "step_valid": step_valid.to(torch.uint8)}
         _atomic_save(tensors, self.folder / _shard_name(i))
         self.manifest["shards"] = [sh for sh in self.manifest["shards"] if sh["index"] != i]
         self.manifest["shards"].append({"index": i, "file": _shard_name(i), "start": start, "end": end})
@@ -197,9 +203,10 @@ def load_cache(folder: str | Path, expected_fingerprint: dict | None = None) -> 
     parts = [load_file(str(folder / sh["file"])) for sh in manifest["shards"]]
     basis = Basis.from_dict(load_file(str(folder / BASIS_FILE)))
     cat = lambda k: torch.cat([p[k] for p in parts])  # noqa: E731
-    prefix = all("prefix_mu" in p for p in parts)
+    opt = lambda k, f=lambda x: x: f(cat(k)) if all(k in p for p in parts) else None  # noqa: E731
+    as_bool = lambda x: x.bool()  # noqa: E731
     return TeacherStats(cat("mu"), cat("cov"), cat("anchor"), cat("valid").bool(), basis, manifest,
-                        cat("prefix_mu") if prefix else None, cat("prefix_valid").bool() if prefix else None)
+                        opt("prefix_mu"), opt("prefix_valid", as_bool), opt("step_anchor"), opt("step_valid", as_bool))
 
 
 def cache_bytes(folder: Path) -> int:
