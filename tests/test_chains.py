@@ -182,3 +182,64 @@ def test_missing_projector_is_refused(tmp_path):
         student.load_projector(tmp_path)
     ident = LatentStudent(student.lm, 2, "identity", student.bot_id, student.eot_id)
     ident.load_projector(tmp_path)  # nothing to load
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Thought position stride and the loss-driven curriculum
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_thought_stride_cached_equals_uncached_and_generation(stride):
+    from lori.evaluation.generate import greedy_generate
+
+    student, tok, exs, cfg = _student()
+    student.position_stride = stride
+    items = [lori_method.render(ex, tok, cfg, stage=4) | {"index": i} for i, ex in enumerate(exs)]
+    batch = lori_method.collate(items, tok.pad_token_id)
+    args = (batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"])
+    with torch.no_grad():
+        cached = student(*args, latent_steps=batch["latent_steps"])
+        K, mask = student._latent_mask(batch["latent_steps"], batch["prompt_ids"])
+        plain = student._forward_without_cache(*args, K, mask)
+    torch.testing.assert_close(cached.logits, plain.logits, atol=1e-5, rtol=1e-4)
+    # greedy generation runs the same positions: its first answer token is the teacher-forced argmax after <eot>
+    gen = greedy_generate(student.lm, [it["prompt_ids"] for it in items], eos_id=tok.eos_token_id,
+                          pad_id=tok.pad_token_id, max_new_tokens=1, **student.generation_kwargs())
+    first = [int(cached.logits[i, 0].argmax()) for i in range(2)]
+    assert gen.tokens == [[] if t == tok.eos_token_id else [t] for t in first]
+    if stride > 1:
+        student.position_stride = 1
+        with torch.no_grad():
+            other = student(*args, latent_steps=batch["latent_steps"])
+        assert not torch.allclose(other.logits, cached.logits)
+
+
+def test_loss_driven_curriculum_advances_and_resumes_exactly(tmp_path):
+    import json
+
+    from lori.training.loop import train
+
+    base = ["method=coconut", "data.task=chains", "data.chain_steps=3", "data.train_size=200", "data.valid_size=8",
+            "data.test_size=8", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2",
+            "model.intermediate_size=64", "train.steps=14", "train.global_batch=8", "train.micro_batch=8",
+            "train.log_every=1", "train.eval_every=0", "train.eval_size=4", "eval.max_new_tokens=8",
+            "curriculum.stages=3", "curriculum.steps_per_stage=5", "curriculum.advance_window=2",
+            "curriculum.thought_stride=5", "coconut.latent_steps=3"]
+
+    def stages(run):
+        return [r["stage"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+    # a threshold every stage meets: each stage ends after advance_window steps; the final stage takes the rest
+    train(load_config(None, [*base, f"out_dir={tmp_path / 'fast'}", "curriculum.advance_below=1000"]))
+    assert stages(tmp_path / "fast") == [1, 1, 2, 2, 3, 3] + [4] * 8
+    # a threshold no stage meets: the clock (steps_per_stage) decides, as without advance_below
+    train(load_config(None, [*base, f"out_dir={tmp_path / 'slow'}", "curriculum.advance_below=1e-9"]))
+    assert stages(tmp_path / "slow") == [1] * 5 + [2] * 5 + [3] * 4
+    # stopped mid-stage and resumed: the same stages and losses as the uninterrupted run
+    cut = [*base, f"out_dir={tmp_path / 'cut'}", "curriculum.advance_below=1000"]
+    train(load_config(None, [*cut, "train.stop_at=3"]))
+    train(load_config(None, cut))
+    full = [json.loads(x) for x in (tmp_path / "fast" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["loss"]) for r in full if "loss" in r] == \
+        [(r["stage"], r["loss"]) for r in resumed if "loss" in r]

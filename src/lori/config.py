@@ -176,8 +176,24 @@ class CurriculumConfig:
     # iCoT-SI removal smoothing: each example (per stage) loses o extra tokens, P(o) = (1 - e^-lambda) e^(-lambda o),
     # o = 0, 1, ... (their --removal_smoothing_lambda 4: P(o=0) = 0.98); null = no offset.
     removal_smoothing_lambda: float | None = 4.0
+    # Advance on the loss instead of the clock: a stage ends as soon as its training cross-entropy ("ce"), averaged
+    # over the last advance_window steps, is below advance_below (steps_per_stage is then the most a stage may
+    # take); the final stage runs to train.steps. null: every stage is exactly steps_per_stage steps.
+    advance_below: float | None = None
+    advance_window: int = 25
+    # Position ids a thought advances (latent methods, training and generation). 1: thoughts are consecutive. The
+    # token length of one rationale step (divided by thoughts_per_step) keeps the language after the thoughts at the
+    # positions it had in the teacher's rendering at every stage (up to the constant <bot>/<eot> shift), so a stage
+    # change does not move it: a model that learned to find things by position need not relearn that every stage.
+    thought_stride: int = 1
 
     def __post_init__(self) -> None:
+        if self.advance_below is not None and not self.advance_below > 0:
+            raise ConfigError(f"curriculum.advance_below must be > 0 or null, got {self.advance_below}")
+        if self.thought_stride < 1:
+            raise ConfigError(f"curriculum.thought_stride must be >= 1, got {self.thought_stride}")
+        if self.advance_window < 1:
+            raise ConfigError(f"curriculum.advance_window must be >= 1, got {self.advance_window}")
         if self.stages < 0 or self.steps_per_stage < 1 or self.thoughts_per_step < 1:
             raise ConfigError("curriculum.stages must be >= 0, curriculum.steps_per_stage and "
                               "curriculum.thoughts_per_step >= 1")

@@ -44,8 +44,10 @@ def greedy_generate(
     latent_steps: int = 0,
     project: Callable[[torch.Tensor], torch.Tensor] | None = None,
     eot_id: int | None = None,
+    position_stride: int = 1,
 ) -> Generation:
-    """Greedy decoding of a batch of prompts; see the module docstring. ``project`` maps [B, 1, d] -> [B, 1, d]."""
+    """Greedy decoding of a batch of prompts; see the module docstring. ``project`` maps [B, 1, d] -> [B, 1, d];
+    each latent step advances the position ids by ``position_stride`` (``curriculum.thought_stride``)."""
     if latent_steps and (project is None or eot_id is None):
         raise ValueError("latent generation needs a projector and the <eot> id")
     device = next(model.parameters()).device
@@ -58,16 +60,16 @@ def greedy_generate(
     batch = len(prompts)
     ones = torch.ones((batch, 1), dtype=mask.dtype, device=device)
 
-    def step(hidden: bool = False, **inputs):
+    def step(hidden: bool = False, advance: int = 1, **inputs):
         nonlocal mask, next_pos, cache
         mask = torch.cat([mask, ones], dim=1)
         o = model(**inputs, attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True,
                   output_hidden_states=hidden)
-        cache, next_pos = o.past_key_values, next_pos + 1
+        cache, next_pos = o.past_key_values, next_pos + advance
         return o
 
     for _ in range(latent_steps):
-        out = step(hidden=True, inputs_embeds=project(out.hidden_states[-1][:, -1:]))
+        out = step(hidden=True, advance=position_stride, inputs_embeds=project(out.hidden_states[-1][:, -1:]))
     if latent_steps:
         out = step(input_ids=torch.full((batch, 1), eot_id, dtype=torch.long, device=device))
     prefix_steps = latent_steps + (1 if latent_steps else 0)

@@ -66,10 +66,11 @@ class LatentOutput:
 
 
 class LatentStudent(nn.Module):
-    def __init__(self, lm, latent_steps: int, projector: str, bot_id: int, eot_id: int):
+    def __init__(self, lm, latent_steps: int, projector: str, bot_id: int, eot_id: int, position_stride: int = 1):
         super().__init__()
         self.lm = lm
         self.latent_steps = latent_steps
+        self.position_stride = position_stride  # position ids each thought advances (curriculum.thought_stride)
         self.bot_id, self.eot_id = bot_id, eot_id
         dim = lm.get_input_embeddings().weight.shape[1]
         self.projector = Projector(dim, projector).to(lm.get_input_embeddings().weight.dtype)
@@ -104,7 +105,7 @@ class LatentStudent(nn.Module):
             mask = torch.cat([mask, step_mask[:, j : j + 1]], dim=1)
             out = self.lm(inputs_embeds=self.project(h), attention_mask=mask, position_ids=next_pos,
                           past_key_values=cache, use_cache=True, output_hidden_states=True)
-            cache, next_pos = out.past_key_values, next_pos + step_mask[:, j : j + 1]
+            cache, next_pos = out.past_key_values, next_pos + step_mask[:, j : j + 1] * self.position_stride
             states.append(torch.stack([s[:, -1] for s in out.hidden_states], dim=1))  # [B, L+1, d]
             h = out.hidden_states[-1][:, -1:]
         mask = torch.cat([mask, suffix_mask], dim=1)
@@ -134,8 +135,11 @@ class LatentStudent(nn.Module):
         emb = self.lm.get_input_embeddings()
         seq, mask = emb(prompt_ids), prompt_mask
 
+        advance = prompt_mask.clone()  # how far each position moves the position ids: thoughts by the stride
+
         def run(seq, mask):
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            pos = (advance[:, : mask.shape[1]].cumsum(-1) - advance[:, : mask.shape[1]]).clamp(min=0)
+            pos = torch.where(mask.bool(), pos, torch.zeros_like(pos))
             return self.lm(inputs_embeds=seq, attention_mask=mask, position_ids=pos, use_cache=False,
                            output_hidden_states=True)
 
@@ -145,15 +149,18 @@ class LatentStudent(nn.Module):
         for j in range(K):
             seq = torch.cat([seq, self.project(out.hidden_states[-1][:, -1:]).to(seq.dtype)], dim=1)
             mask = torch.cat([mask, step_mask[:, j : j + 1]], dim=1)
+            advance = torch.cat([advance, step_mask[:, j : j + 1] * self.position_stride], dim=1)
             out = run(seq, mask)
             states.append(torch.stack([s[:, -1] for s in out.hidden_states], dim=1))  # [B, L+1, d]
         S = suffix_ids.shape[1]
+        advance = torch.cat([advance, suffix_mask], dim=1)
         out = run(torch.cat([seq, emb(suffix_ids)], dim=1), torch.cat([mask, suffix_mask], dim=1))
         latent = torch.stack(states, dim=2) if states else suffix_ids.new_zeros((0,))
         return LatentOutput(out.logits[:, -S:], latent, tuple(s[:, -S:] for s in out.hidden_states), prompt_states)
 
     def generation_kwargs(self) -> dict:
-        return {"latent_steps": self.latent_steps, "project": self.project, "eot_id": self.eot_id}
+        return {"latent_steps": self.latent_steps, "project": self.project, "eot_id": self.eot_id,
+                "position_stride": self.position_stride}
 
     def load_projector(self, folder: str | Path) -> None:
         from safetensors.torch import load_file

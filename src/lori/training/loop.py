@@ -17,6 +17,7 @@ stops the run with the step, the term and the last good checkpoint, and no weigh
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import json
@@ -117,7 +118,8 @@ def render_all(method, examples: list[Example], tokenizer, cfg: Config, stage: i
     for i, ex in enumerate(examples):
         item = method.render(ex, tokenizer, cfg, stage)
         # Latent thoughts take positions too (a learned-position model would overflow without counting them).
-        length = sum(len(v) for k, v in item.items() if k.endswith("_ids")) + item.get("latent_steps", 0)
+        length = sum(len(v) for k, v in item.items() if k.endswith("_ids")) + \
+            item.get("latent_steps", 0) * cfg.curriculum.thought_stride
         if length > max_length:
             raise LoriError(
                 f"{ex.source}: renders to {length} tokens, over data.max_length={max_length}; "
@@ -230,8 +232,12 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     step, cursor = 0, 0
+    cur = cfg.curriculum
+    adaptive = bool(cur.stages) and cur.advance_below is not None
+    clock: dict = {}  # adaptive curriculum: the stage, the step it started at, its recent training CE
     if resume_from is not None:
         state = load_state(resume_from)
+        clock = state.get("curriculum") or {}
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         per_process = state.get("rng_per_process") or []
@@ -246,8 +252,11 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
             dropped = truncate_metrics(out_dir / "metrics.jsonl", step)  # the steps after it are logged again
             if dropped:
                 print(f"[lori] metrics.jsonl: dropped {dropped} line(s) after step {step}")
-    stage = cfg.curriculum.stage_at(step)
+    stage = clock.get("stage", cur.stage_at(step)) if adaptive else cur.stage_at(step)
+    stage_start = clock.get("start", (stage - 1) * cur.steps_per_stage if cur.stages else 0)
+    recent = collections.deque(clock.get("recent", []), maxlen=cur.advance_window)
     items = render_all(method, train_set, tokenizer, cfg, stage)
+    rendered = stage
     module, optimizer = accelerator.prepare(module, optimizer)
     module.train()
     log = MetricsLog(out_dir, main, cfg.train.tensorboard)
@@ -262,7 +271,8 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
         unwrapped = accelerator.unwrap_model(module)
         rngs = all_gather(rng_state(), world)
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs[0],
-                 "rng_per_process": rngs, "step": at_step, "cursor": cursor}
+                 "rng_per_process": rngs, "step": at_step, "cursor": cursor,
+                 "curriculum": {"stage": stage, "start": stage_start, "recent": list(recent)}}
         path = None
         if main:
             path = save_checkpoint(out_dir, at_step, getattr(unwrapped, "lm", unwrapped), tokenizer, cfg, state,
@@ -271,9 +281,11 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
         return path or step_dir(out_dir, at_step)
 
     while step < stop:
-        if cfg.curriculum.stage_at(step) != stage:
-            stage = cfg.curriculum.stage_at(step)
+        if not adaptive:
+            stage = cur.stage_at(step)
+        if stage != rendered:
             items = render_all(method, train_set, tokenizer, cfg, stage)
+            rendered = stage
             if cfg.curriculum.reset_optimizer:
                 getattr(optimizer, "optimizer", optimizer).state.clear()
             if main:
@@ -316,11 +328,22 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        step_stage = stage  # the stage this step trained in (an adaptive curriculum may advance below)
+        if adaptive and not cur.is_final(stage):
+            recent.append(totals.get("ce", totals["loss"]))
+            learned = len(recent) == recent.maxlen and sum(recent) / len(recent) < cur.advance_below
+            if learned or step - stage_start >= cur.steps_per_stage:
+                if main:
+                    bar.write(f"[lori] step {step}: stage {stage} ends after {step - stage_start} steps ("
+                              + (f"ce {sum(recent) / len(recent):.4f} < {cur.advance_below}" if learned
+                                 else "curriculum.steps_per_stage reached") + ")")
+                stage, stage_start = stage + 1, step
+                recent.clear()
         tok_since += norm.tokens
         bar.update(1)
         if step % cfg.train.log_every == 0 or step == stop:
             now = time.perf_counter()
-            record = {"step": step, **({"stage": stage} if cfg.curriculum.stages else {}),
+            record = {"step": step, **({"stage": step_stage} if cfg.curriculum.stages else {}),
                       **{k: round(v, 6) for k, v in totals.items()},
                       "lr": lr_used, "tokens_per_s": round(tok_since / (now - t_last), 1)}
             if grad_norm is not None:
