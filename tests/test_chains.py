@@ -188,12 +188,15 @@ def test_missing_projector_is_refused(tmp_path):
 # Thought position stride and the loss-driven curriculum
 
 
-@pytest.mark.parametrize("stride", [1, 4])
-def test_thought_stride_cached_equals_uncached_and_generation(stride):
+@pytest.mark.parametrize("offset,stride", [(0, 1), (2, 4)])
+def test_thought_positions_cached_equals_uncached_and_generation(offset, stride):
     from lori.evaluation.generate import greedy_generate
+    from lori.models.latent import thought_positions
 
+    t, start = thought_positions(torch.tensor([[9], [9]]), torch.tensor([3, 0]), 3, offset=2, stride=5)
+    assert t.tolist() == [[12, 17, 22], [12, 17, 22]] and start.tolist() == [[23], [10]]
     student, tok, exs, cfg = _student()
-    student.position_stride = stride
+    student.position_offset, student.position_stride = offset, stride
     items = [lori_method.render(ex, tok, cfg, stage=4) | {"index": i} for i, ex in enumerate(exs)]
     batch = lori_method.collate(items, tok.pad_token_id)
     args = (batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"])
@@ -208,7 +211,7 @@ def test_thought_stride_cached_equals_uncached_and_generation(stride):
     first = [int(cached.logits[i, 0].argmax()) for i in range(2)]
     assert gen.tokens == [[] if t == tok.eos_token_id else [t] for t in first]
     if stride > 1:
-        student.position_stride = 1
+        student.position_offset, student.position_stride = 0, 1
         with torch.no_grad():
             other = student(*args, latent_steps=batch["latent_steps"])
         assert not torch.allclose(other.logits, cached.logits)

@@ -181,17 +181,20 @@ class CurriculumConfig:
     # take); the final stage runs to train.steps. null: every stage is exactly steps_per_stage steps.
     advance_below: float | None = None
     advance_window: int = 25
-    # Position ids a thought advances (latent methods, training and generation). 1: thoughts are consecutive. The
-    # token length of one rationale step (divided by thoughts_per_step) keeps the language after the thoughts at the
-    # positions it had in the teacher's rendering at every stage (up to the constant <bot>/<eot> shift), so a stage
-    # change does not move it: a model that learned to find things by position need not relearn that every stage.
+    # Where the thoughts sit (latent methods, training and generation; lori.models.latent.thought_positions):
+    # thought j at position(<bot>) + 1 + thought_offset + j * thought_stride, <eot> right after the last. (0, 1):
+    # consecutive. Matching the rationale's layout keeps every token after the thoughts at the position it had in the
+    # teacher's rendering at every stage, so a stage change does not move the language a teacher that finds things
+    # by position relies on (chains, `<< b = 7 >>`: offset 2, stride 5 puts thought k where step k's result was).
+    thought_offset: int = 0
     thought_stride: int = 1
 
     def __post_init__(self) -> None:
         if self.advance_below is not None and not self.advance_below > 0:
             raise ConfigError(f"curriculum.advance_below must be > 0 or null, got {self.advance_below}")
-        if self.thought_stride < 1:
-            raise ConfigError(f"curriculum.thought_stride must be >= 1, got {self.thought_stride}")
+        if self.thought_stride < 1 or self.thought_offset < 0:
+            raise ConfigError(f"curriculum.thought_stride must be >= 1 and curriculum.thought_offset >= 0, got "
+                              f"{self.thought_stride} and {self.thought_offset}")
         if self.advance_window < 1:
             raise ConfigError(f"curriculum.advance_window must be >= 1, got {self.advance_window}")
         if self.stages < 0 or self.steps_per_stage < 1 or self.thoughts_per_step < 1:

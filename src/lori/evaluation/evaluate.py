@@ -41,6 +41,7 @@ def evaluate(
     latent_steps: int = 0,
     project: Callable | None = None,
     eot_id: int | None = None,
+    position_offset: int = 0,
     position_stride: int = 1,
     progress: bool = True,
 ) -> Evaluation:
@@ -53,7 +54,8 @@ def evaluate(
     lm.eval()
     device = next(lm.parameters()).device
     gen_kwargs = dict(eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens,
-                      latent_steps=latent_steps, project=project, eot_id=eot_id, position_stride=position_stride)
+                      latent_steps=latent_steps, project=project, eot_id=eot_id,
+                      position_offset=position_offset, position_stride=position_stride)
     tokens, steps = [], []
     _sync(device)
     t0 = time.perf_counter()

@@ -44,10 +44,13 @@ def greedy_generate(
     latent_steps: int = 0,
     project: Callable[[torch.Tensor], torch.Tensor] | None = None,
     eot_id: int | None = None,
+    position_offset: int = 0,
     position_stride: int = 1,
 ) -> Generation:
     """Greedy decoding of a batch of prompts; see the module docstring. ``project`` maps [B, 1, d] -> [B, 1, d];
-    each latent step advances the position ids by ``position_stride`` (``curriculum.thought_stride``)."""
+    the latent steps sit at the positions of ``lori.models.latent.thought_positions`` (offset, stride)."""
+    from ..models.latent import thought_positions
+
     if latent_steps and (project is None or eot_id is None):
         raise ValueError("latent generation needs a projector and the <eot> id")
     device = next(model.parameters()).device
@@ -60,17 +63,21 @@ def greedy_generate(
     batch = len(prompts)
     ones = torch.ones((batch, 1), dtype=mask.dtype, device=device)
 
-    def step(hidden: bool = False, advance: int = 1, **inputs):
+    def step(hidden: bool = False, at=None, **inputs):
         nonlocal mask, next_pos, cache
         mask = torch.cat([mask, ones], dim=1)
-        o = model(**inputs, attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True,
+        here = next_pos if at is None else at
+        o = model(**inputs, attention_mask=mask, position_ids=here, past_key_values=cache, use_cache=True,
                   output_hidden_states=hidden)
-        cache, next_pos = o.past_key_values, next_pos + advance
+        cache, next_pos = o.past_key_values, here + 1
         return o
 
-    for _ in range(latent_steps):
-        out = step(hidden=True, advance=position_stride, inputs_embeds=project(out.hidden_states[-1][:, -1:]))
     if latent_steps:
+        tpos, start = thought_positions(pos[:, -1:], torch.full((batch,), latent_steps, device=device),
+                                        latent_steps, position_offset, position_stride)
+        for j in range(latent_steps):
+            out = step(hidden=True, at=tpos[:, j : j + 1], inputs_embeds=project(out.hidden_states[-1][:, -1:]))
+        next_pos = start  # <eot> right after the last thought
         out = step(input_ids=torch.full((batch, 1), eot_id, dtype=torch.long, device=device))
     prefix_steps = latent_steps + (1 if latent_steps else 0)
 

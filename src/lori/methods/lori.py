@@ -94,7 +94,8 @@ def wrap(lm, tokenizer, cfg, checkpoint=None, latent_steps: int | None = None,
     """The latent student; ``latent_steps`` and ``projector`` default to ``lori.*`` (Coconut and CODI pass theirs)."""
     bot, eot = add_latent_tokens(lm, tokenizer)
     student = LatentStudent(lm, cfg.lori.latent_steps if latent_steps is None else latent_steps,
-                            projector or cfg.lori.projector, bot, eot, position_stride=cfg.curriculum.thought_stride)
+                            projector or cfg.lori.projector, bot, eot,
+                            position_offset=cfg.curriculum.thought_offset, position_stride=cfg.curriculum.thought_stride)
     if checkpoint is not None:
         student.load_projector(checkpoint)
     return student

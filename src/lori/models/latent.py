@@ -57,6 +57,23 @@ def add_latent_tokens(lm, tokenizer) -> tuple[int, int]:
     return tokenizer.convert_tokens_to_ids(BOT), tokenizer.convert_tokens_to_ids(EOT)
 
 
+def thought_positions(last: torch.Tensor, counts: torch.Tensor, K: int, offset: int = 0, stride: int = 1):
+    """Position ids of the latent loop: ``(thoughts [B, K], suffix_start [B, 1])``.
+
+    ``last [B, 1]`` is the position of ``<bot>``, ``counts [B]`` each example's number of thoughts. Thought j sits at
+    ``last + 1 + offset + j * stride`` and the suffix (``<eot>`` ...) right after the example's last thought, so with
+    ``offset``/``stride`` matching the rationale's layout (chains: each thought where its step's result token was,
+    offset 2 and stride 5 for ``<< b = 7 >>``) every token after the thoughts keeps the teacher's position at every
+    curriculum stage. The default (0, 1) is consecutive positions. Masked thoughts (j >= count) get positions too;
+    they are never attended to."""
+    j = torch.arange(K, device=last.device)[None]
+    first = last + 1 + offset
+    thoughts = first + j * stride
+    counts = counts.reshape(-1, 1).to(last.device)
+    suffix = torch.where(counts > 0, first + (counts - 1) * stride + 1, last + 1)
+    return thoughts, suffix
+
+
 @dataclass
 class LatentOutput:
     logits: torch.Tensor  # [B, S, V] over the suffix positions (<eot> #### answer <eos>)
@@ -66,11 +83,13 @@ class LatentOutput:
 
 
 class LatentStudent(nn.Module):
-    def __init__(self, lm, latent_steps: int, projector: str, bot_id: int, eot_id: int, position_stride: int = 1):
+    def __init__(self, lm, latent_steps: int, projector: str, bot_id: int, eot_id: int, position_offset: int = 0,
+                 position_stride: int = 1):
         super().__init__()
         self.lm = lm
         self.latent_steps = latent_steps
-        self.position_stride = position_stride  # position ids each thought advances (curriculum.thought_stride)
+        # where the thoughts sit (curriculum.thought_offset / thought_stride; thought_positions)
+        self.position_offset, self.position_stride = position_offset, position_stride
         self.bot_id, self.eot_id = bot_id, eot_id
         dim = lm.get_input_embeddings().weight.shape[1]
         self.projector = Projector(dim, projector).to(lm.get_input_embeddings().weight.dtype)
@@ -97,19 +116,20 @@ class LatentStudent(nn.Module):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.lm(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True,
                       output_hidden_states=True)
-        cache, next_pos = out.past_key_values, pos[:, -1:] + 1
+        cache = out.past_key_values
+        tpos, start = thought_positions(pos[:, -1:], step_mask.sum(1), K, self.position_offset, self.position_stride)
         states = []
         h = out.hidden_states[-1][:, -1:]
         prompt_states = torch.stack([s[:, -1] for s in out.hidden_states], dim=1)
         for j in range(K):
             mask = torch.cat([mask, step_mask[:, j : j + 1]], dim=1)
-            out = self.lm(inputs_embeds=self.project(h), attention_mask=mask, position_ids=next_pos,
+            out = self.lm(inputs_embeds=self.project(h), attention_mask=mask, position_ids=tpos[:, j : j + 1],
                           past_key_values=cache, use_cache=True, output_hidden_states=True)
-            cache, next_pos = out.past_key_values, next_pos + step_mask[:, j : j + 1] * self.position_stride
+            cache = out.past_key_values
             states.append(torch.stack([s[:, -1] for s in out.hidden_states], dim=1))  # [B, L+1, d]
             h = out.hidden_states[-1][:, -1:]
         mask = torch.cat([mask, suffix_mask], dim=1)
-        spos = next_pos + torch.arange(suffix_ids.shape[1], device=suffix_ids.device)[None]
+        spos = start + torch.arange(suffix_ids.shape[1], device=suffix_ids.device)[None]
         out = self.lm(input_ids=suffix_ids, attention_mask=mask, position_ids=spos, past_key_values=cache,
                       use_cache=True, output_hidden_states=True)
         latent = torch.stack(states, dim=2) if states else suffix_ids.new_zeros((0,))
@@ -135,13 +155,14 @@ class LatentStudent(nn.Module):
         emb = self.lm.get_input_embeddings()
         seq, mask = emb(prompt_ids), prompt_mask
 
-        advance = prompt_mask.clone()  # how far each position moves the position ids: thoughts by the stride
+        ppos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        tpos, start = thought_positions(ppos[:, -1:], step_mask.sum(1), K, self.position_offset, self.position_stride)
+        spos = start + torch.arange(suffix_ids.shape[1], device=suffix_ids.device)[None]
+        order = torch.cat([ppos, tpos, spos], dim=1)  # the position ids of the whole sequence
 
         def run(seq, mask):
-            pos = (advance[:, : mask.shape[1]].cumsum(-1) - advance[:, : mask.shape[1]]).clamp(min=0)
-            pos = torch.where(mask.bool(), pos, torch.zeros_like(pos))
-            return self.lm(inputs_embeds=seq, attention_mask=mask, position_ids=pos, use_cache=False,
-                           output_hidden_states=True)
+            return self.lm(inputs_embeds=seq, attention_mask=mask, position_ids=order[:, : mask.shape[1]],
+                           use_cache=False, output_hidden_states=True)
 
         out = run(seq, mask)
         states = []
@@ -149,18 +170,16 @@ class LatentStudent(nn.Module):
         for j in range(K):
             seq = torch.cat([seq, self.project(out.hidden_states[-1][:, -1:]).to(seq.dtype)], dim=1)
             mask = torch.cat([mask, step_mask[:, j : j + 1]], dim=1)
-            advance = torch.cat([advance, step_mask[:, j : j + 1] * self.position_stride], dim=1)
             out = run(seq, mask)
             states.append(torch.stack([s[:, -1] for s in out.hidden_states], dim=1))  # [B, L+1, d]
         S = suffix_ids.shape[1]
-        advance = torch.cat([advance, suffix_mask], dim=1)
         out = run(torch.cat([seq, emb(suffix_ids)], dim=1), torch.cat([mask, suffix_mask], dim=1))
         latent = torch.stack(states, dim=2) if states else suffix_ids.new_zeros((0,))
         return LatentOutput(out.logits[:, -S:], latent, tuple(s[:, -S:] for s in out.hidden_states), prompt_states)
 
     def generation_kwargs(self) -> dict:
         return {"latent_steps": self.latent_steps, "project": self.project, "eot_id": self.eot_id,
-                "position_stride": self.position_stride}
+                "position_offset": self.position_offset, "position_stride": self.position_stride}
 
     def load_projector(self, folder: str | Path) -> None:
         from safetensors.torch import load_file

@@ -118,8 +118,9 @@ def render_all(method, examples: list[Example], tokenizer, cfg: Config, stage: i
     for i, ex in enumerate(examples):
         item = method.render(ex, tokenizer, cfg, stage)
         # Latent thoughts take positions too (a learned-position model would overflow without counting them).
+        thoughts = item.get("latent_steps", 0)
         length = sum(len(v) for k, v in item.items() if k.endswith("_ids")) + \
-            item.get("latent_steps", 0) * cfg.curriculum.thought_stride
+            (cfg.curriculum.thought_offset + (thoughts - 1) * cfg.curriculum.thought_stride + 1 if thoughts else 0)
         if length > max_length:
             raise LoriError(
                 f"{ex.source}: renders to {length} tokens, over data.max_length={max_length}; "
