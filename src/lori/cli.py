@@ -6,7 +6,7 @@
     lori analyze CHECKPOINT [--student CKPT] [--data-split S] [--n N] [--out DIR] [data.*|lori.*=value ...]
     lori prepare multiplication --digits 4x4 --count N --seed S --out FILE [--exclude FILE ...]
     lori prepare gsm8k-aug --out DIR [--source hub|gsm8k-train] [--gsm8k-train FILE] [--valid FILE]
-    lori demo --out DIR                          the built-in end-to-end demo on the CPU
+    lori demo --out DIR [--train-teacher]        the built-in end-to-end demo on the CPU (6-step chains)
     lori compare --teacher T.yaml --student S.yaml --methods M1,M2,... --seeds 0,1 --out DIR [key=value ...]
                                                  methods x seeds on one task and budget: mean ± 95% CI over seeds
 """
@@ -68,8 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--valid", default="../shared/data/gsm8k-aug/valid.txt",
                    help="GSM8k-Aug validation file whose questions are excluded")
 
-    d = sub.add_parser("demo", help="the whole pipeline on a built-in multiplication task, on the CPU")
+    d = sub.add_parser("demo", help="the whole pipeline on the built-in reasoning-depth task (6-step chains), on "
+                                    "the CPU")
     d.add_argument("--out", default="out/demo")
+    d.add_argument("--train-teacher", action="store_true",
+                   help="train the CoT-SFT teacher from scratch instead of using the shipped checkpoint (~5 min)")
     d.add_argument("overrides", nargs="*", help="dotted overrides applied to every stage")
 
     c = sub.add_parser("compare", help="methods x seeds on one task under one budget: accuracy (mean ± 95%% "
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "demo":
             from .demo import run_demo
 
-            run_demo(Path(args.out), args.overrides)
+            run_demo(Path(args.out), args.overrides, train_teacher=args.train_teacher)
         elif args.verb == "compare":
             from .compare import run_compare
 
