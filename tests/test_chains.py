@@ -246,3 +246,28 @@ def test_loss_driven_curriculum_advances_and_resumes_exactly(tmp_path):
     resumed = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["loss"]) for r in full if "loss" in r] == \
         [(r["stage"], r["loss"]) for r in resumed if "loss" in r]
+
+
+def test_step_value_probe_counts_each_step_and_reads_the_right_states():
+    from lori.analyze import step_value_probe
+    from lori.data.multiplication import make_example
+
+    student, tok, exs, cfg = _student()
+    cfg.lori.latent_steps, cfg.curriculum.thoughts_per_step = 3, 1
+    student.latent_steps = 3
+    rows = step_value_probe(student, tok, cfg, exs, batch_size=1)
+    assert [r["step"] for r in rows] == [1, 2, 3] and [r["n"] for r in rows] == [2, 1, 1]
+    assert all(0 <= r["feed_share"] <= 1 and 0 <= r["thought_share"] <= 1 for r in rows)
+    # an LM head that says "3" (step 1's value in both problems) for every state: step 1 is then right for both
+    three, V = tok.convert_tokens_to_ids("3"), len(tok)
+
+    class SaysThree(torch.nn.Module):
+        weight = torch.zeros(1)
+
+        def forward(self, h):
+            return torch.nn.functional.one_hot(torch.full(h.shape[:-1], three), V).float()
+
+    student.lm.get_output_embeddings = lambda: SaysThree()
+    rows = step_value_probe(student, tok, cfg, exs, batch_size=2)
+    assert rows[0]["feed_share"] == 1.0 and rows[1]["feed_share"] == 0.0  # step 2 writes 9, not 3
+    assert step_value_probe(student, tok, cfg, [make_example("1 2", "3 4")], batch_size=1) is None

@@ -245,7 +245,44 @@ def _student_batches(student, tokenizer, cfg: Config, examples, batch_size: int)
         b = lori_method.collate(items, tokenizer.pad_token_id)
         out = student(b["prompt_ids"].to(device), b["prompt_mask"].to(device), b["suffix_ids"].to(device),
                       b["suffix_mask"].to(device), latent_steps=cfg.lori.latent_steps)
-        yield out.latent_states.float()  # [B, L+1, K, d]
+        yield out.latent_states.float(), out.prompt_states.float()  # [B, L+1, K, d], [B, L+1, d]
+
+
+@torch.no_grad()
+def step_value_probe(student, tokenizer, cfg: Config, examples, batch_size: int) -> list[dict] | None:
+    """Does latent step k hold the value of rationale step k? For every step k whose result is a calculator note's
+    value (``<< ... = v >>``, e.g. chains), the share of problems where the state that feeds step k's thought
+    (``<bot>`` for k = 1, else the thought before; c = curriculum.thoughts_per_step) decodes through the LM head to
+    ``v`` as its top token, and where the thought's own state does. None when the rationales have no such values."""
+    from .data.chains import intermediate_values
+
+    try:
+        values = [intermediate_values(ex) for ex in examples]
+    except (ValueError, IndexError):
+        return None
+    if not examples or not any(values):
+        return None
+    head = student.lm.get_output_embeddings()
+    c = cfg.curriculum.thoughts_per_step
+    K = cfg.lori.latent_steps
+    n_steps = min(max(len(v) for v in values), K // c)
+    hits = {"feed": [0] * n_steps, "thought": [0] * n_steps}
+    counts = [0] * n_steps
+    i = 0
+    for latent, prompt in _student_batches(student, tokenizer, cfg, examples, batch_size):
+        feed = torch.cat([prompt[:, -1:], latent[:, -1, :-1]], dim=1)  # [B, K, d]: what feeds thought j
+        tops = {"feed": head(feed.to(head.weight.dtype)).argmax(-1), "thought": head(
+            latent[:, -1].to(head.weight.dtype)).argmax(-1)}
+        for b in range(latent.shape[0]):
+            vals = values[i + b]
+            for k in range(min(len(vals), n_steps)):
+                counts[k] += 1
+                want = str(vals[k])
+                for name, idx in (("feed", k * c), ("thought", (k + 1) * c - 1)):
+                    hits[name][k] += _token_text(tokenizer, int(tops[name][b, idx])).strip() == want
+        i += latent.shape[0]
+    return [{"step": k + 1, "n": counts[k], "feed_share": hits["feed"][k] / max(counts[k], 1),
+             "thought_share": hits["thought"][k] / max(counts[k], 1)} for k in range(n_steps)]
 
 
 @torch.no_grad()
@@ -257,7 +294,7 @@ def probe_student(student, tokenizer, cfg: Config, examples, top_k: int = 5) -> 
 
     if not examples:
         return []
-    (states,) = list(_student_batches(student, tokenizer, cfg, examples, len(examples)))
+    ((states, _),) = list(_student_batches(student, tokenizer, cfg, examples, len(examples)))
     head = student.lm.get_output_embeddings()
     last = states[:, -1]  # [B, K, d]: the final hidden state (after the final norm in HF decoders)
     probs = torch.softmax(head(last.to(head.weight.dtype)).float(), dim=-1)
@@ -463,11 +500,12 @@ def _analyze_student(ckpt: Path, cfg: Config, sample, layers, teacher_M, rank, d
                                    "shape: no common space to compare subspaces in")
     else:
         acc = TrajectoryAccumulator(len(layers), d, K)
-        for states in _student_batches(student, tokenizer, cfg, sample, opts.batch_size):
+        for states, _ in _student_batches(student, tokenizer, cfg, sample, opts.batch_size):
             h = states[:, layers]  # [B, L, K, d]; index 0 of the hidden states is the embeddings
             acc.update(h, torch.ones(h.shape[0], h.shape[2], dtype=torch.bool, device=h.device))
         info["overlap"] = overlap(teacher_M, acc.second_moments(), min(rank, K * len(sample), d), layers)
         info["overlap_rank"] = min(rank, K * len(sample), d)
     info["probe"] = probe_student(student, tokenizer, cfg, sample[: opts.probe_examples])
+    info["step_values"] = step_value_probe(student, tokenizer, cfg, sample, opts.batch_size)
     _say(opts, f"student {ckpt}: K = {K}")
     return info, acc

@@ -118,6 +118,8 @@ def intermediate_values(example: Example) -> list[int]:
     the latent-step probe."""
     vals = []
     for step in example.steps:
-        body = step.strip().removeprefix("<<").removesuffix(">>").split()
-        vals.append(int(body[-1]))
+        step = step.strip()
+        if not (step.startswith("<<") and step.endswith(">>")):
+            raise ValueError(f"{example.source}: step {step!r} is not a << ... = v >> note")
+        vals.append(int(step.removeprefix("<<").removesuffix(">>").split()[-1]))
     return vals
