@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# When do latent steps help? The six methods on chains of depth L = 2, 4, 6, 8 (lori.data.chains), one
+# `lori compare` per depth (a teacher per seed, then every student from it under the student preset's budget),
+# then accuracy against depth and accuracy against generated tokens, one line per method with its interval.
+#   bash runs/depth_sweep.sh                       # from the repository root, after `make venv`
+#   DEPTHS="4 6" SEEDS=0,1,2 bash runs/depth_sweep.sh
+# Cost on 2 CPU cores: about 30 minutes per depth and seed (teacher ~5 min, precompute ~1 min, five students ~5 min
+# each), so the default (4 depths x 1 seed) is about 2 hours; every finished run is reused when it is run again.
+set -euo pipefail
+LORI=${LORI:-.venv/bin/lori}
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-out/depth}
+DEPTHS=${DEPTHS:-"2 4 6 8"}
+SEEDS=${SEEDS:-0}
+METHODS=${METHODS:-no-cot,cot-sft,icot-si,coconut,codi,lori}
+for L in $DEPTHS; do
+  # K = L thoughts for every latent method; CODI as published (no curriculum); iCoT-SI removes one 5-token
+  # note per stage; the teacher gets 300 more steps per step beyond 6 (its accuracy jumps later on longer chains).
+  $LORI compare --teacher configs/chains-cot-sft.yaml --student configs/chains-lori.yaml \
+      --methods "$METHODS" --seeds "$SEEDS" --out "$OUT/L-$L" \
+      data.chain_steps=$L teacher.train.steps=$((1000 + (L > 6 ? (L - 6) * 300 : 0))) \
+      student.lori.latent_steps=$L student.curriculum.stages=$L student.coconut.latent_steps=$L \
+      student.codi.latent_steps=$L codi:curriculum.stages=0 no-cot:curriculum.stages=0 \
+      icot-si:curriculum.remove_per_stage=5 "$@"
+done
+$PY runs/depth_plot.py "$OUT"/L-*
