@@ -269,9 +269,9 @@ class LoRiConfig:
         if self.layers is not None and (not self.layers or min(self.layers) < 1):
             raise ConfigError(f"lori.layers must be null (all) or a non-empty list of layer numbers >= 1, "
                               f"got {self.layers}")
-        if not (self.first_order or self.second_order or self.anchor):
-            raise ConfigError("lori.first_order, lori.second_order and lori.anchor are all false: that is No-CoT "
-                              "with latent steps; set method: no-cot or enable a term")
+        if not (self.first_order or self.second_order or self.anchor or self.step_anchors):
+            raise ConfigError("lori.first_order, lori.second_order, lori.anchor and lori.step_anchors are all false: "
+                              "that is Coconut (method: coconut) or lori.alpha=0; enable a term")
         for key in ("calib_size", "shard_size", "precompute_batch"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"lori.{key} must be >= 1, got {getattr(self, key)}")
