@@ -277,7 +277,8 @@ def test_prepare_multiplication_with_bad_input_leaves_no_output(tmp_path, capsys
     err = _prepare(tmp_path, capsys, "multiplication", "--count", "5", "--out", str(out), "--exclude", str(bad))
     assert f"{bad}:2:" in err
     for args, problem in [(["--digits", "0x4"], "at least 1 digit"), (["--digits", "4by4"], "--digits"),
-                          (["--count", "-1"], "count must be >= 0"), (["--digits", "1x1", "--count", "82"], "only 81"),
+                          (["--count", "-1"], "count must be >= 1"), (["--count", "0"], "empty data file"),
+                          (["--digits", "1x1", "--count", "82"], "only 81"),
                           (["--exclude", str(tmp_path / "nope.txt")], "does not exist")]:
         assert problem in _prepare(tmp_path, capsys, "multiplication", "--count", "5", "--out", str(out), *args)
     assert not (tmp_path / "out").exists()
@@ -286,6 +287,28 @@ def test_prepare_multiplication_with_bad_input_leaves_no_output(tmp_path, capsys
     out.write_text("keep\n")
     _prepare(tmp_path, capsys, "multiplication", "--count", "5", "--out", str(out), "--exclude", str(bad))
     assert out.read_text() == "keep\n" and [p.name for p in out.parent.iterdir()] == ["train.txt"]
+
+
+def test_prepare_chains_writes_the_generator_lines_and_refuses_bad_knobs(tmp_path, capsys):
+    from lori.data import read_examples
+    from lori.data.chains import generate
+
+    out = tmp_path / "chains.txt"
+    from lori.cli import main
+
+    assert main(["prepare", "chains", "--steps", "3", "--count", "40", "--seed", "5", "--out", str(out)]) == 0
+    assert read_examples(out, "icot") == [
+        ex.__class__(ex.question, ex.steps, ex.answer, f"{out}:{i}") for i, ex in enumerate(generate(40, 5, 3), 1)]
+    test = tmp_path / "test.txt"
+    assert main(["prepare", "chains", "--steps", "3", "--count", "40", "--seed", "6", "--out", str(test),
+                 "--exclude", str(out)]) == 0
+    assert not {e.question for e in read_examples(out, "icot")} & {e.question for e in read_examples(test, "icot")}
+    capsys.readouterr()
+    for args, problem in [(["--steps", "0"], "chain_steps"), (["--ops", "/"], "chain_ops"),
+                          (["--count", "0"], "empty data file")]:
+        err = _prepare(tmp_path, capsys, "chains", "--count", "5", "--out", str(tmp_path / "x" / "c.txt"), *args)
+        assert problem in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_prepare_gsm8k_aug_with_bad_input_leaves_no_output(tmp_path, capsys):

@@ -5,6 +5,7 @@
     lori eval CHECKPOINT [CHECKPOINT ...] [--out DIR] [key=value ...]
     lori analyze CHECKPOINT [--student CKPT] [--data-split S] [--n N] [--out DIR] [data.*|lori.*=value ...]
     lori prepare multiplication --digits 4x4 --count N --seed S --out FILE [--exclude FILE ...]
+    lori prepare chains --steps L --count N --seed S --out FILE [--modulus M --ops +-* --back-ref P ...]
     lori prepare gsm8k-aug --out DIR [--source hub|gsm8k-train] [--gsm8k-train FILE] [--valid FILE]
     lori demo --out DIR [--train-teacher]        the built-in end-to-end demo on the CPU (6-step chains)
     lori compare --teacher T.yaml --student S.yaml --methods M1,M2,... --seeds 0,1 --out DIR [key=value ...]
@@ -58,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--exclude", action="append", default=[], help="iCoT file whose pairs must not be emitted")
     m.add_argument("--out", required=True)
+    ch = pr_sub.add_parser("chains", help="generate L-step arithmetic over named variables mod m (the reasoning-"
+                                          "depth task, lori.data.chains)")
+    ch.add_argument("--steps", type=int, default=4, help="L, the number of steps (default 4)")
+    ch.add_argument("--modulus", type=int, default=10)
+    ch.add_argument("--ops", default="+-*", help="a subset of +-* (default +-*)")
+    ch.add_argument("--back-ref", type=float, default=0.0, help="share of +/- steps using an earlier variable")
+    ch.add_argument("--rationale", choices=["value", "expression"], default="value")
+    ch.add_argument("--count", type=int, required=True)
+    ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--exclude", action="append", default=[], help="iCoT file whose questions must not be emitted")
+    ch.add_argument("--out", required=True)
     g = pr_sub.add_parser("gsm8k-aug", help="the GSM8k-Aug training set (hub, or offline from GSM8K train.jsonl) "
                                             "minus the validation questions; OUT/train.txt + OUT/manifest.json")
     g.add_argument("--out", required=True, help="output folder")
@@ -196,6 +208,19 @@ def _prepare(args) -> None:
               f"{m['read']}, excluded {m['excluded']} validation questions); manifest beside it")
         return
     from .data import generate_multiplication, read_examples, write_icot
+
+    if args.count < 1:
+        raise LoriError(f"--count must be >= 1, got {args.count}: an empty data file is no training set")
+    if args.what == "chains":
+        from .data.chains import generate as generate_chains
+
+        exclude = [ex for f in args.exclude for ex in read_examples(f, "icot")]
+        examples = generate_chains(args.count, args.seed, args.steps, args.modulus, args.ops, args.back_ref,
+                                   args.rationale, exclude=exclude)
+        write_icot(examples, args.out)
+        print(f"[lori] wrote {len(examples)} {args.steps}-step chains mod {args.modulus} to {args.out} (seed "
+              f"{args.seed}, {len(exclude)} excluded questions)")
+        return
 
     try:
         n, m = (int(x) for x in args.digits.lower().split("x"))
