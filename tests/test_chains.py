@@ -257,7 +257,7 @@ def test_step_value_probe_counts_each_step_and_reads_the_right_states():
     student.latent_steps = 3
     rows = step_value_probe(student, tok, cfg, exs, batch_size=1)
     assert [r["step"] for r in rows] == [1, 2, 3] and [r["n"] for r in rows] == [2, 1, 1]
-    assert all(0 <= r["feed_share"] <= 1 and 0 <= r["thought_share"] <= 1 for r in rows)
+    assert all(0 <= r["share"] <= 1 for r in rows)
     # an LM head that says "3" (step 1's value in both problems) for every state: step 1 is then right for both
     three, V = tok.convert_tokens_to_ids("3"), len(tok)
 
@@ -269,5 +269,5 @@ def test_step_value_probe_counts_each_step_and_reads_the_right_states():
 
     student.lm.get_output_embeddings = lambda: SaysThree()
     rows = step_value_probe(student, tok, cfg, exs, batch_size=2)
-    assert rows[0]["feed_share"] == 1.0 and rows[1]["feed_share"] == 0.0  # step 2 writes 9, not 3
+    assert rows[0]["share"] == 1.0 and rows[1]["share"] == 0.0  # step 2 writes 9, not 3
     assert step_value_probe(student, tok, cfg, [make_example("1 2", "3 4")], batch_size=1) is None

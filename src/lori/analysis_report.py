@@ -392,13 +392,12 @@ def render_report(res: dict) -> str:
         elif st.get("overlap_skipped"):
             lines += [f"Subspace overlap skipped: {st['overlap_skipped']}.", ""]
         if st.get("step_values"):
-            lines += ["### Does latent step k hold step k's value?", "",
-                      "Share of the sampled problems whose state decodes (LM head, top token) to the value the "
-                      "teacher's rationale writes at step k: the state that feeds step k's thought (`<bot>` for "
-                      "step 1, else the thought before) and the thought's own state.", "",
-                      "| step | problems | feeding state says v_k | thought says v_k |", "|---:|---:|---:|---:|"]
-            lines += [f"| {r['step']} | {r['n']} | {_pct(r['feed_share'])} | {_pct(r['thought_share'])} |"
-                      for r in st["step_values"]]
+            lines += ["### Does the latent chain hold step k's value?", "",
+                      "Share of the sampled problems whose state that feeds step k's thought (`<bot>` for step 1, "
+                      "else the thought before) decodes through the LM head, as its top token, to the value the "
+                      "teacher's rationale writes at step k.", "",
+                      "| step | problems | the state says v_k |", "|---:|---:|---:|"]
+            lines += [f"| {r['step']} | {r['n']} | {_pct(r['share'])} |" for r in st["step_values"]]
             lines.append("")
         if st["probe"]:
             lines += ["### What the latent steps say", "",

@@ -250,10 +250,11 @@ def _student_batches(student, tokenizer, cfg: Config, examples, batch_size: int)
 
 @torch.no_grad()
 def step_value_probe(student, tokenizer, cfg: Config, examples, batch_size: int) -> list[dict] | None:
-    """Does latent step k hold the value of rationale step k? For every step k whose result is a calculator note's
+    """Does the latent chain hold the value of rationale step k? For every step k whose result is a calculator note's
     value (``<< ... = v >>``, e.g. chains), the share of problems where the state that feeds step k's thought
-    (``<bot>`` for k = 1, else the thought before; c = curriculum.thoughts_per_step) decodes through the LM head to
-    ``v`` as its top token, and where the thought's own state does. None when the rationales have no such values."""
+    (``<bot>`` for k = 1, else the thought before, index (k-1) c with c = curriculum.thoughts_per_step) decodes
+    through the LM head to ``v`` as its top token: with the identity projector that state *is* the thought. None
+    when the rationales have no such values."""
     from .data.chains import intermediate_values
 
     try:
@@ -264,25 +265,18 @@ def step_value_probe(student, tokenizer, cfg: Config, examples, batch_size: int)
         return None
     head = student.lm.get_output_embeddings()
     c = cfg.curriculum.thoughts_per_step
-    K = cfg.lori.latent_steps
-    n_steps = min(max(len(v) for v in values), K // c)
-    hits = {"feed": [0] * n_steps, "thought": [0] * n_steps}
-    counts = [0] * n_steps
+    n_steps = min(max(len(v) for v in values), cfg.lori.latent_steps // c)
+    hits, counts = [0] * n_steps, [0] * n_steps
     i = 0
     for latent, prompt in _student_batches(student, tokenizer, cfg, examples, batch_size):
         feed = torch.cat([prompt[:, -1:], latent[:, -1, :-1]], dim=1)  # [B, K, d]: what feeds thought j
-        tops = {"feed": head(feed.to(head.weight.dtype)).argmax(-1), "thought": head(
-            latent[:, -1].to(head.weight.dtype)).argmax(-1)}
+        top = head(feed.to(head.weight.dtype)).argmax(-1)
         for b in range(latent.shape[0]):
-            vals = values[i + b]
-            for k in range(min(len(vals), n_steps)):
+            for k, v in enumerate(values[i + b][:n_steps]):
                 counts[k] += 1
-                want = str(vals[k])
-                for name, idx in (("feed", k * c), ("thought", (k + 1) * c - 1)):
-                    hits[name][k] += _token_text(tokenizer, int(tops[name][b, idx])).strip() == want
+                hits[k] += _token_text(tokenizer, int(top[b, k * c])).strip() == str(v)
         i += latent.shape[0]
-    return [{"step": k + 1, "n": counts[k], "feed_share": hits["feed"][k] / max(counts[k], 1),
-             "thought_share": hits["thought"][k] / max(counts[k], 1)} for k in range(n_steps)]
+    return [{"step": k + 1, "n": counts[k], "share": hits[k] / max(counts[k], 1)} for k in range(n_steps)]
 
 
 @torch.no_grad()
