@@ -20,7 +20,7 @@ for L in $DEPTHS; do
       --methods "$METHODS" --seeds "$SEEDS" --out "$OUT/L-$L" \
       data.chain_steps=$L teacher.train.steps=$((1000 + (L > 6 ? (L - 6) * 300 : 0))) \
       student.lori.latent_steps=$L student.curriculum.stages=$L student.coconut.latent_steps=$L \
-      student.codi.latent_steps=$L codi:curriculum.stages=0 no-cot:curriculum.stages=0 \
+      student.codi.latent_steps=$L codi:curriculum.stages=0 \
       icot-si:curriculum.remove_per_stage=5 "$@"
 done
 $PY runs/depth_plot.py "$OUT"/L-*

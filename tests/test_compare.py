@@ -49,7 +49,8 @@ def test_compare_configs_cover_every_method(tmp_path):
                 assert cfg.train.steps == 10 and cfg.train.lr == 1e-3 and cfg.model.init_from is None
             else:
                 assert cfg.train.steps == 8 and cfg.train.lr == 2e-4 and cfg.model.init_from == teacher_dir
-                assert cfg.curriculum.stages == 2  # the student preset applies to every student
+                # the student preset applies to every student, but No-CoT renders no stage (no resets)
+                assert cfg.curriculum.stages == (0 if method == "no-cot" else 2)
         assert runs["lori"].lori.teacher == teacher_dir
         assert runs["lori"].lori.cache_dir == str(out / f"seed-{seed}" / "lori-cache")
         assert runs["no-cot"].lori.teacher is None and runs["codi"].lori.cache_dir is None  # no stale paths

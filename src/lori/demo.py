@@ -52,14 +52,9 @@ STUDENT = {"train": {"steps": 700, "schedule": "cosine", "grad_clip": 1.0},
                     "step_anchors": True},
            "curriculum": {"stages": 6, "steps_per_stage": 300, "advance_below": 0.02, "thought_offset": 2,
                           "thought_stride": 5}}
-# No-CoT has no thoughts and no stages (and so no optimizer resets): the same steps, lr and data.
-PER_METHOD = ["no-cot:curriculum.stages=0"]
-
-
 def demo_configs(out: Path, overrides: list[str]) -> dict[str, Config]:
     """The teacher, No-CoT and LoRi configs of the demo, with command-line overrides applied."""
-    return pipeline_configs(merge(BASE, TEACHER_CFG), merge(BASE, STUDENT), [*PER_METHOD, *overrides], out,
-                            ("no-cot", "lori"))
+    return pipeline_configs(merge(BASE, TEACHER_CFG), merge(BASE, STUDENT), overrides, out, ("no-cot", "lori"))
 
 
 def install_teacher(cfg: Config) -> str | None:

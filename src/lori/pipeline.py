@@ -107,6 +107,8 @@ def pipeline_configs(teacher: dict, student: dict, overrides: list[str], out: Pa
         if not is_teacher:  # only a LoRi student reads them; others get none rather than a preset's stale paths
             _set_dotted(tree, "lori.teacher", teacher_dir if name == "lori" else None)
             _set_dotted(tree, "lori.cache_dir", str(out / "lori-cache") if name == "lori" else None)
+        if name == "no-cot":  # No-CoT renders no stage; a student preset's curriculum would only reset its optimizer
+            _set_dotted(tree, "curriculum.stages", 0)
         try:
             cfgs[name] = config_from_dict(tree)
         except ConfigError as e:
