@@ -233,7 +233,7 @@ def test_sigkilled_precompute_resumes_without_redoing_shards(teacher, tmp_path, 
 
     written, real = [], cache_mod.CacheWriter.write_shard
     monkeypatch.setattr(cache_mod.CacheWriter, "write_shard",
-                        lambda self, i, *a: (written.append(i), real(self, i, *a)))
+                        lambda self, i, *a, **kw: (written.append(i), real(self, i, *a, **kw)))
     capsys.readouterr()
     precompute(load_config(None, args))
     out = capsys.readouterr().out
@@ -244,7 +244,7 @@ def test_sigkilled_precompute_resumes_without_redoing_shards(teacher, tmp_path, 
     fresh = tmp_path / "fresh"
     precompute(load_config(None, lori_args(folder, data, fresh)))
     a, b = load_cache(fresh), load_cache(cache)
-    for name in ("mu", "cov", "anchor", "valid"):
+    for name in ("mu", "cov", "anchor", "valid", "prefix_mu", "prefix_valid", "step_anchor", "step_valid"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert torch.equal(a.basis.U, b.basis.U)
 

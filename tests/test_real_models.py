@@ -157,7 +157,10 @@ SMALL = ["train.global_batch=8", "train.micro_batch=4", "train.lr=1e-3", "train.
 
 
 def _student_cfg(aug, teacher: Path, out: Path, *extra: str):
-    return load_config(None, ["method=lori", *_data(aug), *SMALL, f"model.init_from={teacher}",
+    # the student names its teacher's base model: its config then describes the weights it starts from (a "tiny"
+    # config would be refused, its sizes differing from the checkpoint's)
+    base = load_config(Path(teacher) / "lori_config.yaml").model.name
+    return load_config(None, ["method=lori", *_data(aug), *SMALL, f"model.name={base}", f"model.init_from={teacher}",
                               f"lori.teacher={teacher}", f"lori.cache_dir={out}-cache", "lori.rank=4",
                               "lori.calib_size=32", "lori.precompute_batch=16", "lori.latent_steps=2",
                               "train.steps=3", f"out_dir={out}", *extra])
@@ -288,10 +291,15 @@ def test_lora_resume_is_exact(llama_teacher, aug, tmp_path):
 
 def test_lora_resume_refuses_a_checkpoint_without_adapter_or_with_another_rank(llama_teacher, aug, tmp_path):
     cfg = _student_cfg(aug, llama_teacher, tmp_path / "s", "model.lora_r=4")
+    # a complete LoRi checkpoint (weights and projector) of a run without LoRA: no adapter to resume from
+    plain, tok = build_model(_student_cfg(aug, llama_teacher, tmp_path / "p"), METHODS["lori"], read_icot(aug["train"]))
+    no_adapter = save_checkpoint(tmp_path / "p", 1, plain.lm, tok, cfg, {"step": 1},
+                                 extra_tensors=METHODS["lori"].extra_tensors(plain))
     with pytest.raises(LoriError, match=ADAPTER_DIR):
-        build_model(cfg, METHODS["lori"], read_icot(aug["train"]), resume_from=llama_teacher)
+        build_model(cfg, METHODS["lori"], read_icot(aug["train"]), resume_from=no_adapter)
     student, tok = build_model(cfg, METHODS["lori"], read_icot(aug["train"]))
-    ckpt = save_checkpoint(tmp_path, 1, student.lm, tok, cfg, {"step": 1})
+    ckpt = save_checkpoint(tmp_path, 1, student.lm, tok, cfg, {"step": 1},
+                           extra_tensors=METHODS["lori"].extra_tensors(student))
     other = _student_cfg(aug, llama_teacher, tmp_path / "s", "model.lora_r=8")
     with pytest.raises(LoriError, match="model.lora_"):
         build_model(other, METHODS["lori"], read_icot(aug["train"]), resume_from=ckpt)

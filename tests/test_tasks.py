@@ -16,7 +16,7 @@ NUMERIC = ["gsm8k", "gsm8k-hard", "svamp", "multiarith"]
 
 
 def test_task_registry():
-    assert set(TASKS) == {"multiplication", "gsm8k", "gsm8k-hard", "svamp", "multiarith"}
+    assert set(TASKS) == {"multiplication", "gsm8k", "gsm8k-hard", "svamp", "multiarith", "chains"}
     for name, task in TASKS.items():
         assert isinstance(task, Task)
         assert task.name == name
