@@ -233,3 +233,20 @@ def test_token_cross_entropy_micro_batches_sum_to_full_batch():
     torch.testing.assert_close(g_split, g_full)
     with pytest.raises(ValueError):
         token_cross_entropy(logits, labels, num_tokens=0)
+
+
+def test_standardized_loss_is_the_squared_error_in_units_of_the_teachers_variance():
+    from lori.losses import standardized_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(4, 3, 5, generator=g, requires_grad=True), torch.randn(4, 3, 5, generator=g)
+    var = torch.rand(3, 5, generator=g) + 0.5
+    mask = torch.tensor([True, True, False, True])
+    got = standardized_loss(s, t, var, eps=0.0, example_mask=mask, num_examples=7)
+    want = sum(((s[b] - t[b]) ** 2 / var).mean(-1).mean() for b in (0, 1, 3)) / 7
+    torch.testing.assert_close(got, want)
+    got.backward()
+    assert s.grad[2].abs().sum() == 0 and s.grad[0].abs().sum() > 0  # a masked example gets no gradient
+    # a direction where the teacher barely varies weighs as much as one where it varies a lot
+    one = standardized_loss(torch.ones(1, 1, 2), torch.zeros(1, 1, 2), torch.tensor([1e-2, 1e2]), eps=0.0)
+    torch.testing.assert_close(one, torch.tensor((100 + 0.01) / 2))

@@ -56,6 +56,16 @@ def _example_mask(example_mask: Tensor | None, B: int, device: torch.device) -> 
     return example_mask.to(device)
 
 
+def _student_teacher(s: Tensor, t: Tensor, names: str, example_mask, layer_weights):
+    """Check two ``[B, L, r]`` tensors; return them in fp32 (the teacher detached, on the student's device), the
+    example mask and the layer weights."""
+    if s.dim() != 3 or s.shape != t.shape:
+        raise ValueError(f"{names} must both be [B, L, r], got {tuple(s.shape)} and {tuple(t.shape)}")
+    s = _f32(s)
+    t = _f32(t.detach()).to(s.device)
+    return s, t, _example_mask(example_mask, s.shape[0], s.device), _layer_weights(layer_weights, s.shape[1], s)
+
+
 def _batch_reduce(per_example: Tensor, valid: Tensor, num_examples: int | Tensor | None) -> Tensor:
     """``sum_b valid_b * x_b / denom`` with ``torch.where`` (invalid rows cannot leak NaN); ``denom`` = ``num_examples``
     or the local number of valid examples (0 valid -> 0)."""
@@ -195,13 +205,8 @@ def anchor_loss(
 
     Returns: float32 scalar.
     """
-    if a_s.dim() != 3 or a_s.shape != a_t.shape:
-        raise ValueError(f"a_s / a_t must both be [B, L, r], got {tuple(a_s.shape)} and {tuple(a_t.shape)}")
-    B, L, _ = a_s.shape
-    a_s = _f32(a_s)
-    a_t = _f32(a_t.detach()).to(a_s.device)
-    valid = _example_mask(example_mask, B, a_s.device)
-    w = _layer_weights(layer_weights, L, a_s)
+    a_s, a_t, valid, w = _student_teacher(a_s, a_t, "a_s / a_t", example_mask, layer_weights)
+    L = a_s.shape[1]
     if normalize:
         e = _masked_layer_mean(a_t.pow(2).sum(-1), valid) if scale is None else \
             _f32(torch.as_tensor(scale, device=a_s.device).detach())
@@ -238,14 +243,8 @@ def standardized_loss(
         layer_weights, example_mask, num_examples: as in ``rationale_loss``.
     Returns: float32 scalar.
     """
-    if x_s.dim() != 3 or x_s.shape != x_t.shape:
-        raise ValueError(f"x_s / x_t must both be [B, L, r], got {tuple(x_s.shape)} and {tuple(x_t.shape)}")
-    B, L, _ = x_s.shape
-    x_s = _f32(x_s)
-    x_t = _f32(x_t.detach()).to(x_s.device)
+    x_s, x_t, valid, w = _student_teacher(x_s, x_t, "x_s / x_t", example_mask, layer_weights)
     var = _f32(torch.as_tensor(var_t).detach()).to(x_s.device)
-    valid = _example_mask(example_mask, B, x_s.device)
-    w = _layer_weights(layer_weights, L, x_s)
     d = torch.where(valid[:, None, None], x_s - x_t, x_s.new_zeros(()))
     per_example = ((d.pow(2) / (var + eps)).mean(-1) * w).sum(-1)
     return _batch_reduce(per_example, valid, num_examples)
