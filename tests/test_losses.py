@@ -247,6 +247,6 @@ def test_standardized_loss_is_the_squared_error_in_units_of_the_teachers_varianc
     torch.testing.assert_close(got, want)
     got.backward()
     assert s.grad[2].abs().sum() == 0 and s.grad[0].abs().sum() > 0  # a masked example gets no gradient
-    # a direction where the teacher barely varies weighs as much as one where it varies a lot
+    # the error is counted in units of each direction's spread: 1 where var = 0.01 counts 100, where var = 100, 0.01
     one = standardized_loss(torch.ones(1, 1, 2), torch.zeros(1, 1, 2), torch.tensor([1e-2, 1e2]), eps=0.0)
     torch.testing.assert_close(one, torch.tensor((100 + 0.01) / 2))
