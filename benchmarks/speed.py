@@ -32,8 +32,7 @@ from lori.config import load_config  # noqa: E402
 from lori.data.splits import load_split  # noqa: E402
 from lori.evaluation.generate import greedy_generate  # noqa: E402
 import lori.precompute as precompute_module  # noqa: E402
-from lori.methods import codi, cot_sft, no_cot  # noqa: E402
-from lori.methods import lori as lori_method  # noqa: E402
+from lori.methods import METHODS  # noqa: E402
 from lori.methods.common import step_norm  # noqa: E402
 from lori.methods.render import segments  # noqa: E402
 from lori.models.build import load_pretrained, tiny_model  # noqa: E402
@@ -46,6 +45,9 @@ from lori.precompute import (  # noqa: E402
 )
 from lori.subspace.cache import read_manifest  # noqa: E402
 from lori.training.model_setup import builtin_tokenizer  # noqa: E402
+
+# Each method's protocol object (lori.methods.common.Method): render, collate, wrap, loss, prompt, ...
+cot_sft, no_cot, codi, lori_method = (METHODS[k] for k in ("cot-sft", "no-cot", "codi", "lori"))
 
 WARMUP = 3  # training steps not timed
 # The project's targets (issue 7)
