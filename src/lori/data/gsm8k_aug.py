@@ -19,12 +19,11 @@ excluded, because those questions come from GSM8K's train split too. Writes ``OU
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from ..errors import DataError, LoriError
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, sha256_file
 from .readers import read_gsm8k_jsonl, read_icot, write_icot
 from .schema import Example
 
@@ -34,14 +33,6 @@ SOURCES = ("hub", "gsm8k-train")
 
 def _norm(question: str) -> str:
     return " ".join(question.split())
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hub_examples(dataset: str = HUB_DATASET, split: str = "train") -> tuple[list[Example], str]:

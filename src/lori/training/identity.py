@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import Config, to_dict
 from ..errors import DataError, LoriError
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, sha256_file
 from .checkpoint import checkpoint_dir, resolve_checkpoint
 
 IDENTITY_FILE = "run_identity.json"
@@ -56,14 +56,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _weights_digest(folder: Path) -> str:
@@ -93,7 +85,7 @@ def _input(path: str | None, kind: str) -> dict | None:
         if not p.is_file():
             raise DataError(p, None, "not a regular file" if p.exists() else "file does not exist",
                             "check the path; data files are never downloaded silently")
-        return {"path": str(path), "digest": _file_sha(p)}
+        return {"path": str(path), "digest": sha256_file(p)}
     return {"path": str(path), "digest": _weights_digest(resolve_checkpoint(path))}
 
 
