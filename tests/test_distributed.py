@@ -175,7 +175,9 @@ def test_precompute_two_processes_match_one(tmp_path):
 
     a, b = load_cache(tmp_path / "one"), load_cache(tmp_path / "two")
     assert a.manifest["fingerprint"] == b.manifest["fingerprint"]
-    assert a.manifest["shards"] == b.manifest["shards"] and b.manifest["complete"]
+    # the same shards (index, range, size); the sha256 may differ, as the values may in the last bits (below)
+    ranges = lambda m: [{k: v for k, v in sh.items() if k != "sha256"} for sh in m["shards"]]  # noqa: E731
+    assert ranges(a.manifest) == ranges(b.manifest) and b.manifest["complete"]
     assert b.basis.rank == a.basis.rank and b.basis.layer_rank == a.basis.layer_rank
     torch.testing.assert_close(b.basis.U, a.basis.U, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(b.basis.V, a.basis.V, rtol=1e-4, atol=1e-5)

@@ -12,6 +12,13 @@ Every file is written atomically (temporary name, then ``os.replace``) and a sha
 it is complete, so an interrupted precompute resumes at the first missing shard and a half-written file is never
 read. The fingerprint covers the teacher's weights and tokenizer, the training examples, the layers, the rank and
 every option that changes the statistics; training refuses a cache whose fingerprint differs and says which part.
+
+Integrity (cache version 2): the manifest records the size and sha256 of the basis and of every shard as it is
+written; :func:`load_cache` checks each file before reading it (streamed in 1 MiB blocks, ``lori.utils.sha256_file``)
+and refuses a missing, truncated or altered file with one line naming it. ``lori precompute`` run again with the same
+settings rewrites a damaged or missing shard (a shard counts as done only while it matches its checksum); a damaged
+basis means deleting the folder, since every shard was projected on it. A version-1 cache (no checksums) is refused
+on load; ``lori precompute`` into it starts over and rewrites every file.
 """
 
 from __future__ import annotations
@@ -26,13 +33,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import LoriError
-from ..utils import atomic_target, atomic_write_text
+from ..utils import atomic_target, atomic_write_text, sha256_file
 from .basis import Basis
 from .stats import triu_unpack
 
 MANIFEST = "manifest.json"
 BASIS_FILE = "basis.safetensors"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: sizes and sha256 of every file in the manifest; 1 had none
 
 
 def file_digest(paths: list[Path]) -> str:
@@ -109,6 +116,11 @@ class CacheWriter:
             diff = fingerprint_diff(existing.get("fingerprint", {}), fingerprint)
             raise LoriError(f"{self.folder} holds a cache for a different setup ({diff}); "
                             "give another lori.cache_dir or delete that folder")
+        if existing is not None and existing.get("version") != CACHE_VERSION:
+            # an older layout without checksums: nothing in it can be verified, so every file is written again
+            print(f"[lori] {self.folder}: cache version {existing.get('version')} has no checksums; rewriting it as "
+                  f"version {CACHE_VERSION}")
+            existing = None
         self.manifest = existing or {
             "version": CACHE_VERSION, "fingerprint": fingerprint, "n_examples": n_examples,
             "shard_size": shard_size, "shards": [], "complete": False,
@@ -123,7 +135,10 @@ class CacheWriter:
         return i * s, min((i + 1) * s, self.manifest["n_examples"])
 
     def done(self, i: int) -> bool:
-        return any(sh["index"] == i for sh in self.manifest["shards"]) and (self.folder / _shard_name(i)).is_file()
+        """Shard ``i`` is in the manifest and its file matches the recorded size and sha256 (a damaged or missing
+        shard is written again)."""
+        entry = next((sh for sh in self.manifest["shards"] if sh["index"] == i), None)
+        return entry is not None and file_problem(self.folder / entry["file"], entry) is None
 
     def remove_partial_files(self) -> list[Path]:
         """Delete the temporary files (``.NAME.*.tmp``, see lori.utils.atomic_target) a killed precompute left
@@ -134,11 +149,17 @@ class CacheWriter:
         return partial
 
     def has_basis(self) -> bool:
-        return (self.folder / BASIS_FILE).is_file() and "basis" in self.manifest
+        """Whether the fitted basis is already written; a basis file that fails its checksum is an error (every
+        shard was projected on it, so the folder must be deleted)."""
+        if "basis" not in self.manifest:
+            return False
+        check_file(self.folder, BASIS_FILE, self.manifest["basis"])
+        return True
 
     def write_basis(self, basis: Basis, info: dict) -> None:
-        _atomic_save(basis.to_dict(), self.folder / BASIS_FILE)
-        self.manifest["basis"] = info
+        path = self.folder / BASIS_FILE
+        _atomic_save(basis.to_dict(), path)
+        self.manifest["basis"] = {**info, **_file_entry(path)}
         self._flush()
 
     def write_shard(self, i: int, mu, cov, anchor, valid, prefix_mu=None, prefix_valid=None, step_anchor=None,
@@ -151,9 +172,11 @@ class CacheWriter:
             tensors |= {"prefix_mu": prefix_mu.float(), "prefix_valid": prefix_valid.to(torch.uint8)}
         if step_anchor is not None:
             tensors |= {"step_anchor": step_anchor.float(), "step_valid": step_valid.to(torch.uint8)}
-        _atomic_save(tensors, self.folder / _shard_name(i))
+        path = self.folder / _shard_name(i)
+        _atomic_save(tensors, path)
         self.manifest["shards"] = [sh for sh in self.manifest["shards"] if sh["index"] != i]
-        self.manifest["shards"].append({"index": i, "file": _shard_name(i), "start": start, "end": end})
+        self.manifest["shards"].append({"index": i, "file": _shard_name(i), "start": start, "end": end,
+                                        **_file_entry(path)})
         self.manifest["shards"].sort(key=lambda sh: sh["index"])
         self._flush()
 
@@ -173,6 +196,65 @@ def _shard_name(i: int) -> str:
     return f"stats-{i:05d}.safetensors"
 
 
+def _file_entry(path: Path) -> dict:
+    """What the manifest records to check a written file: its size in bytes and sha256."""
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def file_problem(path: Path, entry: dict) -> str | None:
+    """Why ``path`` is not the file the manifest ``entry`` recorded (missing, truncated, altered), or None."""
+    if "sha256" not in entry or "bytes" not in entry:
+        return "no checksum recorded in the manifest"
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        what = "truncated" if size < entry["bytes"] else "longer than written"
+        return f"{what} ({size} bytes, {entry['bytes']} written)"
+    if sha256_file(path) != entry["sha256"]:
+        return f"altered (sha256 differs from the {entry['sha256'][:12]}... recorded when it was written)"
+    return None
+
+
+def check_file(folder: Path, name: str, entry: dict) -> None:
+    """Raise a one-line LoriError naming ``folder/name`` when it does not match its manifest ``entry``."""
+    problem = file_problem(Path(folder) / name, entry)
+    if problem is None:
+        return
+    path = Path(folder) / name
+    if name == BASIS_FILE:
+        fix = f"every shard was projected on it: delete {folder} and run `lori precompute` again"
+    else:
+        fix = (f"run the same `lori precompute` again to rewrite that shard (or delete {folder} and precompute from "
+               "scratch)")
+    raise LoriError(f"{path}: damaged teacher-statistics cache file: {problem}; {fix}")
+
+
+def verify_cache(folder: str | Path) -> dict:
+    """Check the basis and every listed shard of a cache against the manifest (LoriError naming the first bad
+    file); return ``{"files": n, "bytes": total}``."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest.get("version") != CACHE_VERSION:
+        raise LoriError(f"{folder}: a cache of version {manifest.get('version')} (written by an older lori, without "
+                        f"checksums; this one reads version {CACHE_VERSION}); run `lori precompute` again to rewrite "
+                        "it, or delete the folder first")
+    if "basis" not in manifest:
+        raise LoriError(f"{folder}: the manifest lists no basis; delete the folder and run `lori precompute` again")
+    entries = [(BASIS_FILE, manifest["basis"])] + [(sh["file"], sh) for sh in manifest.get("shards", [])]
+    for name, entry in entries:
+        check_file(folder, name, entry)
+    return {"files": len(entries), "bytes": sum(int(e["bytes"]) for _, e in entries)}
+
+
+def _load_checked(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # a file that matched its checksum but safetensors cannot read: still one line
+        raise LoriError(f"{path}: cannot read the cache file ({type(e).__name__}: {e}); delete {path.parent} and "
+                        "run `lori precompute` again") from None
+
+
 def read_manifest(folder: Path) -> dict:
     f = Path(folder) / MANIFEST
     if not f.is_file():
@@ -190,7 +272,8 @@ def fingerprint_diff(have: dict, want: dict) -> str:
 
 
 def load_cache(folder: str | Path, expected_fingerprint: dict | None = None) -> TeacherStats:
-    """Load a complete cache; refuse it when its fingerprint does not match ``expected_fingerprint``."""
+    """Load a complete cache; refuse it when its fingerprint does not match ``expected_fingerprint`` or a file
+    fails its size/sha256 check (:func:`verify_cache`)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     if not manifest.get("complete"):
@@ -200,8 +283,9 @@ def load_cache(folder: str | Path, expected_fingerprint: dict | None = None) -> 
         raise LoriError(f"{folder}: refusing a stale teacher-statistics cache: it "
                         f"{fingerprint_diff(manifest['fingerprint'], expected_fingerprint)}. "
                         "Run `lori precompute` with the current teacher, data and options")
-    parts = [load_file(str(folder / sh["file"])) for sh in manifest["shards"]]
-    basis = Basis.from_dict(load_file(str(folder / BASIS_FILE)))
+    verify_cache(folder)
+    parts = [_load_checked(folder / sh["file"]) for sh in manifest["shards"]]
+    basis = Basis.from_dict(_load_checked(folder / BASIS_FILE))
     cat = lambda k: torch.cat([p[k] for p in parts])  # noqa: E731
     opt = lambda k, f=lambda x: x: f(cat(k)) if all(k in p for p in parts) else None  # noqa: E731
     as_bool = lambda x: x.bool()  # noqa: E731
