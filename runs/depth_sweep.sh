@@ -14,6 +14,9 @@ DEPTHS=${DEPTHS:-"2 4 6 8"}
 SEEDS=${SEEDS:-0}
 METHODS=${METHODS:-no-cot,cot-sft,icot-si,coconut,codi,lori}
 for L in $DEPTHS; do
+  # 2-step chains mod 10 have only 10 x 24 x 20 = 4,800 distinct questions: 4,000 for training beside the
+  # 700 held out (the teacher then sees each ~16 times in its 1,000 steps).
+  SIZE=(); if [ "$L" -le 2 ]; then SIZE=(data.train_size=4000); fi
   # K = L thoughts for every latent method; CODI as published (no curriculum); iCoT-SI removes one 5-token
   # note per stage; the teacher gets 300 more steps per step beyond 6 (its accuracy jumps later on longer chains).
   $LORI compare --teacher configs/chains-cot-sft.yaml --student configs/chains-lori.yaml \
@@ -21,6 +24,6 @@ for L in $DEPTHS; do
       data.chain_steps=$L teacher.train.steps=$((1000 + (L > 6 ? (L - 6) * 300 : 0))) \
       student.lori.latent_steps=$L student.curriculum.stages=$L student.coconut.latent_steps=$L \
       student.codi.latent_steps=$L codi:curriculum.stages=0 \
-      icot-si:curriculum.remove_per_stage=5 "$@"
+      icot-si:curriculum.remove_per_stage=5 "${SIZE[@]}" "$@"
 done
 $PY runs/depth_plot.py "$OUT"/L-*

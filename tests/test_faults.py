@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -31,7 +32,7 @@ from lori.precompute import precompute
 from lori.subspace import cache as cache_mod
 from lori.subspace.cache import load_cache
 from lori.training.checkpoint import STATE_FILE, list_checkpoints, remove_partial_checkpoints, resolve_checkpoint
-from lori.training.loop import train
+from lori.training.loop import UNIFORM_WINDOW, train
 
 TINY = [
     "data.digits=[2,2]", "data.train_size=120", "data.valid_size=8", "data.test_size=8",
@@ -161,17 +162,18 @@ def _poison(monkeypatch, at_step: int, term: str, value: float, micro_per_step: 
 
 
 def test_nan_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    _poison(monkeypatch, at_step=3, term="ce", value=float("nan"))
+    _poison(monkeypatch, at_step=4, term="ce", value=float("nan"))
     cfg = load_config(None, [*TINY, "method=cot-sft", "train.steps=6", "train.save_every=2", f"out_dir={tmp_path}"])
     with pytest.raises(LoriError) as e:
         train(cfg)
     msg = str(e.value)
     good = tmp_path / "checkpoints" / "step-000002"
-    assert msg.startswith("step 3: non-finite ") and "ce=nan" in msg and "loss=nan" in msg and str(good) in msg
+    assert msg.startswith("step 4: non-finite ") and "ce=nan" in msg and "loss=nan" in msg
+    assert f"the last good checkpoint is {good}" in msg and "moved" not in msg
     assert list_checkpoints(tmp_path) == [good]
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2]  # step 3 is neither logged nor applied
+    assert steps == [1, 2, 3]  # step 4 is neither logged nor applied
     weights = load_file(str(good / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
     # Resuming from the kept checkpoint (without the fault) continues from step 2.
@@ -179,6 +181,80 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_checkpoint(tmp_path
     train(load_config(None, [*TINY, "method=cot-sft", "train.steps=6", "train.stop_at=3", "train.save_every=2",
                              f"out_dir={tmp_path}"]))
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000002", "step-000003"]
+
+
+def test_the_checkpoint_whose_weights_gave_the_nan_is_moved_aside(tmp_path, monkeypatch):
+    """A non-finite loss at step 3 came from the weights after step 2: its checkpoint is no longer offered."""
+    _poison(monkeypatch, at_step=3, term="ce", value=float("nan"))
+    cfg = load_config(None, [*TINY, "method=cot-sft", "train.steps=6", "train.save_every=2", f"out_dir={tmp_path}"])
+    with pytest.raises(LoriError) as e:
+        train(cfg)
+    aside = tmp_path / "checkpoints" / "diverged-step-000002"
+    assert f"moved to {aside}" in str(e.value) and "no good checkpoint remains" in str(e.value)
+    assert list_checkpoints(tmp_path) == [] and (aside / "model.safetensors").is_file()
+
+
+def test_huge_lr_stops_at_the_update_before_any_weights_are_written(tmp_path):
+    """train.lr=1e30: the first update already makes the weights huge (finite: the loss they give is finite for
+    a step or two); the run stops at that update and nothing is saved."""
+    cfg = load_config(None, [*TINY, "method=cot-sft", "train.steps=20", "train.save_every=1", "train.lr=1e30",
+                             f"out_dir={tmp_path}"])
+    with pytest.raises(LoriError, match=r"^step 1: the update took the weights' norm from .* training diverged; "
+                                        r"no weights of step 1 were written; no checkpoint was saved before it"):
+        train(cfg)
+    assert list_checkpoints(tmp_path) == []
+
+
+def test_a_diverging_update_names_a_checkpoint_whose_weights_are_good(tmp_path, monkeypatch):
+    """An update that blows the weights up 100-fold at step 3 (a patched optimizer step) stops the run there: the
+    named checkpoint is step 2's, equal to the weights of a clean 2-step run, and nothing of step 3 is written."""
+    real_step, calls = torch.optim.AdamW.step, []
+
+    def step(self, *a, **k):
+        out = real_step(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.mul_(100.0)
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    args = [*TINY, "method=cot-sft", "train.steps=6", "train.save_every=2"]
+    with pytest.raises(LoriError) as e:
+        train(load_config(None, [*args, f"out_dir={tmp_path / 'bad'}"]))
+    good = tmp_path / "bad" / "checkpoints" / "step-000002"
+    assert str(e.value).startswith("step 3: the update took the weights' norm")
+    assert f"the last good checkpoint is {good}" in str(e.value)
+    assert list_checkpoints(tmp_path / "bad") == [good]
+    monkeypatch.undo()
+    train(load_config(None, [*args, "train.stop_at=2", f"out_dir={tmp_path / 'clean'}"]))
+    wa = load_file(str(good / "model.safetensors"))
+    wb = load_file(str(tmp_path / "clean" / "checkpoints" / "step-000002" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wb)
+
+
+def test_a_collapsed_model_is_warned_about(tmp_path, monkeypatch, capsys):
+    """A cross-entropy at exactly ln(vocab) (a uniform prediction, what a collapsed model gives) for
+    UNIFORM_WINDOW steps is warned about once; a model that learns is not."""
+    method = METHODS["cot-sft"]
+    real = method.loss
+
+    def loss(module, batch, norm):
+        total, parts = real(module, batch, norm)
+        vocab = module.get_output_embeddings().weight.shape[0]
+        return total, {**parts, "ce": torch.tensor(math.log(vocab))}
+
+    args = [*TINY, "method=cot-sft", f"train.steps={UNIFORM_WINDOW + 10}", "train.log_every=100",
+            "train.micro_batch=16"]  # one micro batch per step: the step's ce is the patched value itself
+    train(load_config(None, [*args, f"out_dir={tmp_path / 'learning'}"]))
+    out = capsys.readouterr()
+    assert "uniform prediction" not in out.out + out.err
+    monkeypatch.setitem(METHODS, "cot-sft", dataclasses.replace(method, loss=loss))
+    train(load_config(None, [*args, f"out_dir={tmp_path / 'collapsed'}"]))
+    out = capsys.readouterr()
+    assert (out.out + out.err).count(f"a uniform prediction) for {UNIFORM_WINDOW} steps") == 1
 
 
 def test_inf_in_one_term_names_it_even_without_a_checkpoint(tmp_path, monkeypatch, capsys):

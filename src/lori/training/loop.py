@@ -12,7 +12,12 @@ Data order is a seeded permutation per epoch, indexed by a global example cursor
 the examples an uninterrupted run would.
 
 Every step's loss terms are summed over processes and checked before the optimizer step: a NaN or infinite term
-stops the run with the step, the term and the last good checkpoint, and no weights from that step are written.
+stops the run with the step, the term and the last good checkpoint, and no weights from that step are written. The
+checkpoint holding the weights that gave the non-finite loss (if one was saved just before) is moved aside, so the
+checkpoint named really is good. An update that makes the weights non-finite, or grows their norm
+``DIVERGED_FACTOR``-fold in one step, stops the run the same way before it is saved (weights that are finite but
+huge still give finite losses for a step or two). A
+cross-entropy stuck at ln(vocab), a uniform prediction, for ``UNIFORM_WINDOW`` steps is warned about.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import gc
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -266,7 +272,10 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     bar = tqdm(total=stop, initial=step, desc=f"train {cfg.method}", disable=not main, dynamic_ncols=True)
     t_last, tok_since = time.perf_counter(), 0
     totals: dict[str, float] = {}
-    last_saved = resume_from
+    lm = getattr(accelerator.unwrap_model(module), "lm", accelerator.unwrap_model(module))
+    uniform_ce, uniform_run = math.log(lm.get_output_embeddings().weight.shape[0]), 0
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    norm_before = _weight_norm(trainable)
 
     def save(at_step: int) -> Path:
         unwrapped = accelerator.unwrap_model(module)
@@ -321,11 +330,23 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
         if cfg.train.grad_clip is not None:
             grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), cfg.train.grad_clip))
         problem = _non_finite(totals if grad_norm is None else {**totals, "grad_norm": grad_norm}, step + 1,
-                              last_saved)
+                              out_dir, main)
         if problem:
             bar.close()
             raise LoriError(problem)
         optimizer.step()
+        # Check the update itself: weights that became non-finite or grew DIVERGED_FACTOR-fold in one step are a
+        # divergence even while the loss they give is still finite; they are never saved (every process holds the
+        # same weights, so every process stops here). From all-zero weights the first step is not judged.
+        norm_after = _weight_norm(trainable)
+        if not math.isfinite(norm_after) or 0 < DIVERGED_FACTOR * norm_before < norm_after:
+            bar.close()
+            kept = list_checkpoints(out_dir)
+            raise LoriError(f"step {step + 1}: the update took the weights' norm from {norm_before:.4g} to "
+                            f"{norm_after:.4g}: training diverged; no weights of step {step + 1} were written; "
+                            + (f"the last good checkpoint is {kept[-1]}" if kept else
+                               "no checkpoint was saved before it") + f". {_ADVICE}")
+        norm_before = norm_after
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -342,6 +363,11 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
                 recent.clear()
         tok_since += norm.tokens
         bar.update(1)
+        uniform_run = uniform_run + 1 if abs(totals.get("ce", math.nan) - uniform_ce) < 1e-3 else 0
+        if uniform_run == UNIFORM_WINDOW and main:
+            bar.write(f"[lori] warning: step {step}: the cross-entropy has been ln(vocab) = {uniform_ce:.4f} (a "
+                      f"uniform prediction) for {UNIFORM_WINDOW} steps: the model has collapsed or is not "
+                      "learning; lower train.lr or set train.grad_clip")
         if step % cfg.train.log_every == 0 or step == stop:
             now = time.perf_counter()
             record = {"step": step, **({"stage": step_stage} if cfg.curriculum.stages else {}),
@@ -362,7 +388,7 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
                 bar.write(" ".join(f"{k}={v}" for k, v in record.items()))
             t_last, tok_since = time.perf_counter(), 0  # throughput counts training time only
         if step % cfg.train.save_every == 0 and step < stop:
-            last_saved = save(step)
+            save(step)
     bar.close()
     final = save(step)
     record = {"step": step, **validate(cfg, method, accelerator.unwrap_model(module), tokenizer, valid_set,
@@ -381,14 +407,38 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     return final
 
 
-def _non_finite(values: dict[str, float], step: int, last_saved: Path | None) -> str | None:
-    """The error message for a step whose loss terms (or gradient norm) are not all finite, else None."""
+DIVERGED_FACTOR = 10.0  # one update growing the weights' norm this much is a divergence (a healthy step: < 1.01)
+UNIFORM_WINDOW = 50  # steps of cross-entropy at ln(vocab) before the collapse warning
+_ADVICE = ("Lower train.lr or set train.grad_clip and train again (train.resume=never, or a new out_dir): a resumed "
+           "run keeps the settings it started with")
+
+
+def _weight_norm(params: list[torch.Tensor]) -> float:
+    """The L2 norm of all trainable weights together (float64 accumulation)."""
+    with torch.no_grad():
+        return float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for p in params])))
+
+
+def _non_finite(values: dict[str, float], step: int, out_dir: Path, main: bool) -> str | None:
+    """The error message for a step whose loss terms (or gradient norm) are not all finite, else None.
+
+    The loss of ``step`` was computed from the weights after step ``step - 1``; a checkpoint of that step holds
+    weights that give it, so it is moved aside to ``checkpoints/diverged-step-N`` (kept for inspection, never resumed)
+    and the message names the newest checkpoint before it."""
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if not bad:
         return None
-    where = (f"the last good checkpoint is {last_saved}" if last_saved is not None
-             else "no checkpoint was saved before it")
+    suspect = step_dir(out_dir, step - 1)
+    good = [p for p in list_checkpoints(out_dir) if p != suspect]
+    moved = ""
+    if suspect.is_dir():
+        aside = suspect.with_name(f"diverged-{suspect.name}")
+        if main:
+            shutil.rmtree(aside, ignore_errors=True)
+            suspect.rename(aside)
+        moved = f"; its weights (step {step - 1}) were moved to {aside}, never to be resumed"
+    where = (f"the last good checkpoint is {good[-1]}" if good
+             else "no good checkpoint remains" if moved else "no checkpoint was saved before it")
     return (f"step {step}: non-finite {', '.join(f'{k}={values[k]}' for k in bad)}; stopped before the optimizer "
-            f"step, so no weights of step {step} were written; {where}. Lower train.lr or set train.grad_clip and train "
-            "again (train.resume=never, or a new out_dir): a resumed run keeps the settings it started with")
-
+            f"step, so no weights of step {step} were written{moved}; {where}. {_ADVICE}")
