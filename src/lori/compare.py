@@ -12,7 +12,8 @@ Writes ``OUT/results.json`` (one row per method and seed, with its ``seed``), ``
 the mean over seeds with a 95% Student-t interval, mean tokens, latency and the speedup vs cot-sft; for
 digit-string answers also the share of answer digits right, a diagnostic of :mod:`lori.evaluation.digits`),
 ``OUT/accuracy_vs_tokens.png`` and, per run, ``OUT/seed-s/METHOD/eval-SPLIT/`` (predictions and a one-row
-results.json).
+results.json). Every row carries the identity of its test set (lori.evaluation.report); the table refuses rows of
+different test sets, and a reused evaluation without that record is run again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from .config import Config, load_tree, to_dict
 from .errors import ConfigError, LoriError
 from .evaluation.digits import DigitShares, digit_shares, digit_table, mean_shares, read_predictions
-from .evaluation.report import ResultRow, aggregate_table, markdown_table, write_results
+from .evaluation.report import ResultRow, aggregate_table, check_one_test_set, markdown_table, write_results
 from .pipeline import TEACHER, evaluate_run, pipeline_configs, train_runs
 from .tasks import TASKS
 
@@ -114,14 +115,21 @@ def run_compare(teacher: str | Path, student: str | Path, methods: str | list[st
     for seed in seeds:
         for method in methods:
             row, n, predictions = evaluate_run(cfgs[seed][method], seed=seed, tag=TAG, label=f"seed {seed} / ")
+            if row.test_set is None:  # an evaluation from before rows recorded their test set: cannot be checked
+                print(f"[{TAG}] seed {seed} / {method}: its evaluation has no record of its test set; evaluating again")
+                row, n, predictions = evaluate_run(cfgs[seed][method], seed=seed, tag=TAG, label=f"seed {seed} / ",
+                                                   reuse=False)
             if hasattr(scorer, "digit_matches"):  # digit-string answers: the per-digit diagnostic too
                 digits[method, seed] = digit_shares(read_predictions(predictions), scorer)
                 row = replace(row, extra={**row.extra, "digit_accuracy": round(digits[method, seed].digits, 6)})
             by_run[method, seed] = row
             sizes.add(n)
-    if len(sizes) != 1:  # pragma: no cover - the data and eval sections are checked to agree
-        raise LoriError(f"the runs were evaluated on different numbers of problems: {sorted(sizes)}")
     rows = [by_run[m, s] for m in methods for s in seeds]  # grouped by method, seeds in order
+    # The data and eval sections are checked to agree, but a reused evaluation may predate a change of a data file:
+    # rows of different test sets are never tabled together (one line naming two of them and what differs).
+    check_one_test_set(rows)
+    if len(sizes) != 1:  # pragma: no cover - the test sets were just checked to be one
+        raise LoriError(f"the runs were evaluated on different numbers of problems: {sorted(sizes)}")
     task, split, n = ref.data.task, ref.eval.split, sizes.pop()
     section = ""
     if digits:

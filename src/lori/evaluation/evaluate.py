@@ -48,7 +48,8 @@ def evaluate(
     """Greedy-generate an answer for every prompt and score it with ``task.is_correct``.
 
     Throughput is problems per second over the whole batched run (batch ``batch_size``); latency is the mean wall
-    time per problem over the first ``latency_problems`` problems run one at a time (batch 1).
+    time per problem over the first ``latency_problems`` problems run one at a time (batch 1). ``row.truncated``
+    counts the problems whose generation hit ``max_new_tokens`` without ending (each prediction says so too).
     """
     was_training = lm.training
     lm.eval()
@@ -56,7 +57,7 @@ def evaluate(
     gen_kwargs = dict(eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens,
                       latent_steps=latent_steps, project=project, eot_id=eot_id,
                       position_offset=position_offset, position_stride=position_stride)
-    tokens, steps = [], []
+    tokens, steps, truncated = [], [], []
     _sync(device)
     t0 = time.perf_counter()
     starts = range(0, len(prompts), batch_size)
@@ -64,6 +65,7 @@ def evaluate(
         g = greedy_generate(lm, prompts[s : s + batch_size], **gen_kwargs)
         tokens += g.tokens
         steps += g.steps
+        truncated += g.truncated
     _sync(device)
     elapsed = time.perf_counter() - t0
     latency = []
@@ -76,12 +78,12 @@ def evaluate(
     lm.train(was_training)
 
     predictions, correct = [], 0
-    for ex, toks, n in zip(examples, tokens, steps):
+    for ex, toks, n, cut in zip(examples, tokens, steps, truncated):
         text = tokenizer.decode(toks, skip_special_tokens=True)
         ok = bool(task.is_correct(text, ex.answer))
         correct += ok
         predictions.append({"source": ex.source, "question": ex.question, "gold": ex.answer,
-                            "generated": text, "correct": ok, "steps": n})
+                            "generated": text, "correct": ok, "steps": n, "truncated": cut})
     n = len(examples)
     row = ResultRow(
         method=method,
@@ -91,5 +93,6 @@ def evaluate(
         mean_generated_tokens=sum(steps) / n if n else 0.0,
         latency_ms_per_problem=1000 * sum(latency) / len(latency) if latency else float("nan"),
         throughput_problems_per_s=n / elapsed if elapsed > 0 else float("nan"),
+        truncated=sum(truncated),
     )
     return Evaluation(row, predictions)

@@ -6,13 +6,14 @@ student runs ``latent_steps`` continuous steps after its prompt (which ends in `
 then ordinary greedy tokens until EOS.
 
 ``steps`` counts the sequential decoding steps after the prompt, per problem: latent steps, the ``<eot>`` step,
-and generated tokens up to and including EOS. It is the "generated tokens" figure in every report.
+and generated tokens up to and including EOS. It is the "generated tokens" figure in every report. ``truncated``
+marks a problem whose decoding hit ``max_new_tokens`` without emitting EOS: its ``steps`` is cut there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +22,7 @@ import torch
 class Generation:
     tokens: list[list[int]]  # generated token ids per problem, EOS excluded
     steps: list[int]  # decoding steps after the prompt per problem (see module docstring)
+    truncated: list[bool] = field(default_factory=list)  # per problem: hit max_new_tokens without EOS
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,4 +100,4 @@ def greedy_generate(
             break
         nxt = torch.where(torch.tensor(done, device=device), torch.full_like(nxt, pad_id), nxt)
         out = step(input_ids=nxt[:, None])
-    return Generation(tokens, steps)
+    return Generation(tokens, steps, [not d for d in done])

@@ -6,11 +6,21 @@
      "results": [{"method": str, "checkpoint": str, "accuracy": float, "ci95": [lo, hi],
                   "mean_generated_tokens": float, "latency_ms_per_problem": float,
                   "throughput_problems_per_s": float,
+                  "truncated": int,  # generations that hit eval.max_new_tokens without ending (when known)
+                  "test_set": {"task": str, "split": str, "n": int, "source": str, "sha256": str,
+                               "file_sha256": str},  # what the row was evaluated on (when known; see below)
                   "seed": int,      # only when the row has one
                   "extra": {...}}]} # only when non-empty
 
 Both files are written atomically (temporary file in the same folder, then ``os.replace``), so a
 reader never sees a half-written file.
+
+A row's ``test_set`` names the problems it was scored on: task, split, their number, where they came from
+(``file PATH`` or the generator's settings) and ``sha256``, a digest of the evaluated problems themselves (question
+and gold answer of each, in order; ``file_sha256`` is the data file's own digest). Rows of different test sets (task,
+split, n or sha256 differ) are never put in one table or one speedup: :func:`check_one_test_set` refuses them with
+one line naming both rows and what differs, and every table here (:func:`markdown_table`, :func:`aggregate_table`,
+:func:`write_results`) calls it. Rows without one (written by an older lori) can only be tabled among themselves.
 """
 
 from __future__ import annotations
@@ -38,7 +48,9 @@ _ROW_KEYS = (
     "latency_ms_per_problem",
     "throughput_problems_per_s",
 )
-_OPTIONAL_ROW_KEYS = ("seed", "extra")
+_OPTIONAL_ROW_KEYS = ("truncated", "test_set", "seed", "extra")
+TEST_SET_KEYS = ("task", "split", "n", "source", "sha256")  # required in a row's test_set; "file_sha256" optional
+_TEST_SET_MATCH = ("task", "split", "n", "sha256")  # what must agree for two rows to share a table
 _NONNEG_KEYS = ("mean_generated_tokens", "latency_ms_per_problem", "throughput_problems_per_s")
 
 
@@ -55,6 +67,8 @@ class ResultRow:
     throughput_problems_per_s: float
     seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    truncated: int | None = None  # generations that hit eval.max_new_tokens without ending (None: not recorded)
+    test_set: dict[str, Any] | None = None  # the identity of the problems evaluated (module docstring)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -66,6 +80,10 @@ class ResultRow:
             "latency_ms_per_problem": float(self.latency_ms_per_problem),
             "throughput_problems_per_s": float(self.throughput_problems_per_s),
         }
+        if self.truncated is not None:
+            d["truncated"] = int(self.truncated)
+        if self.test_set is not None:
+            d["test_set"] = dict(self.test_set)
         if self.seed is not None:
             d["seed"] = int(self.seed)
         if self.extra:
@@ -102,6 +120,69 @@ def _check_row(row: ResultRow, where: str) -> None:
         raise LoriError(f"{where}.seed: must be an integer or None, got {row.seed!r}")
     if not isinstance(row.extra, dict):
         raise LoriError(f"{where}.extra: must be a dict, got {type(row.extra).__name__}")
+    if row.truncated is not None and (not isinstance(row.truncated, int) or isinstance(row.truncated, bool)
+                                      or row.truncated < 0):
+        raise LoriError(f"{where}.truncated: must be an integer >= 0 or None, got {row.truncated!r}")
+    if row.test_set is not None:
+        problem = _test_set_problem(row.test_set)
+        if problem:
+            raise LoriError(f"{where}.test_set: {problem}")
+
+
+def _test_set_problem(ts: Any) -> str | None:
+    if not isinstance(ts, dict):
+        return f"must be an object, got {ts!r}"
+    missing = [k for k in TEST_SET_KEYS if k not in ts]
+    if missing:
+        return f"missing key {missing[0]!r} (needs {', '.join(TEST_SET_KEYS)})"
+    if not isinstance(ts["n"], int) or isinstance(ts["n"], bool) or ts["n"] < 0:
+        return f"n must be an integer >= 0, got {ts['n']!r}"
+    for k in ("task", "split", "source", "sha256"):
+        if not isinstance(ts[k], str):
+            return f"{k} must be a string, got {ts[k]!r}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- one test set
+def _label(row: ResultRow) -> str:
+    seed = "" if row.seed is None else f", seed {row.seed}"
+    return f"{row.checkpoint} ({row.method}{seed})"
+
+
+def test_set_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """What differs between two test-set identities (``"n 8 vs 16, ..."``), or None when they are the same set."""
+    diffs = [k for k in _TEST_SET_MATCH if a.get(k) != b.get(k)]
+    if not diffs:
+        return None
+    if a.get("source") != b.get("source"):
+        diffs.append("source")
+    short = lambda k, v: f"{v[:12]}..." if k == "sha256" and isinstance(v, str) else repr(v)  # noqa: E731
+    return ", ".join(f"{'problems sha256' if k == 'sha256' else k} {short(k, a.get(k))} vs {short(k, b.get(k))}"
+                     for k in diffs)
+
+
+def check_one_test_set(rows: list[ResultRow], task: str | None = None, split: str | None = None,
+                       n: int | None = None) -> None:
+    """Refuse (one-line LoriError naming both rows and what differs) rows evaluated on different test sets, a row
+    without a test-set identity beside rows with one, and rows whose test set is not ``task``/``split``/``n``."""
+    known = [r for r in rows if r.test_set is not None]
+    if not known:
+        return
+    first = known[0]
+    unknown = next((r for r in rows if r.test_set is None), None)
+    if unknown is not None:
+        raise LoriError(f"cannot put {_label(unknown)} and {_label(first)} in one table: the first has no record of "
+                        "its test set (evaluated by an older lori); evaluate it again")
+    for r in known[1:]:
+        diff = test_set_difference(first.test_set, r.test_set)
+        if diff:
+            raise LoriError(f"cannot put {_label(first)} and {_label(r)} in one table: they were evaluated on "
+                            f"different test sets ({diff}); evaluate both on the same task, split and problems")
+    want = {"task": task, "split": split, "n": n}
+    bad = [k for k, v in want.items() if v is not None and first.test_set[k] != v]
+    if bad:
+        raise LoriError(f"{_label(first)} was evaluated on {', '.join(f'{k} {first.test_set[k]!r}' for k in bad)}, "
+                        f"not the table's {', '.join(f'{k} {want[k]!r}' for k in bad)}")
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -119,6 +200,7 @@ def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow],
         raise LoriError(f"n: must be an integer >= 0, got {n!r}")
     for i, row in enumerate(rows):
         _check_row(row, f"results[{i}]")
+    check_one_test_set(rows, task, split, n)
     try:
         payload_text = json.dumps(
             {"task": task, "split": split, "n": n, "results": [r.to_dict() for r in rows]},
@@ -133,7 +215,7 @@ def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow],
     md = f"# Results: {task} / {split} (n = {n})\n\n{markdown_table(rows)}\n\n" + (
         "Accuracy in % with its 95% Wilson interval; tokens = mean generated tokens per problem; "
         f"speedup = latency of {BASELINE_METHOD} / latency of the row.\n"
-    )
+    ) + (TRUNCATED_NOTE if any(r.truncated for r in rows) else "")
     if aggregate:
         md += (
             f"\n## Mean over seeds\n\n{aggregate_table(rows)}\n\n"
@@ -175,6 +257,12 @@ def _row_from_dict(d: Any, path: Path, where: str) -> ResultRow:
     extra = d.get("extra", {})
     if not isinstance(extra, dict):
         raise bad("extra", f"must be an object, got {extra!r}")
+    truncated = d.get("truncated")
+    if truncated is not None and (not isinstance(truncated, int) or isinstance(truncated, bool) or truncated < 0):
+        raise bad("truncated", f"must be an integer >= 0, got {truncated!r}")
+    test_set = d.get("test_set")
+    if test_set is not None and _test_set_problem(test_set):
+        raise bad("test_set", _test_set_problem(test_set))
     return ResultRow(
         method=d["method"],
         checkpoint=d["checkpoint"],
@@ -185,6 +273,8 @@ def _row_from_dict(d: Any, path: Path, where: str) -> ResultRow:
         throughput_problems_per_s=float(d["throughput_problems_per_s"]),
         seed=seed,
         extra=dict(extra),
+        truncated=truncated,
+        test_set=None if test_set is None else dict(test_set),
     )
 
 
@@ -233,20 +323,34 @@ def _fmt_pct(row: ResultRow) -> str:
     return f"{100 * row.accuracy:.1f} [{100 * row.ci95[0]:.1f}, {100 * row.ci95[1]:.1f}]"
 
 
+TRUNCATED_NOTE = ("\n\\* Some generations hit `eval.max_new_tokens` without ending (column truncated: how many): "
+                  "their token count is cut there, so the row's mean tokens is a lower bound; raise "
+                  "eval.max_new_tokens to see them end.\n")
+
+
+def _tokens_cell(tokens: float, truncated: int | None) -> str:
+    return f"{tokens:.1f}" + ("\\*" if truncated else "")
+
+
 def markdown_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> str:
     """A GitHub Markdown table of ``rows`` (no trailing newline), e.g. for results.md or the console.
 
     Columns: method, checkpoint, seed (only if some row has one), accuracy % [95% CI], mean generated
-    tokens (1 decimal), latency ms/problem, throughput problems/s, and -- only when a ``baseline``
-    row exists -- speedup = baseline latency / row latency (the mean latency of the baseline rows
-    when there are several, e.g. one per seed). Pipes inside cells are escaped as ``\\|``.
+    tokens (1 decimal; marked ``\\*`` when some of the row's generations hit ``eval.max_new_tokens``), truncated
+    (how many did; only when some row has any), latency ms/problem, throughput problems/s, and -- only when a
+    ``baseline`` row exists -- speedup = baseline latency / row latency (the mean latency of the baseline rows
+    when there are several, e.g. one per seed). Pipes inside cells are escaped as ``\\|``. Rows of different test
+    sets are refused (:func:`check_one_test_set`).
     """
+    check_one_test_set(rows)
     with_seed = any(r.seed is not None for r in rows)
+    with_cut = any(r.truncated for r in rows)
     base_lat = [r.latency_ms_per_problem for r in rows if r.method == baseline]
     base = math.fsum(base_lat) / len(base_lat) if base_lat else None
     header = ["method", "checkpoint"] + (["seed"] if with_seed else []) + [
         "accuracy % [95% CI]",
         "tokens",
+        *(["truncated"] if with_cut else []),
         "latency ms",
         "problems/s",
     ]
@@ -260,7 +364,8 @@ def markdown_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> st
             cells.append("" if r.seed is None else str(r.seed))
         cells += [
             _fmt_pct(r),
-            f"{r.mean_generated_tokens:.1f}",
+            _tokens_cell(r.mean_generated_tokens, r.truncated),
+            *([("" if r.truncated is None else str(r.truncated))] if with_cut else []),
             f"{r.latency_ms_per_problem:.1f}",
             f"{r.throughput_problems_per_s:.2f}",
         ]
@@ -282,6 +387,7 @@ class Aggregate:
     mean_generated_tokens: float
     latency_ms_per_problem: float
     throughput_problems_per_s: float
+    truncated: int | None = None  # summed over the seeds (None when no row recorded it)
 
 
 def aggregate_rows(rows: list[ResultRow]) -> list[Aggregate]:
@@ -289,6 +395,7 @@ def aggregate_rows(rows: list[ResultRow]) -> list[Aggregate]:
     (:func:`lori.evaluation.metrics.mean_ci` for accuracy, plain means for the rest)."""
     from .metrics import mean_ci
 
+    check_one_test_set(rows)
     groups: dict[str, list[ResultRow]] = {}
     for r in rows:
         groups.setdefault(r.method, []).append(r)
@@ -300,6 +407,7 @@ def aggregate_rows(rows: list[ResultRow]) -> list[Aggregate]:
             mean_generated_tokens=math.fsum(r.mean_generated_tokens for r in rs) / len(rs),
             latency_ms_per_problem=math.fsum(r.latency_ms_per_problem for r in rs) / len(rs),
             throughput_problems_per_s=math.fsum(r.throughput_problems_per_s for r in rs) / len(rs),
+            truncated=None if all(r.truncated is None for r in rs) else sum(r.truncated or 0 for r in rs),
         ))
     return out
 
@@ -308,10 +416,13 @@ def aggregate_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> s
     """A Markdown table of :func:`aggregate_rows` (no trailing newline): method, seeds, accuracy % as
     ``mean ± half-width [lo, hi]`` of the 95% t-interval over seeds (``± n/a`` with one seed), mean tokens,
     latency, throughput, and -- when a ``baseline`` method is present -- speedup = its mean latency / the
-    method's mean latency."""
+    method's mean latency. Tokens are marked and a truncated column (summed over seeds) added as in
+    :func:`markdown_table`."""
     aggs = aggregate_rows(rows)
     base = next((a.latency_ms_per_problem for a in aggs if a.method == baseline), None)
-    header = ["method", "seeds", "accuracy % (mean ± 95% t-CI)", "tokens", "latency ms", "problems/s"]
+    with_cut = any(a.truncated for a in aggs)
+    header = ["method", "seeds", "accuracy % (mean ± 95% t-CI)", "tokens", *(["truncated"] if with_cut else []),
+              "latency ms", "problems/s"]
     if base is not None:
         header.append(f"speedup vs {baseline}")
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|---|---:|" + "---:|" * (len(header) - 2)]
@@ -323,7 +434,8 @@ def aggregate_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> s
             lo, hi = 100 * a.ci95[0], 100 * a.ci95[1]
             # ± the t half-width; the bracket clipped to [0, 100], the range of an accuracy
             acc_cell = f"{acc:.1f} ± {(hi - lo) / 2:.1f} [{max(0.0, lo):.1f}, {min(100.0, hi):.1f}]"
-        cells = [_cell(a.method), str(len(a.seeds)), acc_cell, f"{a.mean_generated_tokens:.1f}",
+        cells = [_cell(a.method), str(len(a.seeds)), acc_cell, _tokens_cell(a.mean_generated_tokens, a.truncated),
+                 *([("" if a.truncated is None else str(a.truncated))] if with_cut else []),
                  f"{a.latency_ms_per_problem:.1f}", f"{a.throughput_problems_per_s:.2f}"]
         if base is not None:
             cells.append(f"{base / a.latency_ms_per_problem:.2f}x" if a.latency_ms_per_problem > 0 else "n/a")
@@ -331,5 +443,6 @@ def aggregate_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> s
     return "\n".join(lines)
 
 
-__all__ = ["Aggregate", "BASELINE_METHOD", "RESULTS_JSON", "RESULTS_MD", "ResultRow", "aggregate_rows", "aggregate_table",
-           "markdown_table", "read_results", "write_results"]
+__all__ = ["Aggregate", "BASELINE_METHOD", "RESULTS_JSON", "RESULTS_MD", "ResultRow", "TEST_SET_KEYS", "aggregate_rows",
+           "aggregate_table", "check_one_test_set", "markdown_table", "read_results", "test_set_difference",
+           "write_results"]
