@@ -19,3 +19,12 @@ class DataError(LoriError):
 
 class ConfigError(LoriError):
     """A config key or value that is not allowed. The message names the dotted key and what is allowed."""
+
+
+class WriteError(LoriError):
+    """A file or folder that could not be written (a full disk, no permission, a read-only file system). The
+    message names the path and what is still intact; ``error`` is the OSError behind it."""
+
+    def __init__(self, message: str, error: OSError):
+        super().__init__(message)
+        self.error = error

@@ -4,6 +4,7 @@ named ``step-*`` is always complete."""
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 import tempfile
@@ -12,7 +13,8 @@ from pathlib import Path
 import torch
 
 from ..config import Config, save_config
-from ..errors import LoriError
+from ..errors import LoriError, WriteError
+from ..utils import share_tree, write_failed
 
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "lori_config.yaml"
@@ -50,13 +52,61 @@ def remove_partial_checkpoints(out_dir: Path) -> list[Path]:
     return partial
 
 
+_TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "inline_container", "iostream error", "file write failed")
+
+
+def _write_failure(e: BaseException) -> OSError | None:
+    """The OSError behind a failed checkpoint write, or None when ``e`` is no write failure. PyTorch's zip writer
+    reports a full disk as a RuntimeError ("PytorchStreamWriter failed writing file ...", "[enforce fail at
+    inline_container.cc] unexpected pos", "basic_ios::clear: iostream error")."""
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, WriteError):
+            return err.error
+        if isinstance(err, OSError):
+            return err
+        if isinstance(err, RuntimeError) and any(m in str(err) for m in _TORCH_WRITE_FAILURES):
+            return OSError(errno.EIO, f"PyTorch could not write the file: {str(err).splitlines()[0][:120]}")
+    return None
+
+
+def _verify(folder: Path) -> None:
+    """Check that every weights file and the trainer state written to ``folder`` is complete (the headers of the
+    safetensors files cover their files exactly; the zip directory of the state, at its end, is readable): a writer
+    that ignored a full disk leaves a short file, which this refuses before the folder is named ``step-*``."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    for f in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as e:  # SafetensorError: header too small, incomplete metadata, file not fully covered
+            raise OSError(errno.EIO, f"{f.name} was written incomplete ({str(e).splitlines()[0][:100]})") from None
+    state = folder / STATE_FILE
+    if state.is_file():
+        try:
+            with zipfile.ZipFile(state):
+                pass
+        except (zipfile.BadZipFile, OSError) as e:
+            raise OSError(errno.EIO, f"{STATE_FILE} was written incomplete ({e})") from None
+
+
 def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, state: dict,
                     extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None, keep: int = 2) -> Path:
-    """Write ``out_dir/checkpoints/step-{step:06d}`` atomically and prune all but the newest ``keep``."""
+    """Write ``out_dir/checkpoints/step-{step:06d}`` atomically and prune all but the newest ``keep``.
+
+    Folders and files get the modes ``mkdir`` and ``open`` give (0755 / 0644 under umask 022), not the 0700 / 0600
+    of the temporary folder and of libraries' own atomic saves. A write that fails (a full disk, no permission) is a
+    :class:`LoriError` naming the folder and the newest complete checkpoint, which is left intact."""
     root = checkpoint_dir(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = step_dir(out_dir, step)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}."))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}."))
+    except OSError as e:
+        raise _failed(final, e, out_dir) from None
+    _warn_if_short_of_space(root, final)
     try:
         from .lora import is_peft_model, save_lora_checkpoint
 
@@ -72,15 +122,47 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, sta
             for name, tensors in extra_tensors.items():
                 save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))
         torch.save(state, tmp / STATE_FILE)
+        _verify(tmp)
+        share_tree(tmp)
         if final.exists():  # re-saving the same step (e.g. a resumed run that stops where it started)
             shutil.rmtree(final)
         tmp.rename(final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        cause = _write_failure(e)
+        if cause is not None:
+            raise _failed(final, cause, out_dir) from None
         raise
     for old in list_checkpoints(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _warn_if_short_of_space(root: Path, final: Path) -> None:
+    """Warn when the disk holds less free space than the newest checkpoint took (the next one needs as much)."""
+    previous = [p for p in list_checkpoints(root.parent) if p != final]
+    if not previous:
+        return
+    try:
+        need = sum(f.stat().st_size for f in previous[-1].rglob("*") if f.is_file())
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return
+    if free < need:
+        print(f"[lori] warning: {free / 2**20:.0f} MiB free on the disk of {root}, but the last checkpoint took "
+              f"{need / 2**20:.0f} MiB: writing {final.name} may fail (the earlier checkpoints stay intact)",
+              flush=True)
+
+
+def _failed(final: Path, e: OSError, out_dir: Path) -> LoriError:
+    previous = [p for p in list_checkpoints(out_dir) if p != final]
+    kept = (f"the previous checkpoint {previous[-1]} is intact (a resumed run starts from it)" if previous
+            else "no earlier checkpoint of this run exists")
+    try:
+        free = f"; {shutil.disk_usage(checkpoint_dir(out_dir)).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = ""
+    return write_failed(final, e, f"the partial folder was removed and {kept}{free}")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -98,4 +180,8 @@ def load_state(ckpt: Path) -> dict:
     f = Path(ckpt) / STATE_FILE
     if not f.is_file():
         raise LoriError(f"{ckpt} has no {STATE_FILE}: it holds weights only and cannot be resumed")
-    return torch.load(f, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(f, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # a truncated or overwritten zip archive
+        raise LoriError(f"{f} is damaged or truncated ({str(e).splitlines()[0][:100]}); resume from an earlier "
+                        "checkpoint (train.resume=FOLDER) or start over with train.resume=never") from None
