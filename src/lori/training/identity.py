@@ -18,6 +18,7 @@ folder; a lock left by a process that is gone (same host, pid not running) is ta
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -264,14 +265,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# Run folders this process created when it took their lock: release_lock removes them again when the run left
+# nothing in them (it stopped before training, e.g. on bad input).
+_CREATED: set[Path] = set()
+
+
 def acquire_lock(run_dir: Path) -> Path:
-    """Take ``run_dir/.lock`` for this process or raise :class:`LoriError` naming the process that holds it."""
+    """Take ``run_dir/.lock`` for this process or raise :class:`LoriError` naming the process that holds it.
+
+    The first write of a run, so an out_dir that cannot be written (no permission, a read-only file system, a full
+    disk, a path under a file) is refused here, before any work, naming the folder."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_FILE
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     tmp = run_dir / f".lock.{me['pid']}.tmp"
-    tmp.write_text(json.dumps(me) + "\n")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(me) + "\n")
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise LoriError(f"out_dir {run_dir} cannot be written ({e.strerror or e}); choose a writable out_dir") \
+            from None
+    if created:
+        _CREATED.add(run_dir.resolve())
     try:
         for attempt in range(2):
             try:
@@ -302,11 +320,38 @@ def acquire_lock(run_dir: Path) -> Path:
 
 
 def release_lock(lock: Path) -> None:
-    """Remove the lock if this process holds it."""
+    """Remove the lock if this process holds it. A run that stopped before it trained (no checkpoint and no logged
+    step: bad input found after the lock was taken) leaves nothing: the files it wrote first (``config.yaml``,
+    ``run_identity.json``, an empty ``metrics.jsonl``) are removed, and the folder too when taking the lock created
+    it."""
+    lock = Path(lock)
     try:
-        held = json.loads(Path(lock).read_text())
+        held = json.loads(lock.read_text())
     except (OSError, ValueError):
         return
     if held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
-        Path(lock).unlink(missing_ok=True)
+        run_dir = lock.parent
+        untrained = _untrained(run_dir)
+        if untrained:
+            for name in ("config.yaml", IDENTITY_FILE, "metrics.jsonl"):
+                (run_dir / name).unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
+        created = run_dir.resolve() in _CREATED
+        _CREATED.discard(run_dir.resolve())
+        if untrained and created:
+            for sub in (checkpoint_dir(run_dir), run_dir / "tensorboard", run_dir):
+                with contextlib.suppress(OSError):
+                    sub.rmdir()  # only when empty
+
+
+def _untrained(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds no trace of training: no checkpoint (complete or partial) and no logged step."""
+    ckpts = checkpoint_dir(run_dir)
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        return False
+    metrics = run_dir / "metrics.jsonl"
+    try:
+        return not metrics.is_file() or not metrics.read_text().strip()
+    except OSError:
+        return False
 
