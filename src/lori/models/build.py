@@ -67,6 +67,8 @@ def load_pretrained(name_or_path: str | Path, dtype: str = "float32"):
     from .hub import resolve_model
 
     name_or_path = resolve_model(name_or_path)
+    if Path(name_or_path).is_dir():
+        check_weights(Path(name_or_path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=DTYPES[dtype])
@@ -83,6 +85,22 @@ def load_pretrained(name_or_path: str | Path, dtype: str = "float32"):
         tokenizer.pad_token = tokenizer.eos_token  # decoder-only LMs often ship without a pad token
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+def check_weights(folder: Path) -> None:
+    """Refuse a local model folder whose safetensors files are truncated or damaged, naming the file, before
+    ``from_pretrained`` fails on it with a bare ``SafetensorError`` (the header of a safetensors file must cover the
+    file exactly, so a cut-off copy or a write a full disk stopped is caught here; reads only the headers)."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as e:  # safetensors' SafetensorError: header too small, file not fully covered, ...
+            raise LoriError(f"{f} is truncated or damaged ({str(e).splitlines()[0][:100]}); copy the checkpoint "
+                            f"folder {folder} again from where it was written, or use another checkpoint (e.g. an "
+                            "earlier step-* folder)") from None
 
 
 def hidden_size(model: PreTrainedModel) -> int:

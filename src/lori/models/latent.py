@@ -193,4 +193,11 @@ class LatentStudent(nn.Module):
             raise LoriError(f"{folder}: no {PROJECTOR_FILE}, but this latent student's projector is "
                             f"{self.projector.kind!r}; a random projector would be evaluated. Use the complete "
                             "checkpoint folder the training wrote (copy the projector with the weights)")
-        self.projector.load_state_dict(load_file(str(f)))
+        try:
+            tensors = load_file(str(f))
+        except Exception as e:  # safetensors' SafetensorError: a truncated or damaged file
+            from ..errors import LoriError
+
+            raise LoriError(f"{f} is truncated or damaged ({str(e).splitlines()[0][:100]}); copy the checkpoint "
+                            f"folder {folder} again, or use another checkpoint") from None
+        self.projector.load_state_dict(tensors)
