@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shlex
 import typing
@@ -12,7 +13,8 @@ import pytest
 import yaml
 
 from lori.cli import _parser, main
-from lori.config import Config, MethodName, config_from_dict, dump_config, load_config, parse_overrides, save_config
+from lori.config import (Config, MethodName, absolute_paths, config_from_dict, dump_config, load_config, parse_overrides,
+                         save_config)
 from lori.errors import ConfigError
 from lori.methods import METHODS
 from lori.training.loop import batch_arithmetic
@@ -183,9 +185,13 @@ def test_dump_and_reload_round_trips(tmp_path):
     assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
     save_config(cfg, tmp_path / "c.yaml")
     again = load_config(tmp_path / "c.yaml")
-    assert again == cfg
-    assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
-    assert dump_config(again) == dump_config(cfg)
+    # A saved config holds absolute paths (its relative out_dir, out/run, is taken from the working directory), so
+    # it loads back to the same folders from anywhere; with absolute paths it round-trips exactly.
+    assert again == absolute_paths(cfg) and again.out_dir == os.path.abspath("out/run")
+    assert dump_config(again) == dump_config(absolute_paths(cfg))
+    save_config(again, tmp_path / "d.yaml")
+    assert load_config(tmp_path / "d.yaml") == again
+    assert dataclasses.asdict(load_config(tmp_path / "d.yaml")) == dataclasses.asdict(again)
 
 
 def test_default_dump_round_trips():

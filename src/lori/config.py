@@ -3,12 +3,19 @@
 A YAML preset is a serialized :class:`Config`; command-line overrides are dotted keys (``train.lr=3e-4``).
 Every key and value is checked: an unknown key or a bad value raises :class:`ConfigError` naming the dotted key
 and what is allowed. The resolved config is printed at start and saved with every run and checkpoint.
+
+Paths (:data:`PATH_KEYS`): a relative path written in a YAML file is relative to **that file's folder**, wherever
+the command runs (the shipped presets in ``configs/`` say ``../out/...``, and ``model.name`` counts as a path only
+when it is written like one, ``./`` or ``../``, or names a folder there); :func:`load_tree` makes it absolute. A path
+given as a command-line override is relative to the working directory, as any path typed in a shell. A saved config
+(``config.yaml``, a checkpoint's ``lori_config.yaml``) holds absolute paths, so it means the same from any folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -152,8 +159,11 @@ class EvalConfig:
     latency_problems: int = 16  # problems timed one by one at batch size 1
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.latency_problems < 0:
-            raise ConfigError("eval.batch_size and eval.max_new_tokens must be >= 1, eval.latency_problems >= 0")
+        for key in ("batch_size", "max_new_tokens", "latency_problems"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"eval.{key} must be >= 1, got {getattr(self, key)}"
+                                  + (" (the latency column times this many problems one by one)"
+                                     if key == "latency_problems" else ""))
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"eval.limit must be >= 1 or null (every problem), got {self.limit}")
 
@@ -337,6 +347,24 @@ class Config:
         if self.method == "coconut" and self.coconut.latent_steps is None and self.curriculum.stages == 0:
             raise ConfigError("method: coconut without a curriculum (curriculum.stages=0) needs coconut.latent_steps "
                               "(K); by default K = curriculum.stages x curriculum.thoughts_per_step")
+        if self.method == "lori" and self.model.name == "tiny":
+            # A tiny model's width and depth are these fields (one started from a checkpoint must match it), so the
+            # subspace's bounds are known before any teacher runs; other models are checked by lori precompute.
+            check_subspace(self.lori, self.model.hidden_size, self.model.num_layers, "model.hidden_size")
+
+
+def check_subspace(lori: LoRiConfig, width: int, n_layers: int, where: str) -> None:
+    """Refuse a subspace the teacher's hidden states cannot hold: ``lori.rank`` over their width ``d`` (the
+    subspace lies in R^d), ``lori.layers`` past the model's layers, ``lori.layer_rank`` over the layers aligned."""
+    if lori.rank is not None and lori.rank > width:
+        raise ConfigError(f"lori.rank={lori.rank} is larger than the hidden width {width} ({where}): a subspace of "
+                          f"the hidden states has rank <= {width}; set lori.rank <= {width}")
+    if lori.layers is not None and max(lori.layers) > n_layers:
+        raise ConfigError(f"lori.layers {lori.layers}: the model has layers 1..{n_layers}")
+    aligned = len(lori.layers) if lori.layers is not None else n_layers
+    if lori.layer_rank is not None and lori.layer_rank > aligned:
+        raise ConfigError(f"lori.layer_rank={lori.layer_rank} is larger than the {aligned} layer(s) aligned "
+                          f"(lori.layers); set lori.layer_rank <= {aligned}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -475,8 +503,43 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+# Config fields that hold a path (see the module docstring: relative to the YAML file's folder there, to the working
+# directory on the command line). train.resume holds one unless it is auto / never; model.name when it is written
+# as a path or names a folder (otherwise a hub id or alias).
+PATH_KEYS = ("out_dir", "data.train_file", "data.valid_file", "data.test_file", "model.name", "model.init_from",
+             "train.resume", "lori.teacher", "lori.cache_dir")
+_NOT_PATHS = {"train.resume": ("auto", "never"), "model.name": ("tiny",)}
+
+
+def _is_path(key: str, value: Any, base: str) -> bool:
+    if not isinstance(value, str) or not value or value in _NOT_PATHS.get(key, ()):
+        return False
+    if key != "model.name":
+        return True
+    written = value.startswith(("./", "../", "/", "~")) or os.path.isabs(value)
+    return written or os.path.isdir(os.path.join(base, value))
+
+
+def resolve_paths(tree: dict[str, Any], base: str | Path) -> dict[str, Any]:
+    """Make the relative :data:`PATH_KEYS` of a config tree absolute against ``base`` (in place; returns ``tree``).
+    ``~`` is the home folder. Values that are not strings are left for validation to refuse."""
+    base = os.path.abspath(base)
+    for key in PATH_KEYS:
+        section, _, name = key.rpartition(".")
+        node = tree.get(section) if section else tree
+        if isinstance(node, dict) and _is_path(key, node.get(name), base):
+            node[name] = os.path.abspath(os.path.join(base, os.path.expanduser(node[name])))
+    return tree
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """``cfg`` with every path made absolute against the working directory (what a saved config holds)."""
+    return config_from_dict(resolve_paths(to_dict(cfg), os.getcwd()))
+
+
 def load_tree(path: str | Path) -> dict[str, Any]:
-    """The raw mapping of a YAML preset (not yet validated: overrides may still be applied to it)."""
+    """The raw mapping of a YAML preset (not yet validated: overrides may still be applied to it), its relative
+    paths made absolute against the file's folder (:func:`resolve_paths`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
@@ -492,7 +555,7 @@ def load_tree(path: str | Path) -> dict[str, Any]:
         loaded = {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys (method:, data:, train:, ...)")
-    return loaded
+    return resolve_paths(loaded, path.parent)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -517,6 +580,8 @@ def dump_config(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
+    """Write ``cfg`` to ``path`` with absolute paths (:func:`absolute_paths`): read back by :func:`load_config` or
+    ``lori eval`` from any folder, it names the same files."""
     from .utils import atomic_write_text
 
-    atomic_write_text(Path(path), dump_config(cfg))
+    atomic_write_text(Path(path), dump_config(absolute_paths(cfg)))
