@@ -1,12 +1,19 @@
 """The train / valid / test splits a config names: read from files, or generated (multiplication, chains) when no
-file is given. Generated splits never overlap: test is drawn first, valid excludes test, train excludes both."""
+file is given. Generated splits never overlap: test is drawn first, valid excludes test, train excludes both.
+
+Before a split is read, its file (and for the train split every file the config names, as a run validates and
+tests on them) is checked cheaply: a file with no problem (empty, or blank lines only) is refused, and so is one
+whose first problems contradict the generator's settings: ``data.digits`` (multiplication) or
+``data.chain_steps`` (chains). Otherwise a 3x3 run with the 4x4 preset's files would train on 3x3 problems and
+validate and test on 4x4 ones."""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from ..config import DataConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from . import chains
 from .multiplication import generate as generate_multiplication
 from .readers import read_examples
@@ -16,10 +23,78 @@ SPLITS = ("train", "valid", "test")
 _SEED_OFFSET = {"train": 0, "valid": 1, "test": 2}
 
 
+HEAD_LINES = 5  # problems of a data file checked against the generator settings before it is read
+
+
 def load_split(cfg: DataConfig, split: str) -> list[Example]:
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    return list(_load(_key(cfg), split))
+    key = _key(cfg)
+    for other in SPLITS if split == "train" else (split,):
+        _check_file(key, other)
+    return list(_load(key, split))
+
+
+def _head(path: Path, n: int) -> list[tuple[int, str]]:
+    """The first ``n`` non-blank lines of ``path`` with their 1-based numbers (undecodable bytes replaced: the
+    reader reports them)."""
+    if not path.exists():
+        raise DataError(path, None, "file does not exist", "check the path; data files are never downloaded silently")
+    if not path.is_file():
+        raise DataError(path, None, "not a regular file")
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                out.append((lineno, line.rstrip("\r\n")))
+                if len(out) == n:
+                    break
+    return out
+
+
+def _shape(task: str, line: str) -> tuple | None:
+    """What a problem line says about the generator settings: ``(n, m)`` digits of a multiplication problem,
+    ``(L,)`` steps of a chain; None when the line does not look like one (the reader then reports it)."""
+    question = line.partition("||")[0].strip()
+    if task == "multiplication":
+        left, sep, right = question.partition(" * ")
+        a, b = left.split(), right.split()
+        if not sep or not a or not b or not all(len(t) == 1 and t.isdigit() for t in a + b):
+            return None
+        return len(a), len(b)
+    if task == "chains":
+        parts = [p.strip() for p in question.split(" ; ")]
+        if len(parts) < 3 or not parts[-1].startswith("? "):
+            return None
+        return (len(parts) - 2,)
+    return None
+
+
+def _check_file(key: tuple, split: str) -> None:
+    task, fmt, train_file, valid_file, test_file, digits, *_, chain = key
+    path = {"train": train_file, "valid": valid_file, "test": test_file}[split]
+    if path is None:
+        return
+    field = f"data.{split}_file"
+    head = _head(Path(path), HEAD_LINES)
+    if not head:
+        raise DataError(path, None, "no problems: the file is empty or holds only blank lines",
+                        f"{field} must name a file with at least one problem")
+    if fmt != "icot" or task not in ("multiplication", "chains"):
+        return
+    want = tuple(digits) if task == "multiplication" else (chain[0],)
+    for lineno, line in head:
+        got = _shape(task, line)
+        if got is None or got == want:
+            continue
+        if task == "multiplication":
+            raise DataError(path, lineno, f"a {got[0]}x{got[1]} problem, but data.digits is [{want[0]}, {want[1]}]",
+                            f"{field} must hold {want[0]}x{want[1]} problems like the generated splits: set "
+                            f"data.digits=[{got[0]},{got[1]}], or {field} to a {want[0]}x{want[1]} file (null "
+                            "generates one)")
+        raise DataError(path, lineno, f"a {got[0]}-step chain, but data.chain_steps is {want[0]}",
+                        f"{field} must hold {want[0]}-step chains like the generated splits: set "
+                        f"data.chain_steps={got[0]}, or {field} to a {want[0]}-step file (null generates one)")
 
 
 def _key(cfg: DataConfig) -> tuple:
@@ -33,7 +108,11 @@ def _load(key: tuple, split: str) -> tuple[Example, ...]:
     task, fmt, train_file, valid_file, test_file, digits, train_size, valid_size, test_size, seed, chain = key
     path = {"train": train_file, "valid": valid_file, "test": test_file}[split]
     if path is not None:
-        return tuple(read_examples(path, fmt))
+        examples = tuple(read_examples(path, fmt))
+        if not examples:  # a JSON list with no items (line formats are caught by _check_file)
+            raise DataError(path, None, "no problems in the file", f"data.{split}_file must name a file with at "
+                            "least one problem")
+        return examples
     if task not in ("multiplication", "chains"):
         raise ConfigError(f"data.{split}_file is required for task {task!r}; only multiplication and chains can be "
                           "generated")
