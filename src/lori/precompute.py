@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config, LoRiConfig
+from .config import Config, LoRiConfig, check_subspace
 from .data.schema import Example
 from .data.splits import load_split
 from .errors import ConfigError, LoriError
@@ -33,6 +33,7 @@ from .subspace.cache import CacheWriter, cache_bytes, examples_digest, teacher_d
 from .subspace.stats import triu_pack
 from .training.checkpoint import resolve_checkpoint
 from .training.distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
+from .utils import check_writable
 
 RENDER_VERSION = "v3"  # bump when the rendering of teacher trajectories changes (v3: step bounds and hand-overs)
 
@@ -178,6 +179,7 @@ def precompute(cfg: Config) -> Path:
     lc = cfg.lori
     if lc.cache_dir is None:
         raise ConfigError("lori.cache_dir is required: where to write the teacher statistics")
+    check_writable(Path(lc.cache_dir), "lori.cache_dir")  # before any work; nothing is created yet
     state = process_state()
     rank, world, main, device = state.process_index, state.num_processes, state.is_main_process, state.device
     teacher = teacher_path(cfg)
@@ -189,6 +191,8 @@ def precompute(cfg: Config) -> Path:
     lm.eval().requires_grad_(False)
     lm.to(device)
     layers = resolve_layers(lc, num_layers(lm))
+    # The subspace's bounds, before the calibration pass and before the cache folder exists.
+    check_subspace(lc, lm.get_input_embeddings().weight.shape[1], num_layers(lm), f"the teacher {teacher}")
     fp = fingerprint(cfg, teacher, train, num_layers(lm))
     # Every process reads the same manifest before any is written (the barrier below); only the main one writes.
     writer = CacheWriter(Path(lc.cache_dir), fp, len(train), lc.shard_size)
