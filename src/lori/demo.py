@@ -92,9 +92,11 @@ def install_teacher(cfg: Config) -> str | None:
 def run_demo(out: Path, overrides: list[str], train_teacher: bool = False) -> Path:
     from .evaluation.plots import plot_accuracy_vs_tokens
     from .subspace.cache import read_manifest
+    from .utils import check_writable
 
-    out.mkdir(parents=True, exist_ok=True)
     cfgs = demo_configs(out, overrides)
+    check_writable(out, "--out")
+    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     if not train_teacher:
         why_not = install_teacher(cfgs[TEACHER])
