@@ -6,7 +6,6 @@ anything is evaluated."""
 
 from __future__ import annotations
 
-import errno
 import json
 import shutil
 from dataclasses import replace
@@ -174,50 +173,61 @@ def test_truncated_rows_are_flagged_and_roundtrip(tmp_path):
         read_results(json_path)
 
 
-def test_compare_refuses_rows_of_different_test_sets_and_reevaluates_legacy_ones(tmp_path, monkeypatch, capsys):
+def test_compare_refuses_rows_of_different_test_sets_and_reevaluates_stale_ones(tmp_path, monkeypatch, capsys):
     from lori import compare
 
     teacher, student = tmp_path / "teacher.yaml", tmp_path / "student.yaml"
     teacher.write_text("method: cot-sft\ndata: {task: chains, seed: 0}\n")
     student.write_text("method: no-cot\ndata: {task: chains, seed: 0}\n")
     monkeypatch.setattr(compare, "train_runs", lambda *a, **k: None)
-    shas = {"cot-sft": "a" * 64, "no-cot": "a" * 64}
-    calls = []
+    reused, fresh, calls = {}, {}, []  # method -> the test set its reused / fresh evaluation reports
 
     def evaluate_run(cfg, seed=None, tag="", label="", reuse=True):
         calls.append((cfg.method, reuse))
-        row = _row(cfg.method, f"{cfg.out_dir}/step-1", sha=shas[cfg.method], task="chains", seed=seed)
-        if cfg.method == "no-cot" and reuse:
-            row = replace(row, test_set=None)  # an evaluation written before rows recorded their test set
-        return row, 100, tmp_path / "unused.jsonl"
+        ts = run_mod.test_set_identity(cfg)
+        ts = (reused if reuse else fresh).get(cfg.method, ts)
+        row = replace(_row(cfg.method, f"{cfg.out_dir}/step-1", task="chains", seed=seed), test_set=ts)
+        return row, (ts or {}).get("n", 20), tmp_path / "unused.jsonl"
 
     monkeypatch.setattr(compare, "evaluate_run", evaluate_run)
-    compare.run_compare(teacher, student, "cot-sft,no-cot", "0", tmp_path / "ok", ["data.chain_steps=2"])
-    assert calls == [("cot-sft", True), ("no-cot", True), ("no-cot", False)]
-    assert "no record of its test set; evaluating again" in capsys.readouterr().out
-    shas["no-cot"] = "b" * 64
+    args = (teacher, student, "cot-sft,no-cot", "0")
+    data = ["data.chain_steps=2", "data.test_size=20", "data.valid_size=20"]
+    # an evaluation without a record of its test set, and one of a test set changed since: both run again
+    reused.update({"cot-sft": None, "no-cot": {"task": "chains", "split": "test", "n": 3, "source": "file old.txt",
+                                               "sha256": "c" * 64}})
+    compare.run_compare(*args, tmp_path / "ok", data)
+    assert calls == [("cot-sft", True), ("cot-sft", False), ("no-cot", True), ("no-cot", False)]
+    out = capsys.readouterr().out
+    assert "cot-sft: its evaluation has no record of its test set; evaluating again" in out
+    assert "no-cot: its evaluation was of another test set than the current one (n 3 vs 20" in out
+    # rows that still differ after evaluating again are never tabled together
+    fresh["no-cot"] = {**run_mod.test_set_identity(compare.compare_configs(
+        teacher, student, ["no-cot"], [0], tmp_path / "bad", data)[0]["no-cot"]), "sha256": "b" * 64}
     with pytest.raises(LoriError, match=r"cannot put .*cot-sft/step-1 \(cot-sft, seed 0\) and .*no-cot/step-1 "
                                         r"\(no-cot, seed 0\) in one table: .*problems sha256"):
-        compare.run_compare(teacher, student, "cot-sft,no-cot", "0", tmp_path / "bad", ["data.chain_steps=2"])
+        compare.run_compare(*args, tmp_path / "bad", data)
     assert not (tmp_path / "bad" / "results.json").exists()
 
 
 # ------------------------------------------------------------------------------------ --out checked up front
 def test_eval_out_unwritable_fails_before_evaluating(run, tmp_path, capsys, monkeypatch, no_evaluation):
+    import os
+
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     assert main(["eval", str(run), "--out", str(blocker / "eval"), *EVAL]) == 2
     (err,) = _errors(capsys)
-    assert err.startswith(f"lori: error: --out {blocker / 'eval'}: cannot write there (") and "writ" in err
+    assert err == f"lori: error: --out {blocker / 'eval'} cannot be written ({blocker} is not a folder); choose a " \
+                  "writable folder"
 
-    def read_only(*a, **k):
-        raise OSError(errno.EROFS, "Read-only file system")
-    monkeypatch.setattr(run_mod.tempfile, "mkstemp", read_only)
-    target = tmp_path / "ro" / "eval"
-    assert main(["eval", str(run), "--out", str(target), *EVAL]) == 2
+    locked = tmp_path / "locked"  # as root a chmod does not stop a write: pretend the folder refuses it
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == locked else real_access(p, mode))
+    assert main(["eval", str(run), "--out", str(locked / "eval"), *EVAL]) == 2
     (err,) = _errors(capsys)
-    assert f"--out {target}: cannot write there (Read-only file system)" in err
-    assert not (tmp_path / "ro").exists()  # the folders made for the probe are removed again
+    assert f"--out {locked / 'eval'} cannot be written (permission denied in {locked})" in err
+    assert not (locked / "eval").exists()
 
 
 def test_generation_marks_exactly_the_problems_cut_at_max_new_tokens():

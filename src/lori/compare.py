@@ -13,7 +13,7 @@ the mean over seeds with a 95% Student-t interval, mean tokens, latency and the 
 digit-string answers also the share of answer digits right, a diagnostic of :mod:`lori.evaluation.digits`),
 ``OUT/accuracy_vs_tokens.png`` and, per run, ``OUT/seed-s/METHOD/eval-SPLIT/`` (predictions and a one-row
 results.json). Every row carries the identity of its test set (lori.evaluation.report); the table refuses rows of
-different test sets, and a reused evaluation without that record is run again.
+different test sets, and a reused evaluation counts only when it is of the test set the config names now.
 """
 
 from __future__ import annotations
@@ -66,6 +66,26 @@ def _first_difference(a: dict, b: dict, prefix: str) -> tuple[str, object, objec
     return None
 
 
+def evaluate_current(cfg: Config, seed: int | None = None, tag: str = TAG, label: str = ""):
+    """:func:`lori.pipeline.evaluate_run`, reusing a finished evaluation only when its row records the test set
+    ``cfg`` evaluates now; one of another test set (a data file changed since) or without that record (written by an
+    older lori) is run again. Returns ``(row, n, predictions)``."""
+    from .evaluation.report import test_set_difference
+    from .evaluation.run import test_set_identity
+
+    row, n, predictions = evaluate_run(cfg, seed=seed, tag=tag, label=label)
+    current = test_set_identity(cfg)
+    if row.test_set is None:
+        why = "has no record of its test set"
+    else:
+        diff = test_set_difference(row.test_set, current)
+        why = None if diff is None else f"was of another test set than the current one ({diff})"
+    if why is None:
+        return row, n, predictions
+    print(f"[{tag}] {label}{cfg.method}: its evaluation {why}; evaluating again")
+    return evaluate_run(cfg, seed=seed, tag=tag, label=label, reuse=False)
+
+
 def compare_configs(teacher: str | Path, student: str | Path, methods: list[str], seeds: list[int], out: Path,
                     overrides: list[str]) -> dict[int, dict[str, Config]]:
     """``{seed: {"cot-sft": teacher, METHOD: student, ...}}`` for every seed; the teacher is always there (the
@@ -114,11 +134,7 @@ def run_compare(teacher: str | Path, student: str | Path, methods: str | list[st
     sizes = set()
     for seed in seeds:
         for method in methods:
-            row, n, predictions = evaluate_run(cfgs[seed][method], seed=seed, tag=TAG, label=f"seed {seed} / ")
-            if row.test_set is None:  # an evaluation from before rows recorded their test set: cannot be checked
-                print(f"[{TAG}] seed {seed} / {method}: its evaluation has no record of its test set; evaluating again")
-                row, n, predictions = evaluate_run(cfgs[seed][method], seed=seed, tag=TAG, label=f"seed {seed} / ",
-                                                   reuse=False)
+            row, n, predictions = evaluate_current(cfgs[seed][method], seed=seed, tag=TAG, label=f"seed {seed} / ")
             if hasattr(scorer, "digit_matches"):  # digit-string answers: the per-digit diagnostic too
                 digits[method, seed] = digit_shares(read_predictions(predictions), scorer)
                 row = replace(row, extra={**row.extra, "digit_accuracy": round(digits[method, seed].digits, 6)})

@@ -90,6 +90,7 @@ def install_teacher(cfg: Config) -> str | None:
 
 
 def run_demo(out: Path, overrides: list[str], train_teacher: bool = False) -> Path:
+    from .compare import evaluate_current
     from .evaluation.plots import plot_accuracy_vs_tokens
     from .subspace.cache import read_manifest
     from .utils import check_writable
@@ -108,10 +109,7 @@ def run_demo(out: Path, overrides: list[str], train_teacher: bool = False) -> Pa
     n = 0
     for name, cfg in cfgs.items():
         t0 = time.perf_counter()
-        row, n, predictions = evaluate_run(cfg, tag="lori demo")
-        if row.test_set is None:  # an evaluation from before rows recorded their test set: cannot be checked
-            print(f"[lori demo] {name}: its evaluation has no record of its test set; evaluating again")
-            row, n, predictions = evaluate_run(cfg, tag="lori demo", reuse=False)
+        row, n, predictions = evaluate_current(cfg, tag="lori demo")  # only an evaluation of today's test set
         timings[f"eval {name}"] = time.perf_counter() - t0
         rows.append(row)
         shutil.copyfile(predictions, out / f"predictions-{name}.jsonl")

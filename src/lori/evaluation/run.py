@@ -2,8 +2,8 @@
 
 Before any model is loaded, every checkpoint's test set is identified (:func:`test_set_identity`: task, split, the
 problems' source and a digest of the problems themselves) and the checkpoints are refused, naming two of them and what
-differs, unless they all evaluate the same problems; every output folder is checked to be writable (created, a probe
-file written and removed), so a bad ``--out`` fails at once rather than after the evaluation.
+differs, unless they all evaluate the same problems; every output folder is checked to be writable
+(``lori.utils.check_writable``), so a bad ``--out`` fails at once rather than after the evaluation.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,7 +23,7 @@ from ..methods import METHODS
 from ..models.build import load_pretrained
 from ..tasks import TASKS
 from ..training.checkpoint import CONFIG_FILE, resolve_checkpoint
-from ..utils import sha256_file
+from ..utils import check_writable, sha256_file
 from .evaluate import Evaluation, evaluate
 from .report import markdown_table, write_results
 
@@ -75,27 +73,6 @@ def test_set_identity(cfg: Config, examples: list | None = None) -> dict:
     return identity
 
 
-def ensure_writable_dir(folder: Path, what: str) -> None:
-    """Create ``folder`` if needed and write and remove a probe file in it: a one-line LoriError now, not after the
-    work whose results would go there."""
-    folder = Path(folder)
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".lori-write-check-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        for p in missing:  # leave nothing behind (innermost first)
-            try:
-                p.rmdir()
-            except OSError:
-                pass
-        why = e.strerror or type(e).__name__
-        raise LoriError(f"{what} {folder}: cannot write there ({why}{f': {e.filename}' if e.filename else ''}); "
-                        "give a folder you can write to") from None
-
-
 def evaluate_checkpoint(ckpt: Path, cfg: Config, progress: bool = True) -> Evaluation:
     """Evaluate ``ckpt`` on ``cfg``'s test set; the row carries its :func:`test_set_identity`."""
     method = METHODS[cfg.method]
@@ -140,7 +117,7 @@ def eval_checkpoints(paths: list[str], overrides: list[str], out: str | None) ->
                             "eval.limit overrides")
     out_dirs = [Path(out) if out else ckpt.parent.parent / f"eval-{cfg.eval.split}" for ckpt, cfg in zip(ckpts, cfgs)]
     for folder in dict.fromkeys(out_dirs):
-        ensure_writable_dir(folder, "--out" if out else "the evaluation folder")
+        check_writable(folder, "--out" if out else "the evaluation folder")
     rows = []
     for ckpt, cfg, name, out_dir in zip(ckpts, cfgs, names, out_dirs):
         ev = evaluate_checkpoint(ckpt, cfg)
