@@ -23,7 +23,7 @@ from ..methods import METHODS
 from ..models.build import load_pretrained
 from ..tasks import TASKS
 from ..training.checkpoint import CONFIG_FILE, resolve_checkpoint
-from ..utils import check_writable, sha256_file
+from ..utils import sha256_file
 from .evaluate import Evaluation, evaluate
 from .report import markdown_table, write_results
 
@@ -105,6 +105,9 @@ def eval_checkpoints(paths: list[str], overrides: list[str], out: str | None) ->
     # Runs of one method saved at the same step (e.g. ablations) would share a file name: add the run folder's.
     names = [f"predictions-{ckpt.parent.parent.name}-{cfg.method}-{ckpt.name}.jsonl" if names.count(n) > 1 else n
              for n, ckpt, cfg in zip(names, ckpts, cfgs)]
+    # imported here, not above: a long-running process (a sweep's `lori compare`) that loaded older lori.utils /
+    # report modules before an upgrade can still import this module for its evaluations
+    from ..utils import check_writable
     from .report import test_set_difference
 
     # Everything that can be refused is refused before the first model is loaded.
