@@ -365,6 +365,18 @@ def test_a_full_disk_while_writing_the_weights_names_the_checkpoint(tmp_path, ca
     assert "no earlier checkpoint of this run exists" in err and list(checkpoint_dir(out).iterdir()) == []
 
 
+def test_low_free_space_is_warned_about_before_a_checkpoint(tmp_path, capsys, monkeypatch):
+    from collections import namedtuple
+
+    import lori.training.checkpoint as ckpt_mod
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    assert train("train.save_every=1", f"out_dir={tmp_path / 'run'}") == 0
+    out = capsys.readouterr().out
+    assert "warning: 0 MiB free on the disk of" in out and "writing step-000002 may fail" in out
+
+
 def test_a_failed_atomic_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     target = tmp_path / "results.json"
     target.write_text("old\n")
