@@ -283,10 +283,18 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs[0],
                  "rng_per_process": rngs, "step": at_step, "cursor": cursor,
                  "curriculum": {"stage": stage, "start": stage_start, "recent": list(recent)}}
-        path = None
+        path = failed = None
         if main:
-            path = save_checkpoint(out_dir, at_step, getattr(unwrapped, "lm", unwrapped), tokenizer, cfg, state,
-                                   extra_tensors=method.extra_tensors(unwrapped), keep=cfg.train.keep_checkpoints)
+            try:
+                path = save_checkpoint(out_dir, at_step, getattr(unwrapped, "lm", unwrapped), tokenizer, cfg, state,
+                                       extra_tensors=method.extra_tensors(unwrapped),
+                                       keep=cfg.train.keep_checkpoints)
+            except LoriError as e:  # a full disk, an unwritable folder: every process stops, none waits forever
+                failed = str(e)
+        failed = broadcast_object(failed, world)
+        if failed:
+            bar.close()
+            raise LoriError(failed)
         accelerator.wait_for_everyone()
         return path or step_dir(out_dir, at_step)
 
