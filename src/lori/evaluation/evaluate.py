@@ -7,10 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.schema import Example
-from .generate import greedy_generate
+from .generate import decode, generate_batches, greedy_generate
 from .metrics import wilson_ci
 from .report import ResultRow
 
@@ -57,15 +56,10 @@ def evaluate(
     gen_kwargs = dict(eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens,
                       latent_steps=latent_steps, project=project, eot_id=eot_id,
                       position_offset=position_offset, position_stride=position_stride)
-    tokens, steps, truncated = [], [], []
     _sync(device)
     t0 = time.perf_counter()
-    starts = range(0, len(prompts), batch_size)
-    for s in tqdm(starts, desc=f"eval {method}", disable=not progress, leave=False):
-        g = greedy_generate(lm, prompts[s : s + batch_size], **gen_kwargs)
-        tokens += g.tokens
-        steps += g.steps
-        truncated += g.truncated
+    g = generate_batches(lm, prompts, batch_size, progress=progress, desc=f"eval {method}", **gen_kwargs)
+    tokens, steps, truncated = g.tokens, g.steps, g.truncated
     _sync(device)
     elapsed = time.perf_counter() - t0
     latency = []
@@ -79,7 +73,7 @@ def evaluate(
 
     predictions, correct = [], 0
     for ex, toks, n, cut in zip(examples, tokens, steps, truncated):
-        text = tokenizer.decode(toks, skip_special_tokens=True)
+        text = decode(tokenizer, toks)
         ok = bool(task.is_correct(text, ex.answer))
         correct += ok
         predictions.append({"source": ex.source, "question": ex.question, "gold": ex.answer,

@@ -101,3 +101,23 @@ def greedy_generate(
         nxt = torch.where(torch.tensor(done, device=device), torch.full_like(nxt, pad_id), nxt)
         out = step(input_ids=nxt[:, None])
     return Generation(tokens, steps, [not d for d in done])
+
+
+def generate_batches(model, prompts: list[list[int]], batch_size: int, *, progress: bool = False,
+                     desc: str = "generate", **kwargs) -> Generation:
+    """:func:`greedy_generate` over ``prompts`` in batches of ``batch_size``, the results concatenated in order: what
+    ``lori eval`` (``lori.evaluation.evaluate``) and ``lori.load(...).generate`` (``lori.student``) both run."""
+    from tqdm.auto import tqdm
+
+    tokens, steps, truncated = [], [], []
+    for s in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
+        g = greedy_generate(model, prompts[s : s + batch_size], **kwargs)
+        tokens += g.tokens
+        steps += g.steps
+        truncated += g.truncated
+    return Generation(tokens, steps, truncated)
+
+
+def decode(tokenizer, tokens: list[int]) -> str:
+    """The text of generated ``tokens`` as every report scores it: special tokens (``<eot>``, padding) dropped."""
+    return tokenizer.decode(tokens, skip_special_tokens=True)

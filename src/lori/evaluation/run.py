@@ -13,15 +13,11 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
 import yaml
 
 from ..config import Config, config_from_dict, parse_overrides, _set_dotted
 from ..data.splits import load_split
 from ..errors import LoriError
-from ..methods import METHODS
-from ..models.build import load_pretrained
-from ..tasks import TASKS
 from ..training.checkpoint import CONFIG_FILE, resolve_checkpoint
 from ..utils import sha256_file
 from .evaluate import Evaluation, evaluate
@@ -75,21 +71,17 @@ def test_set_identity(cfg: Config, examples: list | None = None) -> dict:
 
 def evaluate_checkpoint(ckpt: Path, cfg: Config, progress: bool = True) -> Evaluation:
     """Evaluate ``ckpt`` on ``cfg``'s test set; the row carries its :func:`test_set_identity`."""
-    method = METHODS[cfg.method]
-    lm, tokenizer = load_pretrained(ckpt, cfg.model.dtype)
-    from ..training.model_setup import configure_tokenizer
+    # imported here: a long-running process whose older modules are loaded can still import this one
+    from ..student import load_student
 
-    configure_tokenizer(tokenizer, cfg)
-    module = method.wrap(lm, tokenizer, cfg, ckpt)
+    student = load_student(ckpt, cfg)  # what lori.load(...) returns: one way to load and prompt a student
     examples = eval_examples(cfg)
     identity = test_set_identity(cfg, examples)
-    if torch.cuda.is_available():
-        module.to("cuda")
     ev = evaluate(
-        getattr(module, "lm", module), tokenizer, [method.prompt(ex, tokenizer) for ex in examples], examples,
-        TASKS[cfg.data.task], method=cfg.method, checkpoint=str(ckpt), batch_size=cfg.eval.batch_size,
+        student.lm, student.tokenizer, [student.prompt_ids(ex) for ex in examples], examples,
+        student.task, method=cfg.method, checkpoint=str(ckpt), batch_size=cfg.eval.batch_size,
         max_new_tokens=cfg.eval.max_new_tokens, latency_problems=cfg.eval.latency_problems,
-        progress=progress, **method.generation_kwargs(module, tokenizer),
+        progress=progress, **student.generation_kwargs(),
     )
     if not hasattr(ev.row, "test_set"):  # pragma: no cover - a long-lived process that imported the report module
         return ev  # before this version was installed (a sweep running across an upgrade): its rows cannot hold it

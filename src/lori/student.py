@@ -1,0 +1,172 @@
+"""The Python API: load a trained student of any method and generate answers with it.
+
+    import lori
+
+    student = lori.load("out/demo/lori")              # a run folder (its newest checkpoint), a checkpoint folder
+    for r in student.generate(["a = 7 ; b = a * 7 ; ? b"], max_new_tokens=32):   # or a `lori export` folder
+        print(r.answer, r.latent_steps, r.tokens, r.text)
+
+:func:`load` reads what a checkpoint says about itself (``lori_config.yaml``: the method, K, the projector, where the
+thoughts sit, the chat-template flag, the task), so generation is the method's own: the same prompt rendering
+(``method.prompt``), the same latent loop through the KV cache and the same stop rules as ``lori eval``, which loads
+its checkpoints with :func:`load_student` and generates through the same :func:`lori.evaluation.generate.
+generate_batches`; the answer is what the task's one answer-matching policy (:mod:`lori.tasks`) extracts.
+
+Plain ``transformers`` ``generate()`` on a latent student (lori, coconut, codi) decodes explicitly: it never runs the
+K latent steps, so its answers are not the student's. This module is the way to generate with one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One question's generation.
+
+    ``text``: what the model wrote after its prompt (after ``<eot>`` for a latent student), special tokens and EOS
+    removed. ``answer``: the answer the task's policy extracts from ``text`` (``lori.tasks``: the first number after
+    ``####`` for numeric tasks, the digit string for multiplication), None when there is none. ``latent_steps``: the
+    continuous thoughts run before ``<eot>`` (0 for no-cot, cot-sft and icot-si). ``tokens``: the text tokens
+    generated (EOS excluded). ``steps``: every sequential decoding step after the prompt -- latent steps, ``<eot>``,
+    the tokens and EOS -- the "generated tokens" figure of ``lori eval``'s tables. ``truncated``: the generation
+    hit ``max_new_tokens`` before EOS."""
+
+    question: str
+    text: str
+    answer: str | None
+    latent_steps: int
+    tokens: int
+    steps: int
+    truncated: bool
+
+
+class Student:
+    """A loaded student: ``generate`` answers questions the way ``lori eval`` does.
+
+    Attributes: ``method`` (its name), ``cfg`` (the checkpoint's :class:`lori.config.Config`), ``checkpoint`` (the
+    folder loaded), ``task`` (the answer policy, :mod:`lori.tasks`), ``latent_steps`` (K; 0 for explicit methods),
+    ``tokenizer``, ``lm`` (the Hugging Face causal LM), ``module`` (what the method wraps around it: the
+    :class:`lori.models.latent.LatentStudent` of a latent method, else ``lm``) and ``device``."""
+
+    def __init__(self, module, tokenizer, cfg, checkpoint: Path):
+        from .methods import METHODS
+        from .tasks import TASKS
+
+        self.module, self.tokenizer, self.cfg, self.checkpoint = module, tokenizer, cfg, Path(checkpoint)
+        self.method = cfg.method
+        self._method = METHODS[cfg.method]
+        self.task = TASKS[cfg.data.task]
+        self.lm = getattr(module, "lm", module)
+        self.latent_steps = int(getattr(module, "latent_steps", 0) or 0)
+
+    def __repr__(self) -> str:
+        return (f"Student(method={self.method!r}, latent_steps={self.latent_steps}, task={self.task.name!r}, "
+                f"checkpoint={str(self.checkpoint)!r}, device={str(self.device)!r})")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    def to(self, device) -> Student:
+        """Move the student (the LM and the method's modules, e.g. the projector) to ``device``; returns it."""
+        self.module.to(device)
+        return self
+
+    def prompt_ids(self, example) -> list[int]:
+        """The method's generation prompt for a question (a string) or a :class:`lori.data.schema.Example`: token
+        ids of ``[bos] question ||`` (explicit methods) or ``[bos] question || <bot>`` (latent ones)."""
+        if isinstance(example, str):
+            from .data.schema import Example
+
+            example = Example(example, (), "")
+        return self._method.prompt(example, self.tokenizer)
+
+    def generation_kwargs(self) -> dict:
+        """What the method adds to greedy decoding: K, the projector, ``<eot>``, the thought positions (none for
+        explicit methods)."""
+        return self._method.generation_kwargs(self.module, self.tokenizer)
+
+    @torch.no_grad()
+    def generate(self, questions: str | Sequence[str], max_new_tokens: int | None = None,
+                 batch_size: int | None = None, progress: bool = False) -> list[Generated] | Generated:
+        """Greedy answers to ``questions`` (a list of strings, or one string for one :class:`Generated`), written
+        as in training: no chat formatting, no few-shot examples, the question text alone.
+
+        ``max_new_tokens`` caps the text tokens after the prompt (after ``<eot>``: the latent steps are not counted);
+        default the checkpoint's ``eval.max_new_tokens``. ``batch_size``: questions per batch (left-padded, one KV
+        cache; default ``eval.batch_size``). Deterministic: the same questions give the same outputs."""
+        from .evaluation.generate import decode, generate_batches
+
+        single = isinstance(questions, str)
+        qs = [questions] if single else list(questions)
+        if not qs:
+            return []
+        tok = self.tokenizer
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            g = generate_batches(
+                self.lm, [self.prompt_ids(q) for q in qs],
+                batch_size or self.cfg.eval.batch_size, progress=progress, desc=f"generate {self.method}",
+                eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                max_new_tokens=self.cfg.eval.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                **self.generation_kwargs())
+        finally:
+            self.module.train(was_training)
+        out = []
+        for q, toks, steps, cut in zip(qs, g.tokens, g.steps, g.truncated):
+            text = decode(tok, toks)
+            out.append(Generated(q, text, self.task.extract_answer(text), self.latent_steps, len(toks), steps, cut))
+        return out[0] if single else out
+
+    def is_correct(self, generated: Generated | str, gold: str) -> bool:
+        """Whether a generation (or its text) answers ``gold`` under the task's policy (what ``lori eval`` scores)."""
+        text = generated.text if isinstance(generated, Generated) else generated
+        return bool(self.task.is_correct(text, gold))
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is visible, else ``cpu`` (what ``lori eval`` uses)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_student(ckpt: str | Path, cfg, device=None) -> Student:
+    """The student in checkpoint folder ``ckpt`` trained with ``cfg``: its weights and tokenizer
+    (``load_pretrained``), the tokenizer's rendering options, the method's wrapper (e.g. a latent student's
+    projector, read from the folder), on ``device`` (default :func:`default_device`). ``lori eval`` loads with it."""
+    from .methods import METHODS
+    from .models.build import load_pretrained
+    from .training.model_setup import configure_tokenizer
+
+    lm, tokenizer = load_pretrained(ckpt, cfg.model.dtype)
+    configure_tokenizer(tokenizer, cfg)
+    module = METHODS[cfg.method].wrap(lm, tokenizer, cfg, Path(ckpt))
+    module.eval()
+    module.to(default_device() if device is None else device)
+    return Student(module, tokenizer, cfg, Path(ckpt))
+
+
+def load(path: str | Path, device: str | torch.device | None = None, overrides: Sequence[str] = ()) -> Student:
+    """Load a student of any method (no-cot, cot-sft, icot-si, coconut, codi, lori) for generation.
+
+    ``path``: a run folder (``lori train``'s ``out_dir``: its newest ``checkpoints/step-*`` is loaded), a checkpoint
+    folder, or a folder written by ``lori export``. ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... (default:
+    the GPU when there is one). ``overrides``: ``key=value`` strings applied to the checkpoint's config, e.g.
+    ``["eval.max_new_tokens=64"]`` (the defaults of :meth:`Student.generate`).
+
+    Raises :class:`lori.errors.LoriError` (one line naming the folder and what is missing) for a folder that holds
+    no student, e.g. no ``lori_config.yaml`` or a latent student without its projector file."""
+    from .evaluation.run import checkpoint_config
+    from .training.checkpoint import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    return load_student(ckpt, checkpoint_config(ckpt, list(overrides)), device)
+
+
+__all__ = ["Generated", "Student", "load", "load_student"]

@@ -1,0 +1,128 @@
+"""The Python API and publishing: ``lori.load`` generates exactly as ``lori eval`` for every method; the README's
+"Use it from Python" section runs as written against a toy demo."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import lori
+from lori.cli import main
+from lori.config import load_config
+from lori.data.splits import load_split
+from lori.errors import LoriError
+from lori.methods import METHODS
+from lori.models.build import tiny_model
+from lori.training.checkpoint import save_checkpoint
+from lori.training.model_setup import builtin_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64"]
+DATA = ["data.digits=[2,2]", "data.train_size=16", "data.valid_size=4", "data.test_size=6"]
+K = {"no-cot": 0, "cot-sft": 0, "icot-si": 0, "coconut": 2, "codi": 2, "lori": 2}
+EXTRA = {"icot-si": ["curriculum.stages=1"], "coconut": ["curriculum.stages=1", "curriculum.thoughts_per_step=2"],
+         "codi": ["codi.latent_steps=2"], "lori": ["lori.latent_steps=2", "lori.rank=4"]}
+
+
+def random_run(tmp_path: Path, method: str) -> Path:
+    """A run folder holding one checkpoint of ``method`` with random weights (std 0.3: varied generations), saved
+    as training saves one (the method's extra tensors, e.g. a projector, included)."""
+    run = tmp_path / method
+    cfg = load_config(None, [f"method={method}", *TINY, *DATA, f"out_dir={run}", "eval.max_new_tokens=6",
+                             "eval.batch_size=4", *EXTRA.get(method, [])])
+    tok = builtin_tokenizer(load_split(cfg.data, "train"))
+    torch.manual_seed(0)
+    module = METHODS[method].wrap(tiny_model(cfg.model, tok, 64), tok, cfg)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.3)
+    save_checkpoint(run, 3, getattr(module, "lm", module), tok, cfg, {"step": 3},
+                    extra_tensors=METHODS[method].extra_tensors(module))
+    return run
+
+
+@pytest.mark.parametrize("method", list(K))
+def test_load_generates_exactly_as_lori_eval(method, tmp_path, capsys):
+    run = random_run(tmp_path, method)
+    assert main(["eval", str(run), "--out", str(tmp_path / "eval"), "eval.latency_problems=1"]) == 0
+    preds = [json.loads(x) for x in next((tmp_path / "eval").glob("predictions-*.jsonl")).read_text().splitlines()]
+    student = lori.load(run, device="cpu")  # a run folder: its newest checkpoint
+    assert student.method == method and student.latent_steps == K[method] and student.device.type == "cpu"
+    assert student.checkpoint == run / "checkpoints" / "step-000003"
+    out = student.generate([p["question"] for p in preds])
+    assert len(out) == len(preds) == 6
+    for g, p in zip(out, preds):
+        assert (g.question, g.text, g.steps, g.truncated) == (p["question"], p["generated"], p["steps"], p["truncated"])
+        assert g.answer == student.task.extract_answer(g.text) and student.is_correct(g, p["gold"]) == p["correct"]
+        assert g.latent_steps == K[method] and g.tokens == g.steps - K[method] - (K[method] > 0) - (not g.truncated)
+    one = lori.load(student.checkpoint, device="cpu").generate(preds[0]["question"], max_new_tokens=2)
+    assert isinstance(one, lori.Generated) and one.tokens <= 2  # one string in, one Generated out
+
+
+def test_load_refuses_a_folder_without_a_student(tmp_path):
+    with pytest.raises(LoriError, match="neither a checkpoint folder"):
+        lori.load(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(LoriError, match="lori_config.yaml"):
+        lori.load(tmp_path)
+
+
+# ------------------------------------------------------------------------------------ the README, run as written
+TOY_DEMO = ["data.chain_steps=2", "data.train_size=300", "data.valid_size=20", "data.test_size=24", *TINY,
+            "train.global_batch=16", "train.micro_batch=16", "train.eval_size=8", "eval.latency_problems=2",
+            "eval.max_new_tokens=16", "teacher.train.steps=8", "student.train.steps=6",
+            "student.curriculum.steps_per_stage=2", "student.curriculum.stages=2", "student.lori.calib_size=100",
+            "student.lori.rank=4", "student.lori.latent_steps=2", "student.lori.projector=mlp"]  # a projector file
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    """A folder laid out as the repository after ``make demo``: ``out/demo`` from a toy-sized ``lori demo`` (a tiny
+    teacher, No-CoT and LoRi student, each evaluated) and the shipped teacher at ``src/lori/assets/chains-teacher``."""
+    root = tmp_path_factory.mktemp("repo")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["demo", "--out", str(root / "out" / "demo"), *TOY_DEMO]) == 0
+    (root / "src" / "lori" / "assets").mkdir(parents=True)
+    (root / "src" / "lori" / "assets" / "chains-teacher").symlink_to(ROOT / "src" / "lori" / "assets" / "chains-teacher")
+    return root
+
+
+def readme_section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]
+
+
+def blocks(section: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", section, flags=re.S)
+
+
+def run_python(code: str, cwd: Path) -> str:
+    old, buf = os.getcwd(), io.StringIO()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(buf):
+            exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
+    finally:
+        os.chdir(old)
+    return buf.getvalue()
+
+
+def test_readme_use_it_from_python_runs_as_written(demo_root):
+    section = readme_section("Use it from Python")
+    code, shown = blocks(section, "python")[0], blocks(section, "text")[0]
+    printed = run_python(code, demo_root).splitlines()
+    assert [line.split()[0] for line in printed] == ["cot-sft", "lori"]
+    assert printed[0] == shown.splitlines()[0]  # the shipped teacher prints exactly what the README shows
+    method, answer, latent, tokens, steps = printed[1].split()[:5]
+    assert (latent, int(steps)) == ("2", int(tokens) + 2 + 1 + (int(tokens) < 64))  # the toy student has K = 2
