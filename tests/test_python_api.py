@@ -1,5 +1,7 @@
 """The Python API and publishing: ``lori.load`` generates exactly as ``lori eval`` for every method; the README's
-"Use it from Python" section runs as written against a toy demo."""
+"Use it from Python" and "Publish a student" sections run as written against a toy demo; ``lori export`` round-trips
+(a fresh process loads the export with ``lori.load`` and gets the run's own generations; ``transformers`` loads the
+sharded weights alone)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import io
 import json
 import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,6 +69,10 @@ def test_load_generates_exactly_as_lori_eval(method, tmp_path, capsys):
         assert (g.question, g.text, g.steps, g.truncated) == (p["question"], p["generated"], p["steps"], p["truncated"])
         assert g.answer == student.task.extract_answer(g.text) and student.is_correct(g, p["gold"]) == p["correct"]
         assert g.latent_steps == K[method] and g.tokens == g.steps - K[method] - (K[method] > 0) - (not g.truncated)
+    # every method exports, and its export generates the same (extra tensors such as a projector travel with it)
+    assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
+    again = lori.load(tmp_path / "export", device="cpu").generate([p["question"] for p in preds])
+    assert [g.text for g in again] == [p["generated"] for p in preds]
     one = lori.load(student.checkpoint, device="cpu").generate(preds[0]["question"], max_new_tokens=2)
     assert isinstance(one, lori.Generated) and one.tokens <= 2  # one string in, one Generated out
 
@@ -91,8 +100,9 @@ def demo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["demo", "--out", str(root / "out" / "demo"), *TOY_DEMO]) == 0
-    (root / "src" / "lori" / "assets").mkdir(parents=True)
-    (root / "src" / "lori" / "assets" / "chains-teacher").symlink_to(ROOT / "src" / "lori" / "assets" / "chains-teacher")
+    assets = Path("src") / "lori" / "assets"
+    (root / assets).mkdir(parents=True)
+    (root / assets / "chains-teacher").symlink_to(ROOT / assets / "chains-teacher")
     return root
 
 
@@ -126,3 +136,70 @@ def test_readme_use_it_from_python_runs_as_written(demo_root):
     assert printed[0] == shown.splitlines()[0]  # the shipped teacher prints exactly what the README shows
     method, answer, latent, tokens, steps = printed[1].split()[:5]
     assert (latent, int(steps)) == ("2", int(tokens) + 2 + 1 + (int(tokens) < 64))  # the toy student has K = 2
+
+
+def test_readme_publish_a_student_runs_as_written(demo_root, capsys):
+    section = readme_section("Publish a student")
+    commands = [line for b in blocks(section, "bash") for line in b.splitlines()
+                if line.startswith("lori ") and "--push-to-hub" not in line]  # pushing needs the network
+    assert commands and all(c.startswith("lori export") for c in commands)
+    old = os.getcwd()
+    os.chdir(demo_root)
+    try:
+        for c in commands:
+            assert main(shlex.split(c.split("#")[0])[1:]) == 0, capsys.readouterr().err
+    finally:
+        os.chdir(old)
+    printed = run_python(blocks(section, "python")[0], demo_root)
+    exported = demo_root / shlex.split(commands[0])[shlex.split(commands[0]).index("--out") + 1]
+    card = (exported / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: lori\n") and "metrics:\n- accuracy" in card
+    assert "## Evaluation" in card and "| lori |" in card  # the demo's evaluation row of that checkpoint
+    assert "does not run this student's latent steps" in card and "K = 2" in card
+    assert json.loads((exported / "generation_config.json").read_text())["lori_latent_steps"] == 2
+    assert "LlamaForCausalLM" in printed
+
+
+def test_export_round_trip_in_a_fresh_process(demo_root, tmp_path, capsys):
+    run = demo_root / "out" / "demo" / "lori"
+    out = tmp_path / "export"
+    assert main(["export", str(run), "--out", str(out), "--max-shard-size", "40KB"]) == 0
+    assert (out / "model.safetensors.index.json").is_file() and len(list(out.glob("model-*.safetensors"))) > 1
+    for f in ("config.json", "generation_config.json", "tokenizer.json", "lori_config.yaml", "projector.safetensors",
+              "lori_student.json", "README.md"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 2, f
+    assert not (out / "trainer_state.pt").exists() and json.loads((out / "config.json").read_text())["model_type"]
+    settings = json.loads((out / "lori_student.json").read_text())
+    assert (settings["method"], settings["latent_steps"], settings["projector"]) == ("lori", 2, "mlp")
+    preds = [json.loads(x) for x in (demo_root / "out" / "demo" / "predictions-lori.jsonl").read_text().splitlines()]
+    script = f"""
+import json, sys, torch, lori
+from transformers import AutoModelForCausalLM
+s = lori.load({str(out)!r}, device="cpu")
+qs = json.loads(sys.stdin.read())
+print(json.dumps([[g.text, g.steps, g.latent_steps] for g in s.generate(qs)]))
+a = AutoModelForCausalLM.from_pretrained({str(out)!r})
+b = AutoModelForCausalLM.from_pretrained({str(run / 'checkpoints' / 'step-000006')!r})
+print(all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())))
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps([p["question"] for p in preds]),
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    gens, same_weights = done.stdout.splitlines()[-2:]
+    assert json.loads(gens) == [[p["generated"], p["steps"], 2] for p in preds]  # the run's own lori eval output
+    assert same_weights == "True"
+    # an export is replaced only by another export; any other folder is refused
+    assert main(["export", str(run), "--out", str(out)]) == 0 and (out / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(demo_root / "out" / "demo")]) == 2
+    assert "is not an earlier export" in capsys.readouterr().err
+
+
+def test_push_to_hub_offline_is_one_line_before_any_work(demo_root, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "export"
+    assert main(["export", str(demo_root / "out" / "demo" / "lori"), "--out", str(out), "--push-to-hub", "me/x"]) == 2
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err and not out.exists()

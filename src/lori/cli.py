@@ -7,6 +7,9 @@
     lori prepare multiplication --digits 4x4 --count N --seed S --out FILE [--exclude FILE ...]
     lori prepare chains --steps L --count N --seed S --out FILE [--modulus M --ops +-* --back-ref P ...]
     lori prepare gsm8k-aug --out DIR [--source hub|gsm8k-train] [--gsm8k-train FILE] [--valid FILE]
+    lori export RUN --out DIR [--max-shard-size 5GB] [--push-to-hub USER/NAME]
+                                                 a self-contained folder to publish: weights, tokenizer, latent
+                                                 settings, generation config, model card
     lori demo --out DIR [--train-teacher]        the built-in end-to-end demo on the CPU (6-step chains)
     lori compare --teacher T.yaml --student S.yaml --methods M1,M2,... --seeds 0,1 --out DIR [key=value ...]
                                                  methods x seeds on one task and budget: mean ± 95% CI over seeds
@@ -37,6 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoints", nargs="+", help="checkpoint folders or run folders (newest checkpoint), "
                                                   "then optional key=value overrides")
     e.add_argument("--out", help="folder for results.json, results.md and predictions (default: RUN/eval-SPLIT)")
+
+    x = sub.add_parser("export", help="a self-contained, Hub-ready folder of a student: merged weights (sharded "
+                                      "above --max-shard-size), tokenizer, latent settings, model card")
+    x.add_argument("run", help="a run folder (newest checkpoint) or a checkpoint folder")
+    x.add_argument("--out", required=True, help="the export folder (new, empty, or an earlier export)")
+    x.add_argument("--max-shard-size", default="5GB",
+                   help="weights above this are split into shards with model.safetensors.index.json (default 5GB)")
+    x.add_argument("--results", help="results.json whose rows of this checkpoint go into the model card "
+                                     "(default: the run's eval-*/results.json)")
+    x.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this Hub model repo (USER/NAME; "
+                                                         "needs network and `hf auth login`)")
+    x.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
 
     a = sub.add_parser("analyze", help="low-rank structure of teacher trajectories, with controls and plots; "
                                        "optionally a LoRi student's latent subspace and a vocabulary probe")
@@ -139,8 +154,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def single_process(verb: str) -> None:
-    """``lori eval | analyze | demo | compare`` run in one process; under a multi-process launcher every process would
-    write the same files."""
+    """``lori eval | export | analyze | demo | compare`` run in one process; under a multi-process launcher every
+    process would write the same files."""
     from .training.distributed import launched_processes
 
     n = launched_processes()
@@ -152,7 +167,7 @@ def single_process(verb: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
-        if args.verb in ("eval", "analyze", "demo", "compare"):
+        if args.verb in ("eval", "analyze", "demo", "compare", "export"):
             single_process(args.verb)
         if args.verb in ("train", "precompute"):
             from .config import load_config
@@ -180,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
             analyze(args.checkpoint, args.overrides, student=args.student, out=args.out,
                     options=AnalyzeOptions(split=args.data_split, n=args.n, seed=args.seed,
                                            batch_size=args.batch_size, probe_examples=args.probe_examples))
+        elif args.verb == "export":
+            from .export import export
+
+            export(args.run, args.out, max_shard_size=args.max_shard_size, results=args.results,
+                   push_to_hub=args.push_to_hub, private=args.private)
         elif args.verb == "prepare":
             _prepare(args)
         elif args.verb == "demo":
