@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -133,9 +134,9 @@ def test_single_process_commands_refuse_a_multi_process_launch(monkeypatch, caps
     assert not (tmp_path / "d").exists()
 
 
-def test_sharded_strategies_are_refused_with_the_reason():
-    """FSDP and DeepSpeed shard weights and optimizer state; the loop's main-process checkpoint would keep one
-    shard, so they are refused before anything trains (accelerate only selects them on GPUs)."""
+def test_accelerate_sharded_strategies_are_refused_with_the_reason():
+    """accelerate's own FSDP and DeepSpeed strategies (chosen from an accelerate config) would run the loop as if
+    every process held the whole model: refused before anything trains, FSDP pointing to train.sharding=fsdp."""
     from accelerate.utils import DistributedType
 
     from lori.errors import LoriError
@@ -143,9 +144,10 @@ def test_sharded_strategies_are_refused_with_the_reason():
 
     for ok in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         check_strategy(ok)
-    for bad in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        with pytest.raises(LoriError, match=f"{bad.name} strategy.*one process's shard.*DDP"):
-            check_strategy(bad)
+    with pytest.raises(LoriError, match="its FSDP strategy.*train.sharding=fsdp"):
+        check_strategy(DistributedType.FSDP)
+    with pytest.raises(LoriError, match="DEEPSPEED strategy.*steps the optimizer inside backward"):
+        check_strategy(DistributedType.DEEPSPEED)
 
 
 def _teacher(folder: Path) -> Path:
@@ -209,3 +211,163 @@ def test_two_process_resume_is_exact_with_dropout(tmp_path):
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     assert {r["step"]: r["loss"] for r in losses(whole)} == {r["step"]: r["loss"] for r in losses(parts)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# train.sharding=fsdp (FSDP2 over 2 CPU processes, gloo; lori.training.sharding)
+#
+# 2 processes x micro batch 4 x 2 accumulation steps against 1 process x micro batch 4 x 4 steps: the same micro
+# batches, the same globally normalised losses. The gradients differ from one process's by the order of float
+# additions only (FSDP reduce-scatters every micro batch and averages over the processes; the loop scales the loss
+# by 2), so the runs agree to float32 rounding: the tests allow rel 1e-5 on the logged losses and the gradient norm
+# and rtol 1e-5 / atol 1e-6 on the final weights (measured: equal to the 6 decimals logged, weights within 6e-8).
+
+FSDP = [*[o for o in TINY if not o.startswith("train.micro_batch")], "train.micro_batch=4", "train.eval_every=3",
+        "train.sharding=fsdp"]
+
+
+def _weights(ckpt: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt / name))
+
+
+def _same_run(one: Path, two: Path, projector: bool = False) -> None:
+    la, lb = losses(one), losses(two)
+    assert [r["step"] for r in la] == [r["step"] for r in lb] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(la, lb):
+        for key in ra:
+            if key not in ("step", "tokens_per_s"):
+                assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=2e-6), (key, ra, rb)
+    assert la[-1]["loss"] < la[0]["loss"]
+    for name in ("model.safetensors", *(["projector.safetensors"] if projector else [])):
+        wa, wb = (_weights(run / "checkpoints" / "step-000006", name) for run in (one, two))
+        assert wa.keys() == wb.keys(), name  # the tied output head is not saved twice
+        for k in wa:
+            assert wb[k].dtype == wa[k].dtype
+            torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.fixture(scope="module")
+def fsdp_cot_sft(tmp_path_factory):
+    """An uninterrupted 6-step CoT-SFT run sharded over 2 processes, and the same run in one process."""
+    root = tmp_path_factory.mktemp("fsdp")
+    one, two = root / "one", root / "two"
+    train(load_config(None, ["method=cot-sft", *FSDP, f"out_dir={one}"]))  # one process: nothing to shard over
+    done = torchrun(2, "train", "method=cot-sft", *FSDP, f"out_dir={two}")
+    return one, two, done
+
+
+def test_fsdp_cot_sft_matches_one_process_with_double_accumulation(fsdp_cot_sft):
+    one, two, done = fsdp_cot_sft
+    assert "micro batch 4 x 2 process(es) x 2 accumulation step(s)" in done.stdout
+    assert "[lori] sharding: FSDP over 2 processes" in done.stdout
+    _same_run(one, two)
+    valid = lambda run: [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+                         if "valid_accuracy" in r]
+    assert [r["step"] for r in valid(two)] == [3, 6] and valid(one) == valid(two)  # gathered, split across processes
+    ckpt = two / "checkpoints" / "step-000006"
+    assert (ckpt / "sharded" / ".metadata").is_file() and len(list((ckpt / "sharded").glob("*.distcp"))) == 2
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    assert "optimizer" not in state and len(state["rng_per_process"]) == 2  # the optimizer state is in sharded/
+
+
+def test_fsdp_checkpoint_exports_the_gathered_weights_and_loads_with_from_pretrained(fsdp_cot_sft, tmp_path):
+    """model.safetensors is the full state gathered on the main process: the same tensors as the sharded state
+    every process wrote (read back whole with torch.distributed.checkpoint, no process group), and an ordinary
+    Hugging Face checkpoint."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from transformers import AutoModelForCausalLM
+
+    _, two, _ = fsdp_cot_sft
+    ckpt = two / "checkpoints" / "step-000006"
+    exported = _weights(ckpt)
+    dcp_to_torch_save(ckpt / "sharded", tmp_path / "whole.pt")
+    whole = torch.load(tmp_path / "whole.pt", weights_only=False)
+    sharded = whole["model"]
+    assert set(exported) == set(sharded) - {"lm_head.weight"}  # the tied head: one tensor, saved once
+    for k in exported:
+        assert torch.equal(exported[k], sharded[k]), k
+    assert whole["optimizer"]["state"]  # the AdamW moments, keyed by parameter name
+    lm, info = AutoModelForCausalLM.from_pretrained(str(ckpt), output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    loaded = lm.state_dict()
+    for k in exported:
+        assert torch.equal(loaded[k], exported[k]), k
+    assert torch.equal(loaded["lm_head.weight"], exported["model.embed_tokens.weight"])
+
+
+@pytest.mark.slow
+def test_fsdp_resume_from_a_sharded_checkpoint_is_exact(fsdp_cot_sft, tmp_path):
+    """Stopped after the sharded checkpoint of step 3 (train.stop_at) and resumed on 2 processes: the same
+    weights and losses as the uninterrupted sharded run, bit for bit. Resumed on 1 process instead
+    (torch.distributed.checkpoint reshards the state to whole tensors), it ends as the one-process run does.
+    (~75 s on 2 busy cores: two launches of 2 processes and one in-process run.)"""
+    _, whole, _ = fsdp_cot_sft
+    parts = tmp_path / "parts"
+    torchrun(2, "train", "method=cot-sft", *FSDP, "train.stop_at=3", f"out_dir={parts}")
+    assert [p.name for p in (parts / "checkpoints").iterdir()] == ["step-000003"]
+    shutil.copytree(parts, tmp_path / "parts1")
+    done = torchrun(2, "train", "method=cot-sft", *FSDP, f"out_dir={parts}")
+    assert done.stdout.count("resumed from") == 1
+    wa, wb = _weights(whole / "checkpoints" / "step-000006"), _weights(parts / "checkpoints" / "step-000006")
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert {r["step"]: r["loss"] for r in losses(whole)} == {r["step"]: r["loss"] for r in losses(parts)}
+
+    one = tmp_path / "parts1"  # the same checkpoint resumed by one process
+    train(load_config(None, ["method=cot-sft", *FSDP, f"out_dir={one}"]))
+    _same_run(whole, one)
+
+
+def test_fsdp_lori_matches_one_process_with_double_accumulation(tmp_path):
+    """A LoRi student (projector, <bot>/<eot> rows, the latent loop without a KV cache under sharding) sharded over
+    2 processes gives one process's losses, weights and projector."""
+    teacher = _teacher(tmp_path / "teacher")
+    opts = ["method=lori", *FSDP, f"lori.teacher={teacher}", f"lori.cache_dir={tmp_path / 'cache'}", "lori.rank=4",
+            "lori.calib_size=64", "lori.latent_steps=2"]
+    precompute(load_config(None, opts))
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(load_config(None, [*opts, f"out_dir={one}"]))
+    done = torchrun(2, "train", *opts, f"out_dir={two}")
+    assert "[lori] sharding: FSDP over 2 processes" in done.stdout
+    _same_run(one, two, projector=True)
+    assert {"rat_mean", "rat_cov", "anc"} <= losses(two)[0].keys()
+
+
+_FULL_ON_RANK_1 = """
+import errno, os, sys
+from torch.distributed.checkpoint import filesystem
+real = filesystem._FileSystemWriter.write_data
+def write_data(self, *a, **k):  # the disk fills while process 1 writes its shards of step 2
+    if os.environ["RANK"] == "1" and ".step-000002." in str(self.path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real(self, *a, **k)
+filesystem._FileSystemWriter.write_data = write_data
+from lori.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_failed_sharded_write_stops_every_process_and_keeps_the_previous_checkpoint(tmp_path):
+    """One process failing to write its part of a sharded checkpoint stops both processes with one line naming the
+    checkpoint and the intact previous one; no partial folder is left."""
+    script, out = tmp_path / "full_disk.py", tmp_path / "run"
+    script.write_text(_FULL_ON_RANK_1)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), "train", "method=cot-sft", *FSDP, "train.steps=3", "train.save_every=1",
+                           "train.eval_every=0", f"out_dir={out}"], env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("lori: error:")]
+    # Every process stops with the same line (torchrun may end the second before it prints) and exit status 2;
+    # none waits forever in a collective.
+    assert errors and len(set(errors)) == 1 and "exitcode  : 2" in done.stderr, done.stderr[-3000:]
+    step2, step1 = out / "checkpoints" / "step-000002", out / "checkpoints" / "step-000001"
+    assert f"could not write {step2}: the disk is full" in errors[0] and f"{step1} is intact" in errors[0]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000001"]
+
+
+def test_fsdp_refuses_lora():
+    from lori.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.sharding=fsdp with model.lora_r .* not supported: .*merged"):
+        load_config(None, ["method=cot-sft", "train.sharding=fsdp", "model.lora_r=4"])

@@ -130,6 +130,9 @@ class TrainConfig:
     resume: str = "auto"
     stop_at: int | None = None  # stop after this step (checkpoint saved), e.g. to stage a run or test resume
     tensorboard: bool = False
+    # "fsdp": the weights, gradients and optimizer state sharded over the processes (FSDP2, lori.training.sharding;
+    # torchrun --nproc_per_node N ... train.sharding=fsdp); "none": every process holds the whole model (DDP).
+    sharding: Literal["none", "fsdp"] = "none"
 
     def __post_init__(self) -> None:
         for key in ("steps", "global_batch", "micro_batch", "log_every", "save_every", "eval_size",
@@ -341,6 +344,10 @@ class Config:
     codi: CodiConfig = field(default_factory=CodiConfig)
 
     def __post_init__(self) -> None:
+        if self.train.sharding == "fsdp" and self.model.lora_r is not None:
+            raise ConfigError("train.sharding=fsdp with model.lora_r (LoRA) is not supported: a LoRA checkpoint's "
+                              "merged weights are made from an unsharded copy of the model; LoRA trains few weights, "
+                              "so use train.sharding=none (DDP, with model.gradient_checkpointing=true for memory)")
         if self.method == "icot-si" and self.curriculum.stages == 0:
             raise ConfigError("method: icot-si with curriculum.stages=0 removes the whole rationale from the first "
                               "step, which is No-CoT; set curriculum.stages >= 1 (or method: no-cot)")

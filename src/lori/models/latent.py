@@ -93,6 +93,9 @@ class LatentStudent(nn.Module):
         self.bot_id, self.eot_id = bot_id, eot_id
         dim = lm.get_input_embeddings().weight.shape[1]
         self.projector = Projector(dim, projector).to(lm.get_input_embeddings().weight.dtype)
+        # Train without the KV cache (set under train.sharding=fsdp, lori.training.sharding): a cached latent loop
+        # sends gradients through the cache into earlier calls of a layer, past the hooks FSDP reshards by.
+        self.uncached_training = False
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         if self.projector.kind == "soft":
@@ -110,7 +113,8 @@ class LatentStudent(nn.Module):
         are masked out (no attention, no position), so each example sees exactly its own K thoughts. Positions
         follow the attention mask, exactly as in generation."""
         K, step_mask = self._latent_mask(latent_steps, prompt_ids)
-        if self.training and any(getattr(m, "gradient_checkpointing", False) is True for m in self.lm.modules()):
+        if self.training and (self.uncached_training or any(getattr(m, "gradient_checkpointing", False) is True
+                                                           for m in self.lm.modules())):
             return self._forward_without_cache(prompt_ids, prompt_mask, suffix_ids, suffix_mask, K, step_mask)
         mask = prompt_mask
         pos = (mask.cumsum(-1) - 1).clamp(min=0)

@@ -1,6 +1,12 @@
 """Self-describing checkpoints: ``step-NNNNNN/`` with the weights (safetensors), tokenizer, resolved config and the
 resumable state (optimizer, scheduler, RNG, data position). Written to a temporary folder and renamed, so a folder
-named ``step-*`` is always complete."""
+named ``step-*`` is always complete.
+
+Under ``train.sharding: fsdp`` (lori.training.sharding) the main process makes the temporary folder
+(:func:`temporary_folder`), every process writes its shards of the model and optimizer state into its ``sharded/``
+(torch.distributed.checkpoint), and after a barrier the main process writes the rest with the gathered full
+weights (``save_checkpoint(..., tmp=, state_dict=)``) and renames the folder: ``model.safetensors`` is the same as
+an unsharded run's, and ``trainer_state.pt`` holds no optimizer state (it is in ``sharded/``)."""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from ..errors import LoriError, WriteError
 from ..utils import share_tree, write_failed
 
 STATE_FILE = "trainer_state.pt"
+SHARDED_DIR = "sharded"  # torch.distributed.checkpoint's folder of a checkpoint written under train.sharding=fsdp
 CONFIG_FILE = "lori_config.yaml"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 _PARTIAL_DIR = re.compile(r"^\.step-\d{6,}\.")  # tempfile.mkdtemp(prefix=".step-NNNNNN.") in save_checkpoint
@@ -83,6 +90,9 @@ def _verify(folder: Path) -> None:
                 pass
         except Exception as e:  # SafetensorError: header too small, incomplete metadata, file not fully covered
             raise OSError(errno.EIO, f"{f.name} was written incomplete ({str(e).splitlines()[0][:100]})") from None
+    sharded = folder / SHARDED_DIR
+    if sharded.is_dir() and not (sharded / ".metadata").is_file():  # written last, once every process's shards are
+        raise OSError(errno.EIO, f"{SHARDED_DIR}/ has no .metadata: the sharded state was written incomplete")
     state = folder / STATE_FILE
     if state.is_file():
         try:
@@ -92,20 +102,43 @@ def _verify(folder: Path) -> None:
             raise OSError(errno.EIO, f"{STATE_FILE} was written incomplete ({e})") from None
 
 
+def temporary_folder(out_dir: Path, step: int) -> Path:
+    """The temporary folder the checkpoint of ``step`` is written into (renamed to ``step-NNNNNN`` when complete);
+    a failure to make it is a :class:`LoriError` like a failed write."""
+    root = checkpoint_dir(out_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}."))
+    except OSError as e:
+        raise _failed(step_dir(out_dir, step), e, out_dir) from None
+
+
+def write_error(out_dir: Path, step: int, e: BaseException) -> LoriError | None:
+    """The one-line error for a checkpoint write that failed with ``e`` (a full disk, no permission; also each
+    process's failure inside torch.distributed.checkpoint's ``CheckpointException``), or None for another error."""
+    failures = getattr(e, "failures", None) or {}  # CheckpointException: {rank: (exception, traceback)}
+    causes = [e, *(f[0] if isinstance(f, tuple) else f for f in failures.values())]
+    for err in causes:
+        cause = _write_failure(err) if isinstance(err, BaseException) else None
+        if cause is not None:
+            return _failed(step_dir(out_dir, step), cause, out_dir)
+    return None
+
+
 def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, state: dict,
-                    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None, keep: int = 2) -> Path:
+                    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None, keep: int = 2,
+                    tmp: Path | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``out_dir/checkpoints/step-{step:06d}`` atomically and prune all but the newest ``keep``.
+
+    ``tmp``: a :func:`temporary_folder` other processes already wrote into (its ``sharded/`` state); ``state_dict``:
+    the model's full weights, gathered (``model`` itself is then sharded and only gives its config).
 
     Folders and files get the modes ``mkdir`` and ``open`` give (0755 / 0644 under umask 022), not the 0700 / 0600
     of the temporary folder and of libraries' own atomic saves. A write that fails (a full disk, no permission) is a
     :class:`LoriError` naming the folder and the newest complete checkpoint, which is left intact."""
     root = checkpoint_dir(out_dir)
     final = step_dir(out_dir, step)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}."))
-    except OSError as e:
-        raise _failed(final, e, out_dir) from None
+    tmp = tmp or temporary_folder(out_dir, step)
     _warn_if_short_of_space(root, final)
     try:
         from .lora import is_peft_model, save_lora_checkpoint
@@ -113,7 +146,8 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, sta
         if is_peft_model(model):  # merged weights for use + the adapter for exact resume (lori.training.lora)
             save_lora_checkpoint(model, tmp)
         else:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, **({} if state_dict is None else
+                                                                   {"state_dict": state_dict}))
         tokenizer.save_pretrained(tmp)
         save_config(cfg, tmp / CONFIG_FILE)
         if extra_tensors:

@@ -45,18 +45,24 @@ SUPPORTED = ("NO", "MULTI_CPU", "MULTI_GPU")  # accelerate DistributedType names
 
 
 def check_strategy(distributed_type) -> None:
-    """Refuse a launch strategy whose checkpoints this loop would write wrongly.
+    """Refuse a strategy accelerate chose from its own config (``accelerate config`` / ``--use_fsdp`` /
+    ``--use_deepspeed``): the loop would run as if every process held the whole model.
 
-    Checkpoints are written from the main process with ``save_pretrained`` and ``optimizer.state_dict()``: right
-    when every process holds the whole model and optimizer (one process, DDP), wrong under FSDP or DeepSpeed,
-    which shard parameters and optimizer state across processes (the main process would save its shard only).
-    DeepSpeed also steps the optimizer inside ``backward``, which breaks the loop's gradient accumulation."""
+    Sharding is lori's own ``train.sharding=fsdp`` (FSDP2 applied by the loop, lori.training.sharding), not
+    accelerate's FSDP plugin, which accelerate offers for GPU processes only (so it could not be built or tested on
+    CPUs). DeepSpeed is refused: its engine steps the optimizer inside ``backward`` and owns gradient accumulation,
+    clipping and the checkpoint format, so it would replace the loop rather than run under it, and it cannot be
+    tested without a GPU."""
     name = getattr(distributed_type, "name", str(distributed_type))
+    if name == "FSDP":
+        raise LoriError("accelerate chose its FSDP strategy (an accelerate FSDP config), which lori does not use: "
+                        "launch without it (torchrun --nproc_per_node N, or accelerate launch --multi_gpu) and set "
+                        "train.sharding=fsdp, lori's own FSDP2 sharding with sharded checkpoints")
     if name not in SUPPORTED:
-        raise LoriError(f"accelerate chose the {name} strategy, which lori's training loop does not support yet: its "
-                        "checkpoints would hold one process's shard of the weights and optimizer state. Launch with "
-                        "DDP (accelerate launch --multi_gpu, or torchrun) and no FSDP/DeepSpeed config; for a model "
-                        "too large for one device, train a LoRA adapter (model.lora_r) with gradient checkpointing")
+        raise LoriError(f"accelerate chose the {name} strategy, which lori's training loop does not support: "
+                        "DeepSpeed steps the optimizer inside backward and writes its own checkpoints. Launch with "
+                        "torchrun --nproc_per_node N or accelerate launch --multi_gpu and no DeepSpeed config; to "
+                        "shard a model too large for one device, set train.sharding=fsdp")
 
 
 def process_state():

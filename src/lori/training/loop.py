@@ -5,8 +5,12 @@ Built on ``accelerate`` so that ``torchrun --nproc_per_node N -m lori train ...`
 accumulation is derived from micro batch x processes. Every process renders the whole data set and takes its own
 slice of each step's global batch; the losses are normalised by the step's global token count, so N processes
 with accumulation A give the loss (and, up to float reduction order, the update) of one process with N x A.
-Logging, checkpoints and validation run on the main process only (validation generates on one process while the
-others wait; ``lori eval`` is single-process).
+Logging and checkpoints are written by the main process; validation is split across processes (``lori eval`` is
+single-process).
+
+``train.sharding: fsdp`` (lori.training.sharding) shards the weights, gradients and optimizer state over the
+processes with FSDP2 instead of replicating them (DDP); the loop is the same, the checkpoints hold the sharded state
+besides the gathered full weights.
 
 Data order is a seeded permutation per epoch, indexed by a global example cursor, so a resumed run sees exactly
 the examples an uninterrupted run would.
@@ -44,8 +48,9 @@ from ..methods import METHODS
 from ..methods.common import step_norm
 from ..tasks import TASKS
 from ..utils import rng_state, seed_everything, set_rng_state
-from .checkpoint import (list_checkpoints, load_state, remove_partial_checkpoints, resolve_checkpoint,
-                         save_checkpoint, step_dir)
+from . import sharding as fsdp
+from .checkpoint import (SHARDED_DIR, list_checkpoints, load_state, remove_partial_checkpoints, resolve_checkpoint,
+                         save_checkpoint, step_dir, temporary_folder, write_error)
 from .distributed import all_gather, broadcast_object, check_strategy, check_world, force_cpu
 from .identity import acquire_lock, release_lock, start_run, truncate_metrics
 from .model_setup import build_model
@@ -216,6 +221,8 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     valid_set = load_split(cfg.data, "valid")
     module, tokenizer = build_model(cfg, method, train_set, resume_from)
     method.setup_training(module, cfg, train_set)
+    # With one process there is nothing to shard over: train.sharding=fsdp then trains (and saves) unsharded.
+    sharded = cfg.train.sharding == "fsdp" and world > 1
 
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -228,6 +235,13 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
               f"trainable_params={n_params:,}")
         print(f"[lori] global batch {cfg.train.global_batch} = micro batch {cfg.train.micro_batch} x "
               f"{world} process(es) x {accum} accumulation step(s); mixed precision: {mixed}")
+        if sharded:
+            print(f"[lori] sharding: FSDP over {world} processes (weights, gradients and optimizer state; "
+                  f"{'bf16 compute, fp32 reduction' if mixed == 'bf16' else 'float32'})")
+        elif cfg.train.sharding == "fsdp":
+            print("[lori] sharding: train.sharding=fsdp with one process: nothing to shard over, training unsharded")
+    if sharded:
+        fsdp.shard(module, world, accelerator.device, bf16=mixed == "bf16")
 
     decay, no_decay = [], []
     for name, p in module.named_parameters():
@@ -245,7 +259,13 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     if resume_from is not None:
         state = load_state(resume_from)
         clock = state.get("curriculum") or {}
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            if sharded:  # identity refuses a changed train.sharding; this is a checkpoint from elsewhere
+                raise LoriError(f"{resume_from} was written without sharding (its optimizer state is one file); "
+                                "resume it with train.sharding=none")
+            optimizer.load_state_dict(state["optimizer"])
+        else:  # written under sharding: model and optimizer state in sharded/, resharded to this run's processes
+            fsdp.load_sharded(module, optimizer, resume_from / SHARDED_DIR)
         scheduler.load_state_dict(state["scheduler"])
         per_process = state.get("rng_per_process") or []
         # Each process continues its own random stream when the run resumes with as many processes as it saved.
@@ -264,7 +284,10 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     recent = collections.deque(clock.get("recent", []), maxlen=cur.advance_window)
     items = render_all(method, train_set, tokenizer, cfg, stage)
     rendered = stage
-    module, optimizer = accelerator.prepare(module, optimizer)
+    if sharded:  # FSDP is applied above; accelerate would wrap the module in DDP
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        module, optimizer = accelerator.prepare(module, optimizer)
     module.train()
     log = MetricsLog(out_dir, main, cfg.train.tensorboard)
     stop = min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
@@ -275,20 +298,35 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     lm = getattr(accelerator.unwrap_model(module), "lm", accelerator.unwrap_model(module))
     uniform_ce, uniform_run = math.log(lm.get_output_embeddings().weight.shape[0]), 0
     trainable = [p for p in module.parameters() if p.requires_grad]
-    norm_before = _weight_norm(trainable)
+    weight_norm = fsdp.weight_norm if sharded else _weight_norm
+    norm_before = weight_norm(trainable)
 
     def save(at_step: int) -> Path:
         unwrapped = accelerator.unwrap_model(module)
         rngs = all_gather(rng_state(), world)
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs[0],
+        state = {"scheduler": scheduler.state_dict(), "rng": rngs[0],
                  "rng_per_process": rngs, "step": at_step, "cursor": cursor,
                  "curriculum": {"stage": stage, "start": stage_start, "recent": list(recent)}}
-        path = failed = None
-        if main:
+        lm_of = lambda m: getattr(m, "lm", m)  # noqa: E731
+        path = failed = saved = None
+        if sharded:  # every process writes its shards; the main process gets the gathered weights
+            saved, failed = _save_sharded(module, optimizer.optimizer, method.extra_tensors(unwrapped), out_dir,
+                                          at_step, main, world)
+        else:
+            state["optimizer"] = optimizer.state_dict()
+        if main and not failed:
             try:
-                path = save_checkpoint(out_dir, at_step, getattr(unwrapped, "lm", unwrapped), tokenizer, cfg, state,
-                                       extra_tensors=method.extra_tensors(unwrapped),
-                                       keep=cfg.train.keep_checkpoints)
+                if sharded:  # the full weights of the language model (a latent student's under "lm.")
+                    tmp, full, extra = saved
+                    prefix = "lm." if lm_of(unwrapped) is not unwrapped else ""
+                    path = save_checkpoint(out_dir, at_step, lm_of(unwrapped), tokenizer, cfg, state,
+                                           extra_tensors=extra, keep=cfg.train.keep_checkpoints, tmp=tmp,
+                                           state_dict={k[len(prefix):]: v for k, v in full.items()
+                                                       if k.startswith(prefix)})
+                else:
+                    path = save_checkpoint(out_dir, at_step, lm_of(unwrapped), tokenizer, cfg, state,
+                                           extra_tensors=method.extra_tensors(unwrapped),
+                                           keep=cfg.train.keep_checkpoints)
             except LoriError as e:  # a full disk, an unwritable folder: every process stops, none waits forever
                 failed = str(e)
         failed = broadcast_object(failed, world)
@@ -318,10 +356,13 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
             micro = [items[i] for i in mine[a * cfg.train.micro_batch : (a + 1) * cfg.train.micro_batch]]
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v
                      for k, v in method.collate(micro, tokenizer.pad_token_id).items()}
-            ctx = accelerator.no_sync(module) if a < accum - 1 else contextlib.nullcontext()
+            # DDP all-reduces once per step (no_sync before); FSDP reduce-scatters every micro batch, so that each
+            # process only holds its shard of the accumulated gradients.
+            ctx = accelerator.no_sync(module) if a < accum - 1 and not sharded else contextlib.nullcontext()
             with ctx, accelerator.autocast():
                 loss, parts = method.loss(module, batch, norm)
-                # DDP averages gradients over processes; the loss is already normalised globally, so undo that.
+                # DDP and FSDP average gradients over processes; the loss is already normalised globally, so undo
+                # that.
                 accelerator.backward(loss * world)
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
@@ -346,7 +387,7 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
         # Check the update itself: weights that became non-finite or grew DIVERGED_FACTOR-fold in one step are a
         # divergence even while the loss they give is still finite; they are never saved (every process holds the
         # same weights, so every process stops here). From all-zero weights the first step is not judged.
-        norm_after = _weight_norm(trainable)
+        norm_after = weight_norm(trainable)
         if not math.isfinite(norm_after) or 0 < DIVERGED_FACTOR * norm_before < norm_after:
             bar.close()
             kept = list_checkpoints(out_dir)
@@ -389,8 +430,9 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
             if main:
                 bar.write(" ".join(f"{k}={v}" for k, v in record.items()))
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < stop:
-            record = {"step": step, **validate(cfg, method, accelerator.unwrap_model(module), tokenizer, valid_set,
-                                               accelerator)}
+            with fsdp.gathered(module) if sharded else contextlib.nullcontext():
+                record = {"step": step, **validate(cfg, method, accelerator.unwrap_model(module), tokenizer,
+                                                   valid_set, accelerator)}
             log.write(record)
             if main:
                 bar.write(" ".join(f"{k}={v}" for k, v in record.items()))
@@ -399,8 +441,9 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
             save(step)
     bar.close()
     final = save(step)
-    record = {"step": step, **validate(cfg, method, accelerator.unwrap_model(module), tokenizer, valid_set,
-                                       accelerator)}
+    with fsdp.gathered(module) if sharded else contextlib.nullcontext():
+        record = {"step": step, **validate(cfg, method, accelerator.unwrap_model(module), tokenizer, valid_set,
+                                           accelerator)}
     log.write(record)
     if main:
         print(" ".join(f"{k}={v}" for k, v in record.items()))
@@ -419,6 +462,38 @@ DIVERGED_FACTOR = 10.0  # one update growing the weights' norm this much is a di
 UNIFORM_WINDOW = 50  # steps of cross-entropy at ln(vocab) before the collapse warning
 _ADVICE = ("Lower train.lr or set train.grad_clip and train again (train.resume=never, or a new out_dir): a resumed "
            "run keeps the settings it started with")
+
+
+def _save_sharded(module, optimizer, extra_tensors, out_dir: Path, step: int, main: bool, world: int):
+    """The collective part of a checkpoint under sharding: the main process makes the temporary folder, every
+    process writes its shards of the model and optimizer state into ``sharded/`` and takes part in gathering the
+    full weights (and the method's extra tensors) onto the main process. Returns ``((tmp, full weights, extra
+    tensors) on the main process, None elsewhere; the error every process stops with, or None)``."""
+    tmp = failed = None
+    if main:
+        try:
+            tmp = temporary_folder(out_dir, step)
+        except LoriError as e:
+            failed = str(e)
+    tmp, failed = broadcast_object((tmp, failed), world)
+    if failed:
+        return None, failed
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    problem = None
+    try:
+        fsdp.save_sharded(module, optimizer, tmp / SHARDED_DIR)
+    except (Exception, CheckpointException) as e:  # raised on every process when one failed to write its part
+        err = write_error(out_dir, step, e)
+        problem = str(err) if err is not None else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    problems = [p for p in all_gather(problem, world) if p]
+    if problems:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return None, problems[0]
+    full = fsdp.full_state_dict(module)
+    extra = fsdp.full_tensors(extra_tensors, main)
+    return ((tmp, full, extra) if main else None), None
 
 
 def _weight_norm(params: list[torch.Tensor]) -> float:

@@ -1,0 +1,189 @@
+"""``train.sharding: fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``) under the one training loop.
+
+accelerate's FSDP plugin is not used: accelerate selects it for GPU processes only (a multi-CPU job never becomes
+``DistributedType.FSDP``), so it could be neither built nor tested without a GPU. ``fully_shard`` itself runs on
+CPU processes over gloo as on GPUs over NCCL, so the loop calls it directly and stays otherwise the same (the same
+loss normalisation, the same accumulation arithmetic, clipping through ``clip_grad_norm_``, which handles DTensors).
+
+What is sharded (dim 0 of every parameter, over all processes):
+- each decoder layer (the classes the model lists in ``_no_split_modules``) is one FSDP unit, gathered for its
+  forward and again for its backward (``reshard_after_forward=True``);
+- the root unit is the module the method trains (the language model, or the latent student holding it): the
+  embeddings (with the ``<bot>``/``<eot>`` rows a latent student adds), the final norm, the output head and the
+  latent student's projector. It is gathered once per step and kept for the step (``reshard_after_forward=False``),
+  so the latent loop and CODI's teacher pass, which call the embeddings, the head and the projector outside the
+  root's own forward, always find them whole.
+Gradients are reduce-scattered after every micro batch, so each process only ever holds its shard of the
+accumulated gradients and of the optimizer state. Mixed precision: on GPUs with ``train.mixed_precision`` bf16,
+``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` (the sharded weights and the optimizer stay in the
+model's dtype, float32 by default); on CPUs, float32 throughout.
+
+A latent student trains without the KV cache under sharding (``LatentStudent.uncached_training``): with the cache,
+the gradient of a later latent step flows through the cached keys and values into the earlier calls of a layer
+without passing the hooks by which FSDP gathers and frees that layer's weights, and the backward would read freed
+weights. The cache-free pass costs about K + 2 prompt-length forwards per step, as under gradient checkpointing.
+
+Checkpoints: the model and optimizer state are written with ``torch.distributed.checkpoint`` by every process into
+``sharded/`` of the checkpoint's temporary folder (a resume reads them back, resharded to however many processes
+it runs on); the full weights are gathered on the main process for ``model.safetensors`` (and the projector), so
+the folder loads with ``from_pretrained`` exactly like an unsharded one (lori.training.checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import LoriError
+from .checkpoint import SHARDED_DIR  # noqa: F401  (the sharded state's folder in a checkpoint)
+
+
+# The root unit returns slices of the language model's outputs (a latent student's logits over the suffix); FSDP
+# warns that an in-place op on such a view would skip its pre-backward hook. The loop's losses never modify the
+# outputs in place, and the root stays gathered for the whole step anyway.
+warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+
+
+def decoder_layers(lm) -> list[torch.nn.Module]:
+    """The decoder layers of a Hugging Face language model (peft-wrapped too): the modules whose class the model
+    names in ``_no_split_modules``, the unit Hugging Face never splits across devices."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in base.modules() if type(m).__name__ in names]
+    if not layers:
+        raise LoriError(f"train.sharding=fsdp: {type(base).__name__} names no decoder layer class in "
+                        f"_no_split_modules ({sorted(names)}), so it cannot be sharded layer by layer; use "
+                        "train.sharding=none")
+    return layers
+
+
+def shard(module, world: int, device: torch.device, bf16: bool) -> list:
+    """Apply ``fully_shard`` to each decoder layer, then to ``module`` (the root); return the FSDP units, root
+    last. Every process must call it, with the same model."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+          else MixedPrecisionPolicy())
+    lm = getattr(module, "lm", module)
+    # Tied weights (the output head sharing the input embedding) are one parameter under two names; the gathered
+    # state dict lists both as separate tensors, so the alias is dropped from it as save_pretrained drops it.
+    every = [n for n, _ in module.named_parameters(remove_duplicate=False)]
+    unique = {n for n, _ in module.named_parameters()}
+    module.lori_tied_aliases = [n for n in every if n not in unique]
+    units = decoder_layers(lm)
+    for layer in units:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True, mp_policy=mp)
+    fully_shard(module, mesh=mesh, reshard_after_forward=False, mp_policy=mp)
+    if hasattr(module, "uncached_training"):
+        module.uncached_training = True
+    return [*units, module]
+
+
+def units(module) -> list:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def gathered(module):
+    """Every unit's weights gathered (an all-gather per unit, on every process together) and kept while the body
+    runs, so each process can then run forwards of its own (validation generates a different number of tokens on
+    each process, which per-forward all-gathers would deadlock on); sharded again after. Holds one full copy of
+    the weights per process meanwhile."""
+    found = units(module)
+    for u in found:
+        u.set_reshard_after_forward(False, recurse=False)
+        u.unshard()
+    try:
+        yield
+    finally:
+        for u in found:
+            u.reshard()
+            u.set_reshard_after_forward(u is not module, recurse=False)  # the root stays gathered over a step
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def weight_norm(params: list[torch.Tensor]) -> float:
+    """The L2 norm of all the (sharded) weights together: each process's shards' squares summed in float64 and
+    all-reduced, the same value on every process."""
+    with torch.no_grad():
+        local = [_local(p.detach()) for p in params]
+        device = local[0].device if local else torch.device("cpu")
+        sq = torch.zeros((), dtype=torch.float64, device=device)
+        for t in local:
+            if t.numel():
+                sq += torch.linalg.vector_norm(t, dtype=torch.float64).to(device) ** 2
+        torch.distributed.all_reduce(sq)
+        return math.sqrt(float(sq))
+
+
+def full_state_dict(module) -> dict[str, torch.Tensor]:
+    """The whole model's weights on the main process's CPU (``{}`` elsewhere); every process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    for alias in getattr(module, "lori_tied_aliases", []):
+        full.pop(alias, None)
+    return full
+
+
+def full_tensors(groups: dict[str, dict[str, torch.Tensor]] | None, main: bool):
+    """``{file: {name: tensor}}`` with each sharded tensor gathered whole (on the main process's CPU; every process
+    must call it, in the same order: the same dict on each)."""
+    from torch.distributed.tensor import DTensor
+
+    if not groups:
+        return groups
+    out = {}
+    for name, tensors in groups.items():
+        out[name] = {}
+        for k, v in tensors.items():
+            full = v.full_tensor() if isinstance(v, DTensor) else v
+            if main:
+                out[name][k] = full.detach().cpu()
+    return out if main else None
+
+
+def save_sharded(module, optimizer, folder: Path) -> None:
+    """The model and optimizer state, each process writing its shards into ``folder`` (collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(module, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(folder))
+
+
+def load_sharded(module, optimizer, folder: Path) -> None:
+    """Load what :func:`save_sharded` wrote into ``module`` and ``optimizer``, sharded or not, on any number of
+    processes (torch.distributed.checkpoint reshards; one process without a process group reads it all)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(module, optimizer)
+    state = {"model": model_sd, "optimizer": optim_sd}
+    alone = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    try:
+        with warnings.catch_warnings():  # one process reading it all is what is meant: no "assuming" warning
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(folder), no_dist=alone)
+    except (Exception, CheckpointException) as e:  # a missing or damaged shard file, a model that does not fit
+        failures = getattr(e, "failures", None) or {}
+        first = next((f[0] for f in failures.values()), e)
+        raise LoriError(f"{folder}: cannot read the sharded model and optimizer state "
+                        f"({type(first).__name__}: {str(first).splitlines()[0][:160] if str(first) else ''})"
+                        "; resume from an earlier checkpoint (train.resume=FOLDER) or start over with "
+                        "train.resume=never") from None
+    set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
