@@ -104,13 +104,15 @@ def _verify(folder: Path) -> None:
 
 def temporary_folder(out_dir: Path, step: int) -> Path:
     """The temporary folder the checkpoint of ``step`` is written into (renamed to ``step-NNNNNN`` when complete);
-    a failure to make it is a :class:`LoriError` like a failed write."""
+    a failure to make it is a :class:`LoriError` like a failed write. Warns when the disk looks too full for it."""
     root = checkpoint_dir(out_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}."))
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}."))
     except OSError as e:
         raise _failed(step_dir(out_dir, step), e, out_dir) from None
+    _warn_if_short_of_space(root, step_dir(out_dir, step))
+    return tmp
 
 
 def write_error(out_dir: Path, step: int, e: BaseException) -> LoriError | None:
@@ -136,10 +138,8 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, sta
     Folders and files get the modes ``mkdir`` and ``open`` give (0755 / 0644 under umask 022), not the 0700 / 0600
     of the temporary folder and of libraries' own atomic saves. A write that fails (a full disk, no permission) is a
     :class:`LoriError` naming the folder and the newest complete checkpoint, which is left intact."""
-    root = checkpoint_dir(out_dir)
     final = step_dir(out_dir, step)
     tmp = tmp or temporary_folder(out_dir, step)
-    _warn_if_short_of_space(root, final)
     try:
         from .lora import is_peft_model, save_lora_checkpoint
 
