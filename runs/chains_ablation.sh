@@ -34,7 +34,8 @@ for row in $ROWS; do
   [[ -v "ROW[$row]" ]] || { echo "unknown row $row; rows: ${!ROW[*]}" >&2; exit 2; }
   cache=$OUT/cache${CACHE[$row]:+-${CACHE[$row]}}
   cache_args=(lori.cache_dir=$cache)
-  [[ -f $cache/manifest.json ]] || $LORI precompute configs/chains-lori.yaml "${COMMON[@]}" "${cache_args[@]}" \
+  # (No-CoT and CODI read no teacher statistics)
+  [[ ${ROW[$row]} == *method=* || -f $cache/manifest.json ]] || $LORI precompute configs/chains-lori.yaml "${COMMON[@]}" "${cache_args[@]}" \
       ${CACHE[$row]:+${ROW[$row]}} out_dir=$OUT/precompute-${CACHE[$row]:-default}
   seeds=$SEEDS
   [[ " $DECIDING " == *" $row "* ]] || seeds=${SEEDS%% *}   # one-seed probes
