@@ -129,7 +129,11 @@ class TrainConfig:
     # checkpoint folder. A resume refuses changed settings (lori.training.identity).
     resume: str = "auto"
     stop_at: int | None = None  # stop after this step (checkpoint saved), e.g. to stage a run or test resume
-    tensorboard: bool = False
+    # Experiment trackers through accelerate (lori.training.trackers): accelerate's tracker names (tensorboard, wandb,
+    # trackio, mlflow, comet_ml, aim, clearml, dvclive, swanlab), a name registered with
+    # accelerate.tracking.register_tracker_class, or "all" (every installed one). metrics.jsonl is always written.
+    log_with: list[str] = field(default_factory=list)
+    tensorboard: bool = False  # shorthand for "tensorboard" in log_with (kept for older configs)
     # "fsdp": the weights, gradients and optimizer state sharded over the processes (FSDP2, lori.training.sharding;
     # torchrun --nproc_per_node N ... train.sharding=fsdp); "none": every process holds the whole model (DDP).
     sharding: Literal["none", "fsdp"] = "none"
@@ -151,6 +155,14 @@ class TrainConfig:
             raise ConfigError(f"train.grad_clip must be > 0 or null, got {self.grad_clip}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.log_with:  # installed or not is checked when a run starts (an eval need not have them)
+            from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+            known = ["all", *LOGGER_TYPE_TO_CLASS]
+            for name in self.log_with:
+                if name not in known:
+                    raise ConfigError(f"train.log_with: unknown tracker {name!r}; choose among {', '.join(known)} "
+                                      "(or register one with accelerate.tracking.register_tracker_class)")
 
 
 @dataclass

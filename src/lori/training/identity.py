@@ -12,6 +12,9 @@ constant schedule, whose learning rate does not depend on the run length). The p
 ``lori.cache_dir`` may move (their content is what counts; a LoRi cache is checked against its own fingerprint of
 the teacher, the data and the ``lori`` keys when it is loaded).
 
+``run_identity.json`` also holds the run's ``run_id`` (:func:`new_run_id`), the id of its experiment-tracker runs
+(lori.training.trackers): kept when the run resumes in its folder, new when it starts over.
+
 The lock (:func:`run_lock`) is ``OUT/.lock`` holding the pid, host and start time of the one process writing the
 folder; a lock left by a process that is gone (same host, pid not running) is taken over with a message.
 """
@@ -41,7 +44,7 @@ IDENTITY_VERSION = 1
 # Keys that never change the weights of a step: logging, validation, checkpoint keeping, where the run stops and
 # lives. They may differ between a run folder and the config that resumes or reuses it.
 FREE_KEYS = ("out_dir", "train.resume", "train.stop_at", "train.log_every", "train.eval_every", "train.eval_size",
-             "train.save_every", "train.keep_checkpoints", "train.tensorboard")
+             "train.save_every", "train.keep_checkpoints", "train.tensorboard", "train.log_with")
 FREE_SECTIONS = ("eval.",)
 # Located by path, identified by content: the digest is compared, the path may move.
 PATH_ONLY = ("lori.cache_dir",)
@@ -158,9 +161,28 @@ def read_identity(run_dir: Path) -> dict | None:
         raise LoriError(f"{f} is damaged; delete the run folder {run_dir} (or use a new out_dir)") from None
 
 
-def write_identity(run_dir: Path, identity: dict) -> None:
-    atomic_write_text(Path(run_dir) / IDENTITY_FILE,
-                      json.dumps({"version": IDENTITY_VERSION, "config": identity}, indent=1) + "\n")
+def write_identity(run_dir: Path, identity: dict, run_id: str | None = None) -> None:
+    record: dict[str, Any] = {"version": IDENTITY_VERSION, "config": identity}
+    if run_id is not None:
+        record["run_id"] = run_id
+    atomic_write_text(Path(run_dir) / IDENTITY_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def read_run_id(run_dir: Path) -> str | None:
+    """The ``run_id`` recorded in a run folder's identity (None: none recorded, or no identity)."""
+    try:
+        run_id = json.loads((Path(run_dir) / IDENTITY_FILE).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run_id if isinstance(run_id, str) and run_id else None
+
+
+def new_run_id(identity: dict) -> str:
+    """A fresh run's id (the experiment trackers' run, lori.training.trackers): the digest of the identity's keys
+    that change the weights, then the start time, so a run started over (``train.resume=never``) gets a new one."""
+    fixed = {k: v for k, v in identity.items() if not _free(k, identity, identity)}
+    digest = hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{digest[:12]}-{time.strftime('%Y%m%d%H%M%S')}{time.time_ns() % 1_000_000_000:09d}"
 
 
 def run_dir_of(ckpt: Path) -> Path:
@@ -191,12 +213,15 @@ def check_reuse(cfg: Config, run_dir: Path, fix: str, identity: dict | None = No
 _QUIET = ("out_dir", "train.resume", "train.stop_at")
 
 
-def start_run(cfg: Config, out_dir: Path, resume_from: Path | None) -> None:
+def start_run(cfg: Config, out_dir: Path, resume_from: Path | None) -> str:
     """Before a run trains into ``out_dir`` (main process): check the identity of the run it resumes, print the
     allowed changes it applies, or clear what an earlier run left (``train.resume=never``; with ``auto`` and no
-    checkpoint, the metrics of a run killed before its first checkpoint); then record this run's identity."""
+    checkpoint, the metrics of a run killed before its first checkpoint); then record this run's identity. Returns
+    the run's id: the one recorded in ``out_dir`` when the run resumes a checkpoint of that folder, else a new one
+    (:func:`new_run_id`)."""
     out_dir = Path(out_dir)
     identity = run_identity(cfg)
+    run_id = None
     if resume_from is None:
         if cfg.train.resume == "never":
             removed = clear_run(out_dir)
@@ -215,11 +240,16 @@ def start_run(cfg: Config, out_dir: Path, resume_from: Path | None) -> None:
             if key not in _QUIET:
                 print(f"[lori] resume: applying changed {key} {show(old.get(key))} -> {show(identity.get(key))}",
                       flush=True)
-    write_identity(out_dir, identity)
+        if run.resolve() == out_dir.resolve():
+            run_id = read_run_id(out_dir)
+    run_id = run_id or new_run_id(identity)
+    write_identity(out_dir, identity, run_id)
+    return run_id
 
 
 def clear_run(run_dir: Path) -> list[str]:
-    """Delete an earlier run's checkpoints, metrics, TensorBoard events and identity (``train.resume=never``)."""
+    """Delete an earlier run's checkpoints, metrics, TensorBoard events (``OUT/tensorboard``: the local files of the
+    trackers, lori.training.trackers) and identity (``train.resume=never``)."""
     removed = []
     for name in (checkpoint_dir(Path()).name, "metrics.jsonl", "tensorboard", IDENTITY_FILE):
         p = Path(run_dir) / name
@@ -335,6 +365,8 @@ def release_lock(lock: Path) -> None:
         if untrained:
             for name in ("config.yaml", IDENTITY_FILE, "metrics.jsonl"):
                 (run_dir / name).unlink(missing_ok=True)
+            # what the trackers wrote of a run that logged no step (its hyperparameters, empty event files)
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
         lock.unlink(missing_ok=True)
         created = run_dir.resolve() in _CREATED
         _CREATED.discard(run_dir.resolve())

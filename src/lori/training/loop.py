@@ -6,7 +6,8 @@ accumulation is derived from micro batch x processes. Every process renders the 
 slice of each step's global batch; the losses are normalised by the step's global token count, so N processes
 with accumulation A give the loss (and, up to float reduction order, the update) of one process with N x A.
 Logging and checkpoints are written by the main process; validation is split across processes (``lori eval`` is
-single-process).
+single-process). Metrics go to ``metrics.jsonl`` and to the experiment trackers of ``train.log_with`` through
+accelerate's tracker API (lori.training.trackers).
 
 ``train.sharding: fsdp`` (lori.training.sharding) shards the weights, gradients and optimizer state over the
 processes with FSDP2 instead of replicating them (DDP); the loop is the same, the checkpoints hold the sharded state
@@ -49,6 +50,7 @@ from ..methods.common import step_norm
 from ..tasks import TASKS
 from ..utils import rng_state, seed_everything, set_rng_state
 from . import sharding as fsdp
+from . import trackers
 from .checkpoint import (SHARDED_DIR, list_checkpoints, load_state, remove_partial_checkpoints, resolve_checkpoint,
                          save_checkpoint, step_dir, temporary_folder, write_error)
 from .distributed import all_gather, broadcast_object, check_strategy, check_world, force_cpu
@@ -100,28 +102,23 @@ def step_indices(n: int, seed: int, cursor: int, count: int) -> list[int]:
 
 
 class MetricsLog:
-    """One JSON line per record in ``metrics.jsonl`` (main process only); TensorBoard optional, imported lazily."""
+    """One JSON line per record in ``metrics.jsonl`` (main process only), and its numeric values to the
+    accelerator's trackers (``train.log_with``) at the record's step."""
 
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, out_dir: Path, enabled: bool, accelerator: Accelerator):
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
-        self.tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise LoriError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from e
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+        self.accelerator = accelerator
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
+        values = {k: v for k, v in record.items()
+                  if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.accelerator.trackers:
+            self.accelerator.log(values, step=record["step"])
 
 
 def render_all(method, examples: list[Example], tokenizer, cfg: Config, stage: int) -> list[dict]:
@@ -169,7 +166,9 @@ def train(cfg: Config) -> Path:
     mixed = cfg.train.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=force_cpu())
+    names = trackers.tracker_names(cfg)  # a named tracker that is not installed: refused here, before any work
+    accelerator = Accelerator(mixed_precision=mixed, cpu=force_cpu(), log_with=names or None,
+                              project_config=trackers.project_configuration(out_dir))
     check_world(accelerator.num_processes)
     check_strategy(accelerator.distributed_type)
     lock, problem = None, None
@@ -181,9 +180,13 @@ def train(cfg: Config) -> Path:
     problem = broadcast_object(problem, accelerator.num_processes)  # every process stops, not the main one alone
     if problem:
         raise LoriError(problem)
+    failed = True
     try:
-        return _train(cfg, accelerator, mixed)
+        final = _train(cfg, accelerator, mixed)
+        failed = False
+        return final
     finally:
+        trackers.finish(accelerator, failed)  # on an error too (a normal end has finished them already)
         if lock is not None:
             release_lock(lock)
 
@@ -206,10 +209,10 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     # The run folder's identity: checked against the run resumed from (changed settings or inputs are refused,
     # the allowed ones printed), recorded for a fresh run (lori.training.identity). On the main process; every
     # process stops on a refusal.
-    problem = None
+    problem = run_id = None
     if main:
         try:
-            start_run(cfg, out_dir, resume_from)
+            run_id = start_run(cfg, out_dir, resume_from)
         except LoriError as e:
             problem = str(e)
     problem = broadcast_object(problem, world)
@@ -289,7 +292,16 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     else:
         module, optimizer = accelerator.prepare(module, optimizer)
     module.train()
-    log = MetricsLog(out_dir, main, cfg.train.tensorboard)
+    # The trackers start last, when the run is about to train (on the main process; accelerate's init_trackers runs
+    # there only): a run refused before has none to clean up.
+    accelerator.init_trackers(trackers.PROJECT, config=trackers.scalar_config(cfg),
+                              init_kwargs=trackers.init_kwargs(out_dir, run_id, step))
+    if main and accelerator.log_with:
+        print(f"[lori] trackers: {', '.join(t.name for t in accelerator.trackers)} (project {trackers.PROJECT!r}, "
+              f"run {out_dir.name!r})")
+    elif main and "all" in cfg.train.log_with:
+        print("[lori] train.log_with=all: no tracker is installed; metrics.jsonl only")
+    log = MetricsLog(out_dir, main, accelerator)
     stop = min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
     per_proc = cfg.train.global_batch // world
     bar = tqdm(total=stop, initial=step, desc=f"train {cfg.method}", disable=not main, dynamic_ncols=True)
@@ -454,6 +466,7 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     module = optimizer = None  # the closure save() shares these cells, so rebinding drops the last references
     accelerator.free_memory()
     gc.collect()
+    trackers.finish(accelerator)  # then end_training destroys the process group
     accelerator.end_training()
     return final
 
