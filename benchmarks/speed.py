@@ -34,7 +34,7 @@ from lori.evaluation.generate import greedy_generate  # noqa: E402
 import lori.precompute as precompute_module  # noqa: E402
 from lori.methods import METHODS  # noqa: E402
 from lori.methods.common import step_norm  # noqa: E402
-from lori.methods.render import segments  # noqa: E402
+from lori.data.render import segments  # noqa: E402
 from lori.models.build import load_pretrained, tiny_model  # noqa: E402
 from lori.precompute import (  # noqa: E402
     precompute,

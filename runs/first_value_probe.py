@@ -15,7 +15,7 @@ import torch
 from lori.config import load_config
 from lori.data.splits import load_split
 from lori.methods import METHODS
-from lori.methods.render import IGNORE
+from lori.data.render import IGNORE
 from lori.models.build import load_pretrained
 from lori.training.checkpoint import resolve_checkpoint
 from lori.training.model_setup import configure_tokenizer

@@ -24,7 +24,7 @@ from lori.evaluation.generate import greedy_generate
 from lori.evaluation.run import eval_checkpoints
 from lori.methods import METHODS
 from lori.methods import lori as lori_method
-from lori.methods.render import segments, set_chat_template
+from lori.data.render import segments, set_chat_template
 from lori.models.build import load_pretrained
 from lori.models.latent import PROJECTOR_FILE
 from lori.precompute import precompute

@@ -26,7 +26,7 @@ from .config import Config, LoRiConfig, check_subspace
 from .data.schema import Example
 from .data.splits import load_split
 from .errors import ConfigError, LoriError
-from .methods.render import encode, segments
+from .data.render import encode, segments
 from .models.build import load_pretrained, num_layers
 from .subspace import Basis, LayerGramAccumulator, SecondMomentAccumulator, fit_bases, fit_layer_factor, masked_moments
 from .subspace.cache import CacheWriter, cache_bytes, examples_digest, teacher_digests

@@ -22,7 +22,7 @@ from ..data.schema import Example
 from ..errors import LoriError
 from ..losses import hidden_distance, token_cross_entropy
 from . import common, lori
-from .render import segments, supervised
+from ..data.render import segments, supervised
 
 
 def render(example: Example, tokenizer, cfg, stage: int) -> dict:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses import token_cross_entropy
-from .render import IGNORE, segments
+from ..data.render import IGNORE, segments
 
 
 @dataclass(frozen=True)

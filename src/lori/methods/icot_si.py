@@ -19,7 +19,7 @@ import random
 
 from ..data.schema import Example
 from .common import Method
-from .render import segments, supervised
+from ..data.render import segments, supervised
 
 
 def removal_offset(example: Example, cfg, stage: int) -> int:

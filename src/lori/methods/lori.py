@@ -20,7 +20,7 @@ from ..errors import LoriError
 from ..losses import anchor_loss, combine, rationale_loss, standardized_loss, teacher_energy, token_cross_entropy
 from ..models.latent import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
 from .common import Method
-from .render import IGNORE, encode, segments
+from ..data.render import IGNORE, encode, segments
 
 
 def render(example: Example, tokenizer, cfg, stage: int, latent_steps: int | None = None) -> dict:

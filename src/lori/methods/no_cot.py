@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..data.schema import Example
 from .common import Method
-from .render import segments, supervised
+from ..data.render import segments, supervised
 
 
 def render(example: Example, tokenizer, cfg=None, stage: int = 1) -> dict[str, list[int]]:

@@ -17,7 +17,7 @@ PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 # Latent-reasoning markers, always in the built-in vocabulary so that a teacher and its students share ids.
 BOT, EOT = "<bot>", "<eot>"
 SPECIALS = [PAD, BOS, EOS, UNK, BOT, EOT]
-# Structural symbols of the rendering (see lori.methods.render), always present.
+# Structural symbols of the rendering (see lori.data.render), always present.
 STRUCTURAL = ["||", "####"]
 
 

@@ -7,6 +7,7 @@ import torch
 
 from ..config import Config, ModelConfig
 from ..errors import ConfigError
+from ..data.render import set_chat_template
 from ..data.schema import Example
 from ..models.build import load_pretrained, tiny_model
 from ..models.tokenizer import build_word_tokenizer
@@ -72,8 +73,6 @@ def check_architecture(lm, model: ModelConfig, source) -> None:
 
 
 def configure_tokenizer(tokenizer, cfg: Config):
-    """Rendering options that travel with the tokenizer (``model.chat_template``; lori.methods.render)."""
-    from ..methods.render import set_chat_template
-
+    """Rendering options that travel with the tokenizer (``model.chat_template``; lori.data.render)."""
     set_chat_template(tokenizer, cfg.model.chat_template)
     return tokenizer

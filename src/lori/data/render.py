@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from ..data.schema import Example
+from ..errors import ConfigError
+from .schema import Example
 
 IGNORE = -100  # label of a position that is not supervised
 
@@ -41,8 +42,6 @@ def set_chat_template(tokenizer: PreTrainedTokenizerBase, enabled: bool) -> None
     It travels as an attribute of the tokenizer, because every method's ``render``/``prompt`` receives the tokenizer
     (training, precompute and evaluation all set it from the run's config)."""
     if enabled and not getattr(tokenizer, "chat_template", None):
-        from ..errors import ConfigError
-
         raise ConfigError("model.chat_template=true, but the tokenizer has no chat template")
     setattr(tokenizer, CHAT_FLAG, bool(enabled))
 
