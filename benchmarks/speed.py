@@ -41,9 +41,9 @@ from lori.precompute import (  # noqa: E402
     render_teacher,
     resolve_layers,
     teacher_trajectories,
-    trajectory_statistics,
 )
 from lori.subspace.cache import read_manifest  # noqa: E402
+from lori.subspace.trajectory import trajectory_statistics  # noqa: E402
 from lori.training.model_setup import builtin_tokenizer  # noqa: E402
 
 # Each method's protocol object (lori.methods.common.Method): render, collate, wrap, loss, prompt, ...

@@ -13,9 +13,10 @@ from lori.methods import lori as lori_method
 from lori.methods.common import Norm
 from lori.models.build import tiny_model
 from lori.models.latent import LatentStudent
-from lori.precompute import precompute, render_teacher, teacher_trajectories, trajectory_statistics
+from lori.precompute import precompute, render_teacher, teacher_trajectories
 from lori.subspace.cache import load_cache
 from lori.subspace.stats import triu_unpack
+from lori.subspace.trajectory import trajectory_statistics
 from lori.training.model_setup import builtin_tokenizer
 
 TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64"]

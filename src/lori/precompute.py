@@ -1,8 +1,9 @@
 """``lori precompute``: run the frozen teacher once over the training data, fit the shared low-rank subspace on a
 calibration subset, and write the per-example LoRi statistics (mean, covariance, anchor per layer) to a cache.
 
-Training a LoRi student then never runs the teacher. The same :func:`trajectory_statistics` computes the teacher's
-statistics here and the student's during training, so cached and on-the-fly statistics agree by construction.
+Training a LoRi student then never runs the teacher. The same ``lori.subspace.trajectory.trajectory_statistics``
+computes the teacher's statistics here and the student's during training, so cached and on-the-fly statistics agree
+by construction.
 
 Several processes (``torchrun --nproc_per_node N -m lori precompute ...``) split the work: the calibration batches
 are dealt round-robin and the subspace accumulators summed over processes (the main process fits the basis and
@@ -28,9 +29,10 @@ from .data.splits import load_split
 from .errors import ConfigError, LoriError
 from .data.render import encode, segments
 from .models.build import load_pretrained, num_layers
-from .subspace import Basis, LayerGramAccumulator, SecondMomentAccumulator, fit_bases, fit_layer_factor, masked_moments
+from .subspace import Basis, LayerGramAccumulator, SecondMomentAccumulator, fit_bases, fit_layer_factor
 from .subspace.cache import CacheWriter, cache_bytes, examples_digest, teacher_digests
 from .subspace.stats import triu_pack
+from .subspace.trajectory import prefix_means, step_states, trajectory_statistics
 from .training.checkpoint import resolve_checkpoint
 from .training.distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
 from .utils import check_writable
@@ -66,59 +68,6 @@ def fingerprint(cfg: Config, teacher: Path, train: list[Example], n_layers: int)
         "calib_size": lc.calib_size,
         "render": RENDER_VERSION,
     }
-
-
-def trajectory_statistics(basis: Basis, h: torch.Tensor, mask: torch.Tensor, anchor: torch.Tensor, centred: bool):
-    """LoRi statistics of trajectories in the subspace.
-
-    Args:
-        h: ``[B, L, T, d]`` hidden states at the reasoning positions (teacher rationale or student latent steps).
-        mask: ``[B, T]`` bool, valid positions.
-        anchor: ``[B, L, d]`` hidden states at the answer anchor.
-    Returns:
-        ``mu [B, L', r]``, ``C [B, L', r, r]``, ``a [B, L', r]`` where ``L' = L`` or the layer-factor rank.
-    """
-    z = basis.project(h)  # [B, L, T, r]
-    a = basis.project_anchor(anchor)  # [B, L, r]
-    if basis.V is not None:
-        z = basis.project_layers(z)
-        a = basis.project_layers(a[:, :, None, :])[:, :, 0, :]
-    mu, C = masked_moments(z, mask, centred=centred)
-    return mu, C, a
-
-
-def prefix_means(basis: Basis, h: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """Per-prefix first-order statistics: the mean of the projected states over the first k rationale steps.
-
-    Args:
-        h: ``[B, L, T, d]`` hidden states at the rationale positions.
-        ends: ``[B, S]`` long, the end (exclusive) of step s+1 in rationale positions; 0 = no such step.
-    Returns:
-        ``[B, S, L', r]``: row ``k-1`` is the mean over positions ``0 .. ends[:, k-1] - 1`` (0 where there is no
-        step k). What a curriculum stage that has turned the first k steps into thoughts is compared with
-        (``lori.prefix_statistics``).
-    """
-    z = basis.project(h)
-    if basis.V is not None:
-        z = basis.project_layers(z)
-    z = z.float()
-    csum = z.cumsum(2)  # [B, L, T, r]
-    idx = (ends - 1).clamp(min=0)  # [B, S]
-    g = torch.gather(csum, 2, idx[:, None, :, None].expand(-1, csum.shape[1], -1, csum.shape[-1]))  # [B, L, S, r]
-    means = g / ends.clamp(min=1)[:, None, :, None].to(g.dtype)
-    means = torch.where((ends > 0)[:, None, :, None], means, torch.zeros_like(means))
-    return means.transpose(1, 2).contiguous()
-
-
-def step_states(basis: Basis, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Projected states at one position per step: ``h [B, L, T, d]``, ``positions [B, S]`` long (clamped into the
-    trajectory) -> ``[B, S, L', r]``. The teacher's hand-over states (``Rendered.handovers``) for lori.step_anchors."""
-    idx = positions.clamp(0, h.shape[2] - 1)
-    g = torch.gather(h, 2, idx[:, None, :, None].expand(-1, h.shape[1], -1, h.shape[-1]))  # [B, L, S, d]
-    z = basis.project(g)
-    if basis.V is not None:
-        z = basis.project_layers(z)
-    return z.float().transpose(1, 2).contiguous()
 
 
 @dataclass

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import torch
 
+from ..data.render import segments, supervised
 from ..data.schema import Example
 from ..errors import LoriError
 from ..losses import hidden_distance, token_cross_entropy
 from . import common, lori
-from ..data.render import segments, supervised
 
 
 def render(example: Example, tokenizer, cfg, stage: int) -> dict:

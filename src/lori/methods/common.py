@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..losses import token_cross_entropy
 from ..data.render import IGNORE, segments
+from ..losses import token_cross_entropy
 
 
 @dataclass(frozen=True)

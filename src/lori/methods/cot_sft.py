@@ -5,9 +5,9 @@ This trains the teacher of every implicit method. Generation writes the rational
 
 from __future__ import annotations
 
+from ..data.render import segments, supervised
 from ..data.schema import Example
 from .common import Method
-from ..data.render import segments, supervised
 
 
 def render(example: Example, tokenizer, cfg=None, stage: int = 1) -> dict[str, list[int]]:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 import random
 
+from ..data.render import segments, supervised
 from ..data.schema import Example
 from .common import Method
-from ..data.render import segments, supervised
 
 
 def removal_offset(example: Example, cfg, stage: int) -> int:

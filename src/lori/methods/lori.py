@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import torch
 
+from ..data.render import IGNORE, encode, segments
 from ..data.schema import Example
 from ..errors import LoriError
 from ..losses import anchor_loss, combine, rationale_loss, standardized_loss, teacher_energy, token_cross_entropy
 from ..models.latent import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
+from ..subspace.trajectory import step_states, trajectory_statistics
 from .common import Method
-from ..data.render import IGNORE, encode, segments
 
 
 def render(example: Example, tokenizer, cfg, stage: int, latent_steps: int | None = None) -> dict:
@@ -144,8 +145,6 @@ def student_ce(module, batch: dict[str, torch.Tensor], norm) -> tuple[LatentOutp
 
 
 def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    from ..precompute import trajectory_statistics
-
     student: LatentStudent = getattr(module, "module", module)
     lc = student.lori_cfg
     out, ce = student_ce(module, batch, norm)
@@ -215,8 +214,6 @@ def step_anchor_loss(student: LatentStudent, out: LatentOutput, batch, t: dict, 
     if "step_anchor" not in t:
         raise LoriError(f"{student.lori_cfg.cache_dir}: the cache has no step anchors (lori.step_anchors=true); run "
                         "`lori precompute` again")
-    from ..precompute import step_states
-
     device = out.latent_states.device
     feed = torch.cat([out.prompt_states[:, layers, None], out.latent_states[:, layers, :-1]], dim=2)  # [B, L, K, d]
     S = t["step_anchor"].shape[1]

@@ -18,6 +18,7 @@ from lori.subspace.spectrum import (
     spectrum_summary,
 )
 from lori.subspace.stats import masked_moments, triu_pack, triu_rank, triu_size, triu_unpack
+from lori.subspace.trajectory import prefix_means, step_states, trajectory_statistics
 
 __all__ = [
     "Basis",
@@ -30,10 +31,13 @@ __all__ = [
     "masked_moments",
     "mode_spectra",
     "participation_ratio",
+    "prefix_means",
     "principal_cosines",
     "rank_for_energy",
     "select_rank",
     "spectrum_summary",
+    "step_states",
+    "trajectory_statistics",
     "triu_pack",
     "triu_rank",
     "triu_size",
