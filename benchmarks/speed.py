@@ -36,12 +36,8 @@ from lori.methods import METHODS  # noqa: E402
 from lori.methods.common import step_norm  # noqa: E402
 from lori.data.render import segments  # noqa: E402
 from lori.models.build import load_pretrained, tiny_model  # noqa: E402
-from lori.precompute import (  # noqa: E402
-    precompute,
-    render_teacher,
-    resolve_layers,
-    teacher_trajectories,
-)
+from lori.methods.lori import render_teacher, resolve_layers  # noqa: E402
+from lori.precompute import precompute, teacher_trajectories  # noqa: E402
 from lori.subspace.cache import read_manifest  # noqa: E402
 from lori.subspace.trajectory import trajectory_statistics  # noqa: E402
 from lori.training.model_setup import builtin_tokenizer  # noqa: E402

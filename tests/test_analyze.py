@@ -15,7 +15,7 @@ from lori.config import load_config, save_config
 from lori.data.splits import load_split
 from lori.models.build import tiny_model
 from lori.models.latent import PROJECTOR_FILE
-from lori.precompute import render_teacher
+from lori.methods.lori import render_teacher
 from lori.subspace import SecondMomentAccumulator, fit_bases
 from lori.subspace.spectrum import (
     chance_mean_cos2,

@@ -13,7 +13,8 @@ from lori.methods import lori as lori_method
 from lori.methods.common import Norm
 from lori.models.build import tiny_model
 from lori.models.latent import LatentStudent
-from lori.precompute import precompute, render_teacher, teacher_trajectories
+from lori.methods.lori import render_teacher
+from lori.precompute import precompute, teacher_trajectories
 from lori.subspace.cache import load_cache
 from lori.subspace.stats import triu_unpack
 from lori.subspace.trajectory import trajectory_statistics

@@ -40,10 +40,16 @@ from pathlib import Path
 import torch
 
 from .config import Config, LoRiConfig
+from .data.chains import intermediate_values
 from .data.splits import SPLITS, load_split
 from .errors import ConfigError, LoriError
+from .evaluation.generate import greedy_generate
+from .evaluation.run import checkpoint_config
+from .methods import lori as lori_method
+from .methods.lori import Rendered, render_teacher, resolve_layers
 from .models.build import DTYPES, load_pretrained, num_layers
-from .precompute import Rendered, render_teacher, resolve_layers, teacher_trajectories
+from .models.checkpoint import resolve_checkpoint
+from .precompute import teacher_trajectories
 from .subspace.basis import SecondMomentAccumulator, select_rank
 from .subspace.spectrum import (
     ENERGY_THRESHOLDS,
@@ -54,7 +60,6 @@ from .subspace.spectrum import (
     spectrum_summary,
     top_subspace,
 )
-from .training.checkpoint import resolve_checkpoint
 from .training.model_setup import configure_tokenizer
 from .analysis_report import ANALYSIS_JSON, MODES, REPORT_MD, render_report, write_figures
 from .utils import atomic_write_text
@@ -95,8 +100,6 @@ CONVENTIONS = {
 def analysis_configs(teacher: Path, student: Path | None, overrides: list[str]) -> tuple[Config, Config | None]:
     """The teacher's config (data) and the student's (latent steps, projector, the LoRi settings it was trained
     with), each from its checkpoint's ``lori_config.yaml`` plus the ``data.*`` / ``lori.*`` overrides."""
-    from .evaluation.run import checkpoint_config
-
     bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(("data.", "lori."))]
     if bad:
         raise ConfigError(f"lori analyze takes data.* and lori.* overrides only, got {bad[0]!r}")
@@ -235,8 +238,6 @@ def collect_teacher(lm, items: list[Rendered], layers: list[int], pad_id: int, p
 
 
 def _student_batches(student, tokenizer, cfg: Config, examples, batch_size: int):
-    from .methods import lori as lori_method
-
     final = cfg.curriculum.stages + 1
     device = next(student.parameters()).device
     for i in range(0, len(examples), batch_size):
@@ -255,8 +256,6 @@ def step_value_probe(student, tokenizer, cfg: Config, examples, batch_size: int)
     (``<bot>`` for k = 1, else the thought before, index (k-1) c with c = curriculum.thoughts_per_step) decodes
     through the LM head to ``v`` as its top token: with the identity projector that state *is* the thought. None
     when the rationales have no such values."""
-    from .data.chains import intermediate_values
-
     try:
         values = [intermediate_values(ex) for ex in examples]
     except (ValueError, IndexError):
@@ -283,9 +282,6 @@ def step_value_probe(student, tokenizer, cfg: Config, examples, batch_size: int)
 def probe_student(student, tokenizer, cfg: Config, examples, top_k: int = 5) -> list[dict]:
     """Each latent step's last-layer hidden state through the LM head: the ``top_k`` tokens and their softmax
     probabilities, plus the student's greedy answer, for every problem in ``examples``."""
-    from .evaluation.generate import greedy_generate
-    from .methods import lori as lori_method
-
     if not examples:
         return []
     ((states, _),) = list(_student_batches(student, tokenizer, cfg, examples, len(examples)))
@@ -479,8 +475,6 @@ def analyze(checkpoint: str | Path, overrides: list[str] | None = None, student:
 
 
 def _analyze_student(ckpt: Path, cfg: Config, sample, layers, teacher_M, rank, d, L_teacher, opts, device):
-    from .methods import lori as lori_method
-
     lm, tokenizer = load_pretrained(ckpt, cfg.model.dtype)
     configure_tokenizer(tokenizer, cfg)
     student = lori_method.wrap(lm, tokenizer, cfg, ckpt).eval().requires_grad_(False).to(device)

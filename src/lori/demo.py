@@ -62,7 +62,7 @@ def install_teacher(cfg: Config) -> str | None:
     config the checkpoint was trained with (up to logging and evaluation settings). Returns None when installed (or
     already there), else why not: then the teacher is trained."""
     from .config import load_config, save_config
-    from .training.checkpoint import list_checkpoints, step_dir
+    from .models.checkpoint import list_checkpoints, step_dir
     from .training.identity import describe, differences, run_identity, write_identity
 
     out = Path(cfg.out_dir)

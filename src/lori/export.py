@@ -61,7 +61,7 @@ def base_model(cfg, depth: int = 0) -> str | None:
     name = cfg.model.name
     if cfg.model.init_from and depth < 8:
         from .evaluation.run import checkpoint_config
-        from .training.checkpoint import resolve_checkpoint
+        from .models.checkpoint import resolve_checkpoint
 
         try:
             parent = checkpoint_config(resolve_checkpoint(cfg.model.init_from), [])
@@ -285,7 +285,7 @@ def export(run: str | Path, out: str | Path, *, max_shard_size: str | int = DEFA
 
     from .methods import METHODS
     from .student import load
-    from .training.checkpoint import CONFIG_FILE, resolve_checkpoint
+    from .models.checkpoint import CONFIG_FILE, resolve_checkpoint
     from .utils import check_writable, share_tree, write_failed
 
     ckpt = resolve_checkpoint(run)

@@ -21,7 +21,7 @@ from typing import Any
 from .config import Config, config_from_dict, parse_overrides, to_dict, _set_dotted
 from .errors import ConfigError
 from .evaluation.report import ResultRow
-from .training.checkpoint import list_checkpoints
+from .models.checkpoint import list_checkpoints
 from .training.model_setup import TINY_ARCH_KEYS
 
 TEACHER = "cot-sft"  # the teacher's method and folder name; its evaluation is the cot-sft row
@@ -173,7 +173,7 @@ def evaluate_run(cfg: Config, seed: int | None = None, tag: str = "lori", label:
     """
     from .evaluation.report import read_results, write_results
     from .evaluation.run import evaluate_checkpoint
-    from .training.checkpoint import resolve_checkpoint
+    from .models.checkpoint import resolve_checkpoint
 
     ckpt = resolve_checkpoint(cfg.out_dir)
     folder = Path(cfg.out_dir) / f"eval-{cfg.eval.split}"

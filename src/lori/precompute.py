@@ -17,86 +17,24 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from .config import Config, LoRiConfig, check_subspace
-from .data.schema import Example
+from .config import Config, check_subspace
 from .data.splits import load_split
 from .errors import ConfigError, LoriError
-from .data.render import encode, segments
+from .methods.lori import Rendered, fingerprint, render_teacher, resolve_layers, teacher_path
 from .models.build import load_pretrained, num_layers
 from .subspace import Basis, LayerGramAccumulator, SecondMomentAccumulator, fit_bases, fit_layer_factor
-from .subspace.cache import CacheWriter, cache_bytes, examples_digest, teacher_digests
+from .subspace.cache import CacheWriter, cache_bytes
 from .subspace.stats import triu_pack
 from .subspace.trajectory import prefix_means, step_states, trajectory_statistics
-from .training.checkpoint import resolve_checkpoint
 from .training.distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
+from .training.model_setup import configure_tokenizer
 from .utils import check_writable
-
-RENDER_VERSION = "v3"  # bump when the rendering of teacher trajectories changes (v3: step bounds and hand-overs)
-
-
-def resolve_layers(lcfg: LoRiConfig, n_layers: int) -> list[int]:
-    layers = lcfg.layers or list(range(1, n_layers + 1))
-    bad = [l for l in layers if not 1 <= l <= n_layers]
-    if bad:
-        raise ConfigError(f"lori.layers: {bad} out of range; the teacher has layers 1..{n_layers}")
-    return layers
-
-
-def teacher_path(cfg: Config) -> Path:
-    if cfg.lori.teacher is None:
-        raise ConfigError("lori.teacher is required: the explicit-CoT (cot-sft) checkpoint to distil from")
-    return resolve_checkpoint(cfg.lori.teacher)
-
-
-def fingerprint(cfg: Config, teacher: Path, train: list[Example], n_layers: int) -> dict:
-    lc = cfg.lori
-    return {
-        **teacher_digests(teacher),
-        "data": examples_digest(train),
-        "layers": resolve_layers(lc, n_layers),
-        "rank": lc.rank,
-        "energy": lc.energy,
-        "shared_basis": lc.shared_basis,
-        "layer_rank": lc.layer_rank,
-        "centred": lc.centred,
-        "calib_size": lc.calib_size,
-        "render": RENDER_VERSION,
-    }
-
-
-@dataclass
-class Rendered:
-    input_ids: list[int]
-    start: int  # first rationale position
-    length: int  # rationale positions
-    anchor: int  # position of the last `####` marker token
-    ends: tuple[int, ...] = ()  # end (exclusive, in rationale positions) of each step
-    # per step, the rationale position whose next token is the step's result (the `=` of `<< b = 7 >>`): where the
-    # teacher hands the step's value over (lori.step_anchors); -1 if that is before the rationale
-    handovers: tuple[int, ...] = ()
-
-
-def render_teacher(example: Example, tokenizer) -> Rendered:
-    s = segments(example, tokenizer)
-    ids = s.prompt + s.rationale + s.answer
-    # Step k ends where the encoding of the first k steps ends (exact for word-level tokenizers; for BPE the
-    # boundary token may merge differently, which moves a bound by at most one position).
-    steps = example.steps
-    ends = tuple(min(len(s.rationale), len(encode(tokenizer, " " + " ".join(steps[: k + 1]))))
-                 for k in range(len(steps))) if s.rationale else ()
-    # A step's result is its last token, or the token before a closing `>>` (a calculator note).
-    close = len(encode(tokenizer, " >>"))
-    handovers = tuple(end - 1 - (close if step.rstrip().endswith(">>") else 0) - 1
-                      for end, step in zip(ends, steps))
-    return Rendered(ids, len(s.prompt), len(s.rationale), len(s.prompt) + len(s.rationale) + s.marker_len - 1,
-                    ends, handovers)
-
 
 @torch.no_grad()
 def teacher_trajectories(lm, items: list[Rendered], layers: list[int], pad_id: int):
@@ -134,8 +72,6 @@ def precompute(cfg: Config) -> Path:
     teacher = teacher_path(cfg)
     train = load_split(cfg.data, "train")
     lm, tokenizer = load_pretrained(teacher, cfg.model.dtype)
-    from .training.model_setup import configure_tokenizer
-
     configure_tokenizer(tokenizer, cfg)
     lm.eval().requires_grad_(False)
     lm.to(device)
@@ -161,8 +97,6 @@ def precompute(cfg: Config) -> Path:
               + (f", {world} processes" if world > 1 else ""))
 
     if have_basis:
-        from safetensors.torch import load_file
-
         basis = Basis.from_dict(load_file(str(Path(lc.cache_dir) / "basis.safetensors")))
         if main:
             print("[lori] subspace: reusing the fitted basis in the cache")

@@ -163,7 +163,7 @@ def load(path: str | Path, device: str | torch.device | None = None, overrides: 
     Raises :class:`lori.errors.LoriError` (one line naming the folder and what is missing) for a folder that holds
     no student, e.g. no ``lori_config.yaml`` or a latent student without its projector file."""
     from .evaluation.run import checkpoint_config
-    from .training.checkpoint import resolve_checkpoint
+    from .models.checkpoint import resolve_checkpoint
 
     ckpt = resolve_checkpoint(path)
     return load_student(ckpt, checkpoint_config(ckpt, list(overrides)), device)

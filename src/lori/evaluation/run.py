@@ -18,7 +18,7 @@ import yaml
 from ..config import Config, config_from_dict, parse_overrides, _set_dotted
 from ..data.splits import load_split
 from ..errors import LoriError
-from ..training.checkpoint import CONFIG_FILE, resolve_checkpoint
+from ..models.checkpoint import CONFIG_FILE, resolve_checkpoint
 from ..utils import sha256_file
 from .evaluate import Evaluation, evaluate
 from .report import markdown_table, write_results

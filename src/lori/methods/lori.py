@@ -13,15 +13,92 @@ The teacher's statistics come from the cache written by ``lori precompute``; tra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 
+from ..config import Config, LoRiConfig
 from ..data.render import IGNORE, encode, segments
 from ..data.schema import Example
-from ..errors import LoriError
+from ..errors import ConfigError, LoriError
 from ..losses import anchor_loss, combine, rationale_loss, standardized_loss, teacher_energy, token_cross_entropy
+from ..models.build import num_layers
+from ..models.checkpoint import resolve_checkpoint
 from ..models.latent import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
+from ..subspace.cache import examples_digest, load_cache, teacher_digests
+from ..subspace.stats import triu_unpack
 from ..subspace.trajectory import step_states, trajectory_statistics
 from .common import Method
+
+
+# ------------------------------------------------------------------------------------------------ the teacher side
+# What ``lori precompute`` writes and training checks: the cache's identity (its fingerprint) and the teacher's
+# rendering of an example that the cached statistics are computed over. The method owns both, so that the
+# precompute command and setup_training read the same definition.
+
+RENDER_VERSION = "v3"  # bump when the rendering of teacher trajectories changes (v3: step bounds and hand-overs)
+
+
+def resolve_layers(lcfg: LoRiConfig, n_layers: int) -> list[int]:
+    layers = lcfg.layers or list(range(1, n_layers + 1))
+    bad = [l for l in layers if not 1 <= l <= n_layers]
+    if bad:
+        raise ConfigError(f"lori.layers: {bad} out of range; the teacher has layers 1..{n_layers}")
+    return layers
+
+
+def teacher_path(cfg: Config) -> Path:
+    if cfg.lori.teacher is None:
+        raise ConfigError("lori.teacher is required: the explicit-CoT (cot-sft) checkpoint to distil from")
+    return resolve_checkpoint(cfg.lori.teacher)
+
+
+def fingerprint(cfg: Config, teacher: Path, train: list[Example], n_layers: int) -> dict:
+    lc = cfg.lori
+    return {
+        **teacher_digests(teacher),
+        "data": examples_digest(train),
+        "layers": resolve_layers(lc, n_layers),
+        "rank": lc.rank,
+        "energy": lc.energy,
+        "shared_basis": lc.shared_basis,
+        "layer_rank": lc.layer_rank,
+        "centred": lc.centred,
+        "calib_size": lc.calib_size,
+        "render": RENDER_VERSION,
+    }
+
+
+@dataclass
+class Rendered:
+    input_ids: list[int]
+    start: int  # first rationale position
+    length: int  # rationale positions
+    anchor: int  # position of the last `####` marker token
+    ends: tuple[int, ...] = ()  # end (exclusive, in rationale positions) of each step
+    # per step, the rationale position whose next token is the step's result (the `=` of `<< b = 7 >>`): where the
+    # teacher hands the step's value over (lori.step_anchors); -1 if that is before the rationale
+    handovers: tuple[int, ...] = ()
+
+
+def render_teacher(example: Example, tokenizer) -> Rendered:
+    s = segments(example, tokenizer)
+    ids = s.prompt + s.rationale + s.answer
+    # Step k ends where the encoding of the first k steps ends (exact for word-level tokenizers; for BPE the
+    # boundary token may merge differently, which moves a bound by at most one position).
+    steps = example.steps
+    ends = tuple(min(len(s.rationale), len(encode(tokenizer, " " + " ".join(steps[: k + 1]))))
+                 for k in range(len(steps))) if s.rationale else ()
+    # A step's result is its last token, or the token before a closing `>>` (a calculator note).
+    close = len(encode(tokenizer, " >>"))
+    handovers = tuple(end - 1 - (close if step.rstrip().endswith(">>") else 0) - 1
+                      for end, step in zip(ends, steps))
+    return Rendered(ids, len(s.prompt), len(s.rationale), len(s.prompt) + len(s.rationale) + s.marker_len - 1,
+                    ends, handovers)
+
+
+# ------------------------------------------------------------------------------------------------ the student
 
 
 def render(example: Example, tokenizer, cfg, stage: int, latent_steps: int | None = None) -> dict:
@@ -104,11 +181,6 @@ def wrap(lm, tokenizer, cfg, checkpoint=None, latent_steps: int | None = None,
 
 def setup_training(student: LatentStudent, cfg, train_set: list[Example]) -> None:
     """Attach the teacher statistics (refusing a stale cache) and the fixed per-layer loss scale."""
-    from ..models.build import num_layers
-    from ..precompute import fingerprint, resolve_layers, teacher_path
-    from ..subspace.cache import load_cache
-    from ..subspace.stats import triu_unpack
-
     if cfg.lori.cache_dir is None:
         raise LoriError("lori.cache_dir is required for method: lori; run `lori precompute` with the same config")
     teacher = teacher_path(cfg)

@@ -20,31 +20,14 @@ import torch
 
 from ..config import Config, save_config
 from ..errors import LoriError, WriteError
+# The folder layout and its reading live with the models (evaluation, precompute and analysis read checkpoints);
+# the writer and the resumable state stay here with the loop.
+from ..models.checkpoint import CONFIG_FILE, checkpoint_dir, list_checkpoints, resolve_checkpoint, step_dir
 from ..utils import share_tree, write_failed
 
 STATE_FILE = "trainer_state.pt"
 SHARDED_DIR = "sharded"  # torch.distributed.checkpoint's folder of a checkpoint written under train.sharding=fsdp
-CONFIG_FILE = "lori_config.yaml"
-_STEP_DIR = re.compile(r"^step-(\d{6,})$")
 _PARTIAL_DIR = re.compile(r"^\.step-\d{6,}\.")  # tempfile.mkdtemp(prefix=".step-NNNNNN.") in save_checkpoint
-
-
-def checkpoint_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / "checkpoints"
-
-
-def step_dir(out_dir: Path, step: int) -> Path:
-    """Where the checkpoint of ``step`` lives: ``out_dir/checkpoints/step-NNNNNN``."""
-    return checkpoint_dir(out_dir) / f"step-{step:06d}"
-
-
-def list_checkpoints(out_dir: Path) -> list[Path]:
-    """Complete checkpoints under ``out_dir/checkpoints``, oldest first."""
-    root = checkpoint_dir(out_dir)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
 
 
 def remove_partial_checkpoints(out_dir: Path) -> list[Path]:
@@ -197,17 +180,6 @@ def _failed(final: Path, e: OSError, out_dir: Path) -> LoriError:
     except OSError:
         free = ""
     return write_failed(final, e, f"the partial folder was removed and {kept}{free}")
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder itself, or the newest checkpoint of a run folder."""
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    found = list_checkpoints(path)
-    if found:
-        return found[-1]
-    raise LoriError(f"{path} is neither a checkpoint folder (with config.json) nor a run folder with checkpoints/step-*")
 
 
 def load_state(ckpt: Path) -> dict:

@@ -34,8 +34,8 @@ from typing import Any
 
 from ..config import Config, to_dict
 from ..errors import DataError, LoriError
+from ..models.checkpoint import checkpoint_dir, resolve_checkpoint
 from ..utils import atomic_write_text, sha256_file
-from .checkpoint import checkpoint_dir, resolve_checkpoint
 
 IDENTITY_FILE = "run_identity.json"
 LOCK_FILE = ".lock"

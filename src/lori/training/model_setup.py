@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 
 from ..config import Config, ModelConfig
-from ..errors import ConfigError
 from ..data.render import set_chat_template
 from ..data.schema import Example
+from ..errors import ConfigError
 from ..models.build import load_pretrained, tiny_model
+from ..models.checkpoint import resolve_checkpoint
 from ..models.tokenizer import build_word_tokenizer
-from .checkpoint import resolve_checkpoint
 
 
 def builtin_tokenizer(examples: list[Example]):
