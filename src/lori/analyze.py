@@ -44,11 +44,10 @@ from .data.chains import intermediate_values
 from .data.splits import SPLITS, load_split
 from .errors import ConfigError, LoriError
 from .evaluation.generate import greedy_generate
-from .evaluation.run import checkpoint_config
 from .methods import lori as lori_method
 from .methods.lori import Rendered, render_teacher, resolve_layers
 from .models.build import DTYPES, load_pretrained, num_layers
-from .models.checkpoint import resolve_checkpoint
+from .models.checkpoint import checkpoint_config, resolve_checkpoint
 from .precompute import teacher_trajectories
 from .subspace.basis import SecondMomentAccumulator, select_rank
 from .subspace.spectrum import (

@@ -60,8 +60,7 @@ def base_model(cfg, depth: int = 0) -> str | None:
     from config and for local folders of unknown origin."""
     name = cfg.model.name
     if cfg.model.init_from and depth < 8:
-        from .evaluation.run import checkpoint_config
-        from .models.checkpoint import resolve_checkpoint
+        from .models.checkpoint import checkpoint_config, resolve_checkpoint
 
         try:
             parent = checkpoint_config(resolve_checkpoint(cfg.model.init_from), [])

@@ -24,6 +24,14 @@ from pathlib import Path
 
 import torch
 
+from .data.schema import Example
+from .evaluation.generate import decode, generate_batches
+from .methods import METHODS
+from .models.build import load_pretrained
+from .models.checkpoint import checkpoint_config, resolve_checkpoint
+from .tasks import TASKS
+from .training.model_setup import configure_tokenizer
+
 
 @dataclass(frozen=True)
 class Generated:
@@ -55,9 +63,6 @@ class Student:
     :class:`lori.models.latent.LatentStudent` of a latent method, else ``lm``) and ``device``."""
 
     def __init__(self, module, tokenizer, cfg, checkpoint: Path):
-        from .methods import METHODS
-        from .tasks import TASKS
-
         self.module, self.tokenizer, self.cfg, self.checkpoint = module, tokenizer, cfg, Path(checkpoint)
         self.method = cfg.method
         self._method = METHODS[cfg.method]
@@ -82,8 +87,6 @@ class Student:
         """The method's generation prompt for a question (a string) or a :class:`lori.data.schema.Example`: token
         ids of ``[bos] question ||`` (explicit methods) or ``[bos] question || <bot>`` (latent ones)."""
         if isinstance(example, str):
-            from .data.schema import Example
-
             example = Example(example, (), "")
         return self._method.prompt(example, self.tokenizer)
 
@@ -101,8 +104,6 @@ class Student:
         ``max_new_tokens`` caps the text tokens after the prompt (after ``<eot>``: the latent steps are not counted);
         default the checkpoint's ``eval.max_new_tokens``. ``batch_size``: questions per batch (left-padded, one KV
         cache; default ``eval.batch_size``). Deterministic: the same questions give the same outputs."""
-        from .evaluation.generate import decode, generate_batches
-
         single = isinstance(questions, str)
         qs = [questions] if single else list(questions)
         if not qs:
@@ -140,10 +141,6 @@ def load_student(ckpt: str | Path, cfg, device=None) -> Student:
     """The student in checkpoint folder ``ckpt`` trained with ``cfg``: its weights and tokenizer
     (``load_pretrained``), the tokenizer's rendering options, the method's wrapper (e.g. a latent student's
     projector, read from the folder), on ``device`` (default :func:`default_device`). ``lori eval`` loads with it."""
-    from .methods import METHODS
-    from .models.build import load_pretrained
-    from .training.model_setup import configure_tokenizer
-
     lm, tokenizer = load_pretrained(ckpt, cfg.model.dtype)
     configure_tokenizer(tokenizer, cfg)
     module = METHODS[cfg.method].wrap(lm, tokenizer, cfg, Path(ckpt))
@@ -162,9 +159,6 @@ def load(path: str | Path, device: str | torch.device | None = None, overrides: 
 
     Raises :class:`lori.errors.LoriError` (one line naming the folder and what is missing) for a folder that holds
     no student, e.g. no ``lori_config.yaml`` or a latent student without its projector file."""
-    from .evaluation.run import checkpoint_config
-    from .models.checkpoint import resolve_checkpoint
-
     ckpt = resolve_checkpoint(path)
     return load_student(ckpt, checkpoint_config(ckpt, list(overrides)), device)
 

@@ -13,26 +13,13 @@ import hashlib
 import json
 from pathlib import Path
 
-import yaml
-
-from ..config import Config, config_from_dict, parse_overrides, _set_dotted
+from ..config import Config
 from ..data.splits import load_split
 from ..errors import LoriError
-from ..models.checkpoint import CONFIG_FILE, resolve_checkpoint
+from ..models.checkpoint import checkpoint_config, resolve_checkpoint
 from ..utils import sha256_file
 from .evaluate import Evaluation, evaluate
 from .report import markdown_table, write_results
-
-
-def checkpoint_config(ckpt: Path, overrides: list[str]) -> Config:
-    """The config a checkpoint was trained with, plus ``eval.*``/``data.*`` overrides."""
-    f = ckpt / CONFIG_FILE
-    if not f.is_file():
-        raise LoriError(f"{ckpt} has no {CONFIG_FILE}; was it written by `lori train`?")
-    tree = yaml.safe_load(f.read_text())
-    for key, value in parse_overrides(overrides):
-        _set_dotted(tree, key, value)
-    return config_from_dict(tree)
 
 
 def eval_examples(cfg: Config) -> list:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
+from ..config import Config, _set_dotted, config_from_dict, parse_overrides
 from ..errors import LoriError
 
 CONFIG_FILE = "lori_config.yaml"
@@ -40,3 +43,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if found:
         return found[-1]
     raise LoriError(f"{path} is neither a checkpoint folder (with config.json) nor a run folder with checkpoints/step-*")
+
+
+def checkpoint_config(ckpt: Path, overrides: list[str]) -> Config:
+    """The config a checkpoint was trained with, plus ``eval.*``/``data.*`` overrides."""
+    f = ckpt / CONFIG_FILE
+    if not f.is_file():
+        raise LoriError(f"{ckpt} has no {CONFIG_FILE}; was it written by `lori train`?")
+    tree = yaml.safe_load(f.read_text())
+    for key, value in parse_overrides(overrides):
+        _set_dotted(tree, key, value)
+    return config_from_dict(tree)
