@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..models.latent import thought_positions
+
 
 @dataclass
 class Generation:
@@ -51,8 +53,6 @@ def greedy_generate(
 ) -> Generation:
     """Greedy decoding of a batch of prompts; see the module docstring. ``project`` maps [B, 1, d] -> [B, 1, d];
     the latent steps sit at the positions of ``lori.models.latent.thought_positions`` (offset, stride)."""
-    from ..models.latent import thought_positions
-
     if latent_steps and (project is None or eot_id is None):
         raise ValueError("latent generation needs a projector and the <eot> id")
     device = next(model.parameters()).device

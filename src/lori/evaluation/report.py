@@ -33,6 +33,7 @@ from typing import Any
 
 from lori.errors import DataError, LoriError
 from lori.utils import atomic_write_text
+from .metrics import mean_ci
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -393,8 +394,6 @@ class Aggregate:
 def aggregate_rows(rows: list[ResultRow]) -> list[Aggregate]:
     """Group ``rows`` by method (in order of first appearance) and average over their seeds
     (:func:`lori.evaluation.metrics.mean_ci` for accuracy, plain means for the rest)."""
-    from .metrics import mean_ci
-
     check_one_test_set(rows)
     groups: dict[str, list[ResultRow]] = {}
     for r in rows:

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from ..config import ModelConfig
 from ..errors import LoriError
+from .hub import resolve_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -64,8 +65,6 @@ def tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, max_positio
 def load_pretrained(name_or_path: str | Path, dtype: str = "float32"):
     """A Hugging Face causal LM and its own tokenizer, from a hub id, a local folder (our checkpoints too) or an
     offline alias such as ``smollm2-135m`` (:mod:`lori.models.hub`, converted once to a cached folder)."""
-    from .hub import resolve_model
-
     name_or_path = resolve_model(name_or_path)
     if Path(name_or_path).is_dir():
         check_weights(Path(name_or_path))

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.tokenizer import BOT, EOT
+from ..errors import LoriError
+from .tokenizer import BOT, EOT
 
 PROJECTOR_FILE = "projector.safetensors"
 
@@ -192,16 +193,12 @@ class LatentStudent(nn.Module):
             return
         f = Path(folder) / PROJECTOR_FILE
         if not f.is_file():
-            from ..errors import LoriError
-
             raise LoriError(f"{folder}: no {PROJECTOR_FILE}, but this latent student's projector is "
                             f"{self.projector.kind!r}; a random projector would be evaluated. Use the complete "
                             "checkpoint folder the training wrote (copy the projector with the weights)")
         try:
             tensors = load_file(str(f))
         except Exception as e:  # safetensors' SafetensorError: a truncated or damaged file
-            from ..errors import LoriError
-
             raise LoriError(f"{f} is truncated or damaged ({str(e).splitlines()[0][:100]}); copy the checkpoint "
                             f"folder {folder} again, or use another checkpoint") from None
         self.projector.load_state_dict(tensors)

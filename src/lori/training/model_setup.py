@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..models.build import load_pretrained, tiny_model
 from ..models.checkpoint import resolve_checkpoint
 from ..models.tokenizer import build_word_tokenizer
+from .lora import apply_lora
 
 
 def builtin_tokenizer(examples: list[Example]):
@@ -43,8 +44,6 @@ def build_model(cfg: Config, method, train_set: list[Example], resume_from=None)
         lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     module = method.wrap(lm, tokenizer, cfg, resume_from)
     if lora:
-        from .lora import apply_lora
-
         module = apply_lora(module, tokenizer, cfg.model, resume_from)
     return module, tokenizer
 

@@ -24,6 +24,7 @@ from accelerate.utils import ProjectConfiguration
 
 from ..config import Config, to_dict
 from ..errors import LoriError
+from .identity import _flatten
 
 PROJECT = "lori"
 LOGGING_DIR = "tensorboard"  # OUT/tensorboard: the folder of trackers that write local files
@@ -59,8 +60,6 @@ def project_configuration(out_dir: Path) -> ProjectConfiguration:
 def scalar_config(cfg: Config) -> dict[str, Any]:
     """The resolved config as dotted keys with scalar values (what trackers store as hyperparameters): a list is
     written as its JSON text, ``null`` stays None."""
-    from .identity import _flatten
-
     return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in _flatten(to_dict(cfg)).items()}
 
 
