@@ -315,3 +315,32 @@ def test_step_anchors_point_at_each_steps_handover_and_train_the_thoughts(tmp_pa
     batch["replaced_steps"][:] = 0  # no replaced step: the term is exactly zero
     _, parts = lori_method.loss(student, batch, Norm(tokens=1, examples=4))
     assert float(parts["step_anc"]) == 0.0
+
+
+# Golden values, as the baselines have (tests/test_baselines.py): produced once by running this code (torch 2.13 CPU,
+# transformers 5.23, float32) with
+#   OMP_NUM_THREADS=1 .venv/bin/pytest -q tests/test_lori.py -k golden   (the assertion message prints the values)
+# and hard-coded; they must change whenever the LoRi loss, its rendering, the cache's statistics or the tiny-model
+# initialisation changes. The student is the seeded random teacher itself with a seeded projector (its latent
+# states are then not the teacher's rationale states, so every term is non-zero); final stage, K = 3, 8 examples.
+LORI_GOLDEN = {"loss": 39.07063, "ce": 3.005201, "rat_mean": 8.208340, "rat_cov": 86.25006, "anc": 0.09433906}
+
+
+def test_lori_loss_golden_value(teacher, tmp_path):
+    from lori.models.build import load_pretrained
+
+    folder, train = teacher
+    cfg = lori_cfg(folder, tmp_path / "cache", "lori.lam=0.5", "lori.alpha=0.7", "lori.beta=2.0")
+    precompute(cfg)
+    lm, tok = load_pretrained(folder)
+    torch.manual_seed(0)  # the projector's initialisation
+    student = lori_method.wrap(lm, tok, cfg)
+    lori_method.setup_training(student, cfg, train)
+    items = [render(ex, tok, cfg) | {"index": i} for i, ex in enumerate(train[:8])]
+    batch = lori_method.collate(items, tok.pad_token_id)
+    loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=8))
+    got = {"loss": float(loss.detach())} | {k: float(v) for k, v in parts.items()}
+    # L = L_task + alpha (L_rat + beta L_anc), L_rat = mean + lam cov (docs/methods.md), from the parts by hand
+    assert got["loss"] == pytest.approx(got["ce"] + 0.7 * (got["rat_mean"] + 0.5 * got["rat_cov"] + 2.0 * got["anc"]),
+                                        rel=1e-6)
+    assert got == pytest.approx(LORI_GOLDEN, rel=1e-4), f"{got}"

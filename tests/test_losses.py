@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lori.losses import anchor_loss, combine, rationale_loss, teacher_energy, token_cross_entropy
+from lori.losses import anchor_loss, combine, rationale_loss, standardized_loss, teacher_energy, token_cross_entropy
 from lori.subspace import masked_moments, triu_pack, triu_unpack
 
 
@@ -250,3 +250,77 @@ def test_standardized_loss_is_the_squared_error_in_units_of_the_teachers_varianc
     # the error is counted in units of each direction's spread: 1 where var = 0.01 counts 100, where var = 100, 0.01
     one = standardized_loss(torch.ones(1, 1, 2), torch.zeros(1, 1, 2), torch.tensor([1e-2, 1e2]), eps=0.0)
     torch.testing.assert_close(one, torch.tensor((100 + 0.01) / 2))
+
+
+# ------------------------------------------------------------------------------------------------ golden values
+# The LoRi terms on tensors small enough to compute by hand (B = 2 examples, L = 2 layers, r = 2; default layer
+# weights 1/2). Teacher means and diagonal covariances:
+#   mu_T = [[[1,0],[0,2]], [[1,2],[2,0]]]    C_T = diag: [[(1,1),(2,0)], [(0,0),(0,2)]]
+# so ||mu_T||^2 = [[1,4],[5,4]], tr C_T = [[2,2],[0,2]], ||C_T||_F^2 = [[2,4],[0,4]]. Centred energy
+# e_l = mean_b(||mu_T||^2 + tr C_T) = [(3+5)/2, (6+6)/2] = [4, 6]; uncentred e_l = mean_b tr C_T = [1, 2].
+# The student is 0 except mu_S[1,0] = [1,0] (so ||mu_S - mu_T||^2 = [[1,4],[4,4]]) and C_S[0,1] = diag(1,0) (so
+# ||C_S - C_T||_F^2 = [[2,1],[0,4]]).
+
+
+def _golden_stats():
+    mu_t = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[1.0, 2.0], [2.0, 0.0]]])
+    C_t = torch.diag_embed(torch.tensor([[[1.0, 1.0], [2.0, 0.0]], [[0.0, 0.0], [0.0, 2.0]]]))
+    mu_s = torch.zeros(2, 2, 2)
+    mu_s[1, 0] = torch.tensor([1.0, 0.0])
+    C_s = torch.zeros(2, 2, 2, 2)
+    C_s[0, 1] = torch.diag(torch.tensor([1.0, 0.0]))
+    return mu_s, C_s, mu_t, C_t
+
+
+def test_lori_terms_golden_values_computed_by_hand():
+    mu_s, C_s, mu_t, C_t = _golden_stats()
+    assert teacher_energy(mu_t, C_t).tolist() == [4.0, 6.0]
+    assert teacher_energy(mu_t, C_t, centred=False).tolist() == [1.0, 2.0]
+    # normalised, centred, lam = 1/2:
+    #   mean: b0 (1/4 + 4/6)/2 = 11/24, b1 (4/4 + 4/6)/2 = 20/24 -> 31/48
+    #   cov:  b0 (2/16 + 1/36)/2 = 11/144, b1 (0/16 + 4/36)/2 = 8/144 -> 19/288
+    loss, parts = rationale_loss(mu_s, C_s, mu_t, C_t, lam=0.5)
+    assert float(parts["mean"]) == pytest.approx(31 / 48, rel=1e-5)
+    assert float(parts["cov"]) == pytest.approx(19 / 288, rel=1e-5)
+    assert float(loss) == pytest.approx(31 / 48 + 19 / 576, rel=1e-5)  # 391/576
+    # uncentred energy [1, 2]: mean b0 (1 + 4/2)/2 = 3/2, b1 (4 + 4/2)/2 = 3 -> 9/4;
+    # cov b0 (2 + 1/4)/2 = 9/8, b1 (0 + 4/4)/2 = 1/2 -> 13/16
+    loss, parts = rationale_loss(mu_s, C_s, mu_t, C_t, lam=0.5, centred=False)
+    assert (float(parts["mean"]), float(parts["cov"])) == pytest.approx((9 / 4, 13 / 16), rel=1e-5)
+    assert float(loss) == pytest.approx(9 / 4 + 13 / 32, rel=1e-5)
+    # example 1 masked out, global count 4: e_l over example 0 alone = [3, 6];
+    # mean (1/3 + 4/6)/2 / 4 = 1/8, cov (2/9 + 1/36)/2 / 4 = 1/32
+    loss, parts = rationale_loss(mu_s, C_s, mu_t, C_t, lam=0.5, example_mask=torch.tensor([True, False]),
+                                 num_examples=4)
+    assert (float(parts["mean"]), float(parts["cov"])) == pytest.approx((1 / 8, 1 / 32), rel=1e-5)
+    # unnormalised, a fixed scale, and each order alone
+    _, parts = rationale_loss(mu_s, C_s, mu_t, C_t, normalize=False)
+    assert (float(parts["mean"]), float(parts["cov"])) == pytest.approx(((5 / 2 + 8 / 2) / 2, (3 / 2 + 4 / 2) / 2))
+    _, parts = rationale_loss(mu_s, C_s, mu_t, C_t, scale=torch.tensor([1.0, 2.0]))  # = the uncentred energy
+    assert (float(parts["mean"]), float(parts["cov"])) == pytest.approx((9 / 4, 13 / 16), rel=1e-5)
+    loss, parts = rationale_loss(mu_s, None, mu_t, None, second_order=False, scale=torch.tensor([4.0, 6.0]))
+    assert float(loss) == pytest.approx(31 / 48, rel=1e-5) and float(parts["cov"]) == 0.0
+
+
+def test_anchor_standardized_and_combine_golden_values_computed_by_hand():
+    # a_T = [[[2,0],[0,1]], [[0,2],[1,1]]]: ||a_T||^2 = [[4,1],[4,2]], scale s_l = [4, 3/2];
+    # a_S = 0 but a_S[0,0] = [1,0]: ||a_S - a_T||^2 = [[1,1],[4,2]]
+    a_t = torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 2.0], [1.0, 1.0]]])
+    a_s = torch.zeros(2, 2, 2)
+    a_s[0, 0] = torch.tensor([1.0, 0.0])
+    # b0 (1/4 + 1/(3/2))/2 = 11/24, b1 (4/4 + 2/(3/2))/2 = 7/6 -> 13/16
+    anc = anchor_loss(a_s, a_t)
+    assert float(anc) == pytest.approx(13 / 16, rel=1e-5)
+    assert float(anchor_loss(a_s, a_t, normalize=False)) == pytest.approx(((1 + 1) / 2 + (4 + 2) / 2) / 2)
+    assert float(anchor_loss(a_s, a_t, normalize=False, layer_weights=[1.0, 1.0])) == pytest.approx(4.0)
+    # standardised: x_T = [[[1,2]], [[3,0]]], x_S = 0, var_T = [1, 4]: b0 (1/1 + 4/4)/2 = 1, b1 (9/1 + 0)/2 = 9/2
+    x_t = torch.tensor([[[1.0, 2.0]], [[3.0, 0.0]]])
+    st = standardized_loss(torch.zeros(2, 1, 2), x_t, torch.tensor([1.0, 4.0]))
+    assert float(st) == pytest.approx((1 + 9 / 2) / 2, rel=1e-5)
+    # L = L_task + alpha (L_rat + beta L_anc) with L_task = 2, alpha = 1/2, beta = 2, L_rat = 391/576
+    mu_s, C_s, mu_t, C_t = _golden_stats()
+    rat, _ = rationale_loss(mu_s, C_s, mu_t, C_t, lam=0.5)
+    total = combine(torch.tensor(2.0), rat, anc, alpha=0.5, beta=2.0)
+    assert float(total) == pytest.approx(2 + 0.5 * (391 / 576 + 2 * 13 / 16), rel=1e-5)
+    anchor_only = combine(torch.tensor(2.0), None, anc, alpha=0.5, use_rationale=False)
+    assert float(anchor_only) == pytest.approx(2 + 0.5 * 13 / 16, rel=1e-5)
