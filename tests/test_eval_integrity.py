@@ -21,6 +21,7 @@ from lori.data.splits import load_split
 from lori.errors import LoriError
 from lori.evaluation import run as run_mod
 from lori.evaluation.metrics import wilson_ci
+from lori import pipeline
 from lori.evaluation.report import (ResultRow, aggregate_table, check_one_test_set, markdown_table, read_results,
                                     write_results)
 from lori.training.checkpoint import CONFIG_FILE
@@ -63,6 +64,7 @@ def no_evaluation(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a checkpoint was evaluated before the refusal")
     monkeypatch.setattr(run_mod, "evaluate_checkpoint", boom)
+    monkeypatch.setattr(pipeline, "evaluate_checkpoint", boom)  # lori compare / demo evaluate through the pipeline
 
 
 # ------------------------------------------------------------------------------------ the row's test set

@@ -24,7 +24,11 @@ from pathlib import Path
 from .config import Config, load_tree, to_dict
 from .errors import ConfigError, LoriError
 from .evaluation.digits import DigitShares, digit_shares, digit_table, mean_shares, read_predictions
-from .evaluation.report import ResultRow, aggregate_table, check_one_test_set, markdown_table, write_results
+from .evaluation.plots import plot_accuracy_vs_tokens
+from .evaluation.report import (ResultRow, aggregate_table, check_one_test_set, markdown_table, test_set_difference,
+                                write_results)
+from .evaluation.run import test_set_identity
+from .methods import METHODS
 from .pipeline import TEACHER, evaluate_run, pipeline_configs, train_runs
 from .tasks import TASKS
 
@@ -33,8 +37,6 @@ TAG = "lori compare"
 
 def parse_methods(text: str | list[str]) -> list[str]:
     """``"no-cot,lori"`` -> ``["no-cot", "lori"]``; every name must be a key of ``lori.methods.METHODS``."""
-    from .methods import METHODS
-
     items = text.split(",") if isinstance(text, str) else list(text)
     methods = [m.strip() for m in items if m.strip()]
     if not methods:
@@ -70,9 +72,6 @@ def evaluate_current(cfg: Config, seed: int | None = None, tag: str = TAG, label
     """:func:`lori.pipeline.evaluate_run`, reusing a finished evaluation only when its row records the test set
     ``cfg`` evaluates now; one of another test set (a data file changed since) or without that record (written by an
     older lori) is run again. Returns ``(row, n, predictions)``."""
-    from .evaluation.report import test_set_difference
-    from .evaluation.run import test_set_identity
-
     row, n, predictions = evaluate_run(cfg, seed=seed, tag=tag, label=label)
     current = test_set_identity(cfg)
     if row.test_set is None:
@@ -117,8 +116,6 @@ def compare_configs(teacher: str | Path, student: str | Path, methods: list[str]
 
 def run_compare(teacher: str | Path, student: str | Path, methods: str | list[str], seeds: str | list[int],
                 out: Path, overrides: list[str]) -> Path:
-    from .evaluation.plots import plot_accuracy_vs_tokens
-
     methods, seeds, out = parse_methods(methods), parse_seeds(seeds), Path(out)
     cfgs = compare_configs(teacher, student, methods, seeds, out, overrides)
     out.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,7 @@ class DataConfig:
         for key in ("train_size", "valid_size", "test_size", "max_length"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        # here (an upward import, allowed in tests/test_layers.py): lori.data's __init__ loads torch via lori.utils
         from .data.chains import check_options
 
         try:
@@ -601,6 +602,6 @@ def dump_config(cfg: Config) -> str:
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write ``cfg`` to ``path`` with absolute paths (:func:`absolute_paths`): read back by :func:`load_config` or
     ``lori eval`` from any folder, it names the same files."""
-    from .utils import atomic_write_text
+    from .utils import atomic_write_text  # here: lori.utils loads torch and numpy, which reading a config needs not
 
     atomic_write_text(Path(path), dump_config(absolute_paths(cfg)))

@@ -18,9 +18,15 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .config import Config, dump_config
+from .compare import evaluate_current
+from .config import Config, dump_config, load_config, save_config
+from .evaluation.plots import plot_accuracy_vs_tokens
 from .evaluation.report import ResultRow, markdown_table, write_results
+from .models.checkpoint import list_checkpoints, step_dir
 from .pipeline import TEACHER, evaluate_run, merge, pipeline_configs, train_runs
+from .subspace.cache import read_manifest
+from .training.identity import describe, differences, run_identity, write_identity
+from .utils import check_writable
 
 TEACHER_ASSET = "chains-teacher"  # lori/assets/: the weights and tokenizer of configs/chains-cot-sft.yaml's run
 
@@ -61,10 +67,6 @@ def install_teacher(cfg: Config) -> str | None:
     """Put the shipped teacher checkpoint in ``cfg.out_dir`` as the finished run of ``cfg``, when ``cfg`` is the
     config the checkpoint was trained with (up to logging and evaluation settings). Returns None when installed (or
     already there), else why not: then the teacher is trained."""
-    from .config import load_config, save_config
-    from .models.checkpoint import list_checkpoints, step_dir
-    from .training.identity import describe, differences, run_identity, write_identity
-
     out = Path(cfg.out_dir)
     if list_checkpoints(out):
         return None  # an earlier demo's teacher: reused or refused by the pipeline
@@ -90,11 +92,6 @@ def install_teacher(cfg: Config) -> str | None:
 
 
 def run_demo(out: Path, overrides: list[str], train_teacher: bool = False) -> Path:
-    from .compare import evaluate_current
-    from .evaluation.plots import plot_accuracy_vs_tokens
-    from .subspace.cache import read_manifest
-    from .utils import check_writable
-
     cfgs = demo_configs(out, overrides)
     check_writable(out, "--out")
     out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from safetensors.torch import save_file
+
+from . import __version__
 from .errors import LoriError
+from .evaluation.report import markdown_table, read_results
+from .evaluation.run import eval_examples
+from .methods import METHODS
+from .models.checkpoint import CONFIG_FILE, checkpoint_config, resolve_checkpoint
+from .student import load
+from .utils import check_writable, share_tree, write_failed
 
 STUDENT_FILE = "lori_student.json"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -60,8 +69,6 @@ def base_model(cfg, depth: int = 0) -> str | None:
     from config and for local folders of unknown origin."""
     name = cfg.model.name
     if cfg.model.init_from and depth < 8:
-        from .models.checkpoint import checkpoint_config, resolve_checkpoint
-
         try:
             parent = checkpoint_config(resolve_checkpoint(cfg.model.init_from), [])
         except LoriError:
@@ -97,8 +104,6 @@ def find_results(run: Path, ckpt: Path, results: str | Path | None = None):
     """``(results.json, rows)`` of the evaluation rows of ``ckpt``: from ``results`` when given, else from the run's
     ``eval-*/results.json`` and the folder above it (``lori demo`` / ``lori compare``); rows of other checkpoints
     are left out. ``(None, [])`` when there is none."""
-    from .evaluation.report import read_results
-
     if results is not None:
         candidates = [Path(results)]
     else:
@@ -127,8 +132,6 @@ def policy(student) -> str:
 def example_question(cfg) -> str:
     """The first problem the checkpoint is evaluated on (its test split), for the card's example; a placeholder when
     the data cannot be read here."""
-    from .evaluation.run import eval_examples
-
     try:
         return eval_examples(cfg)[0].question
     except (LoriError, OSError, IndexError):
@@ -141,8 +144,6 @@ def _yaml_list(key: str, values: list[str]) -> list[str]:
 
 def model_card(student, ckpt: Path, results_file: Path | None, rows: list, repo: str | None = None) -> str:
     """The README.md of an export: YAML front matter, then what the student is and how to use it."""
-    from .evaluation.report import markdown_table
-
     cfg, method = student.cfg, student.method
     latent = method in LATENT_METHODS
     base = base_model(cfg)
@@ -238,8 +239,6 @@ def model_card(student, ckpt: Path, results_file: Path | None, rows: list, repo:
 
 def student_settings(student, ckpt: Path, folder: Path) -> dict:
     """``lori_student.json`` of the export ``folder`` of ``ckpt``: the latent settings, readable without lori."""
-    from . import __version__
-
     cfg = student.cfg
     latent = student.method in LATENT_METHODS
     prompt = "[bos] question || <bot>" if latent else "[bos] question ||"
@@ -280,13 +279,6 @@ def generation_config(student):
 def export(run: str | Path, out: str | Path, *, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
            results: str | Path | None = None, push_to_hub: str | None = None, private: bool = False) -> Path:
     """Write the export folder ``out`` of ``run`` (a run folder: its newest checkpoint; or a checkpoint folder)."""
-    from safetensors.torch import save_file
-
-    from .methods import METHODS
-    from .student import load
-    from .models.checkpoint import CONFIG_FILE, resolve_checkpoint
-    from .utils import check_writable, share_tree, write_failed
-
     ckpt = resolve_checkpoint(run)
     out = Path(out)
     if out.resolve() == ckpt.resolve() or ckpt.resolve() in out.resolve().parents:

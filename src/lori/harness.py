@@ -93,7 +93,7 @@ class LoriLM(LM):
         if context not in ("question", "raw"):
             raise LoriError(f"--model_args context={context!r}: choose question or raw")
         super().__init__()
-        from .student import load
+        from .student import load  # here: lm-eval imports this plugin module; torch loads when the model is built
 
         kwargs.pop("max_batch_size", None)  # lm-eval passes it to every model type; batches here are fixed
         unused = {k: v for k, v in kwargs.items() if v is not None}

@@ -20,8 +20,13 @@ from typing import Any
 
 from .config import Config, config_from_dict, parse_overrides, to_dict, _set_dotted
 from .errors import ConfigError
-from .evaluation.report import ResultRow
-from .models.checkpoint import list_checkpoints
+from .evaluation.report import ResultRow, read_results, write_results
+from .evaluation.run import evaluate_checkpoint
+from .methods import METHODS
+from .models.checkpoint import list_checkpoints, resolve_checkpoint
+from .precompute import precompute
+from .training.identity import check_reuse
+from .training.loop import train
 from .training.model_setup import TINY_ARCH_KEYS
 
 TEACHER = "cot-sft"  # the teacher's method and folder name; its evaluation is the cot-sft row
@@ -42,8 +47,6 @@ def split_overrides(overrides: list[str]) -> tuple[list[tuple[str, Any]], dict[s
 
     ``teacher.KEY`` / ``student.KEY`` target one side; ``METHOD:KEY`` (e.g. ``codi:curriculum.stages=0``) targets
     the one run of that method (``cot-sft:`` is the teacher) and is applied last; other keys apply to every run."""
-    from .methods import METHODS
-
     shared: list[tuple[str, Any]] = []
     per: dict[str, list[tuple[str, Any]]] = {side: [] for side in SIDES}
     per_method: dict[str, list[tuple[str, Any]]] = {}
@@ -121,8 +124,6 @@ def finished(cfg: Config) -> bool:
     """Whether ``cfg.out_dir`` holds the final checkpoint (step == train.steps) of a run with ``cfg``'s identity.
 
     A folder with checkpoints of other settings or inputs (lori.training.identity) is refused, naming the keys."""
-    from .training.identity import check_reuse
-
     out = Path(cfg.out_dir)
     found = list_checkpoints(out)
     if not found:
@@ -136,9 +137,6 @@ def train_runs(cfgs: dict[str, Config], tag: str, timings: dict[str, float] | No
     """Train every config in order (the teacher first); a LoRi student gets its teacher statistics first. Finished
     runs are reused; an interrupted one resumes from its newest checkpoint (``train.resume: auto``); a run folder
     whose settings or inputs differ from its config (a changed key, a retrained teacher) is refused."""
-    from .precompute import precompute
-    from .training.loop import train
-
     timings = {} if timings is None else timings
 
     def stage(name: str, fn) -> None:
@@ -171,10 +169,6 @@ def evaluate_run(cfg: Config, seed: int | None = None, tag: str = "lori", label:
     ``predictions-METHOD-STEP.jsonl``) plus ``eval_key.json``; with ``reuse``, an evaluation whose key matches (same
     checkpoint files, data and eval settings) is read back instead of being run again. ``seed`` goes into the row.
     """
-    from .evaluation.report import read_results, write_results
-    from .evaluation.run import evaluate_checkpoint
-    from .models.checkpoint import resolve_checkpoint
-
     ckpt = resolve_checkpoint(cfg.out_dir)
     folder = Path(cfg.out_dir) / f"eval-{cfg.eval.split}"
     predictions = folder / f"predictions-{cfg.method}-{ckpt.name}.jsonl"
