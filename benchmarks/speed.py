@@ -358,8 +358,8 @@ def main(argv: list[str] | None = None) -> str:
         def student(method=lori_method):
             torch.manual_seed(args.seed)  # same projector init in every measurement
             s = method.wrap(lm(), tok, cfg)
-            method.setup_training(s, cfg, train)
-            return s.to(device)
+            state = method.setup_training(s, cfg, train, device)
+            return s.to(device), state
 
         # ---------------------------------------------------------------------------------------- training
         examples = train[: args.batch]
@@ -385,34 +385,36 @@ def main(argv: list[str] | None = None) -> str:
             train_rows[key] = (label, widths[key], t, mem.bytes)
 
         with PeakMemory(device) as mem:
-            model = student(codi)
-            t = time_training(model, codi.loss, batches["codi"], norms["codi"], device, args.steps, autocast)
+            model, state = student(codi)
+            t = time_training(model, lambda m, b, n: codi.loss(m, b, n, state), batches["codi"], norms["codi"],
+                              device, args.steps, autocast)
             del model
         train_rows["codi"] = (f"CODI, K={args.latent_steps} (teacher pass + latent student + distillation)",
                               widths["codi"], t, mem.bytes)
 
         with PeakMemory(device) as mem:
-            model = student()
-            t = time_training(model, lori_method.loss, batches["lori"], norms["lori"], device, args.steps, autocast)
+            model, state = student()
+            t = time_training(model, lambda m, b, n: lori_method.loss(m, b, n, state), batches["lori"],
+                              norms["lori"], device, args.steps, autocast)
             del model
         train_rows["lori"] = (f"LoRi, K={args.latent_steps} (precomputed cache)", widths["lori"], t, mem.bytes)
 
         with PeakMemory(device) as mem:
-            model = student()
+            model, state = student()
             frozen = lm().eval().requires_grad_(False)
-            basis = model.lori_stats.basis
+            basis = state.basis
             fresh = OnTheFlyStats(type(basis).from_dict({k: v.to(device) for k, v in basis.to_dict().items()}))
-            model.lori_stats = fresh
+            state.stats = fresh
             rendered = [render_teacher(ex, tok) for ex in examples]
 
             def teacher_forward():
                 with torch.no_grad():
-                    h, mask, anchor = teacher_trajectories(frozen, rendered, model.lori_layers, pad)
+                    h, mask, anchor = teacher_trajectories(frozen, rendered, state.layers, pad)
                     mu, C, a = trajectory_statistics(fresh.basis, h, mask, anchor, cfg.lori.centred)
                 fresh.current = {"mu": mu.float(), "cov": C.float(), "anchor": a.float(), "valid": mask.any(-1)}
 
-            t = time_training(model, lori_method.loss, batches["lori"], norms["lori"], device, args.steps, autocast,
-                              before_step=teacher_forward)
+            t = time_training(model, lambda m, b, n: lori_method.loss(m, b, n, state), batches["lori"],
+                              norms["lori"], device, args.steps, autocast, before_step=teacher_forward)
             del model, frozen
         train_rows["fly"] = (f"LoRi, K={args.latent_steps} (teacher run on the fly)", widths["lori"], t, mem.bytes)
 
@@ -430,7 +432,7 @@ def main(argv: list[str] | None = None) -> str:
                         model, kw, new = lm(), {}, teacher_new
                         prompts = [cot_sft.prompt(ex, tok) for ex in probs]
                     else:
-                        s = student()
+                        s, _ = student()
                         model, kw, new = s.lm, lori_method.generation_kwargs(s, tok), student_new
                         prompts = [lori_method.prompt(ex, tok) for ex in probs]
                     value, steps = time_generation(model, prompts, pad, new, device, kw, mode)

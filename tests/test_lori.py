@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -180,15 +182,15 @@ def test_gradients_reach_student_and_projector_only(teacher, tmp_path):
 
     lm, tok = load_pretrained(folder)
     student = lori_method.wrap(lm, tok, cfg)
-    lori_method.setup_training(student, cfg, train)
+    state = lori_method.setup_training(student, cfg, train)
     items = [render(ex, tok, cfg) | {"index": i} for i, ex in enumerate(train[:8])]
     batch = lori_method.collate(items, tok.pad_token_id)
-    loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=8))
+    loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=8), state)
     assert set(parts) == {"ce", "rat_mean", "rat_cov", "anc"} and all(torch.isfinite(v) for v in parts.values())
     loss.backward()
     assert all(p.grad is not None for p in student.projector.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.lm.parameters())
-    stats = student.lori_stats
+    stats = state.stats
     assert not stats.mu.requires_grad and not stats.basis.U.requires_grad and stats.basis.U.grad is None
 
 
@@ -202,10 +204,10 @@ def test_ablation_switches_change_the_loss_parts(teacher, tmp_path):
         cfg = lori_cfg(folder, tmp_path / "cache", *extra)
         lm, tok = load_pretrained(folder)
         student = lori_method.wrap(lm, tok, cfg)
-        lori_method.setup_training(student, cfg, train)
+        state = lori_method.setup_training(student, cfg, train)
         items = [render(ex, tok, cfg) | {"index": i} for i, ex in enumerate(train[:4])]
         batch = lori_method.collate(items, tok.pad_token_id)
-        _, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=4))
+        _, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=4), state)
         assert set(parts) == expected
         if "lori.second_order=false" in extra:
             assert float(parts["rat_cov"]) == 0.0
@@ -258,17 +260,18 @@ def test_prefix_statistics_are_the_mean_over_the_first_steps(teacher, tmp_path):
     student, tok = build_model(lori_cfg(folder, tmp_path / "cache", "curriculum.stages=2",
                                         "lori.prefix_statistics=true", f"model.init_from={folder}"),
                                METHODS["lori"], train)
-    lori_method.setup_training(student, cfg, train)
+    state = lori_method.setup_training(student, cfg, train)
     items = [lori_method.render(ex, tok, cfg, stage=1) | {"index": i} for i, ex in enumerate(train[:6])]
     assert {it["prefix_steps"] for it in items} == {1} and {it["latent_steps"] for it in items} == {1}
     batch = lori_method.collate(items, tok.pad_token_id)
-    loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=6))
+    loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=6), state)
     assert "rat_prefix" in parts and float(parts["rat_prefix"]) > 0 and "rat_mean" not in parts
     loss.backward()
     assert student.projector.net[1].weight.grad.abs().sum() > 0
     off = load_config(None, ["method=lori", *TINY, *DATA, "curriculum.stages=2"])
-    student.lori_cfg = off.lori  # prefix_statistics=false: no rationale term before the final stage
-    _, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=6))
+    off_state = dataclasses.replace(state, cfg=off.lori)  # prefix_statistics=false: no rationale term before the
+    norm = Norm(tokens=sum(it["n_target"] for it in items), examples=6)  # final stage
+    _, parts = lori_method.loss(student, batch, norm, off_state)
     assert "rat_prefix" not in parts and "rat_mean" not in parts
 
 
@@ -302,18 +305,19 @@ def test_step_anchors_point_at_each_steps_handover_and_train_the_thoughts(tmp_pa
     torch.testing.assert_close(stats.step_anchor[0], z[:, list(r.handovers)].transpose(0, 1), atol=1e-5, rtol=1e-4)
 
     student, tok = build_model(cfg, METHODS["lori"], train)
-    lori_method.setup_training(student, cfg, train)
+    state = lori_method.setup_training(student, cfg, train)
     for stage, replaced in ((2, 2), (4, 3)):
         items = [lori_method.render(ex, tok, cfg, stage) | {"index": i} for i, ex in enumerate(train[:4])]
         assert {it["replaced_steps"] for it in items} == {replaced}
         batch = lori_method.collate(items, tok.pad_token_id)
         student.zero_grad()
-        loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=4))
+        norm = Norm(tokens=sum(it["n_target"] for it in items), examples=4)
+        loss, parts = lori_method.loss(student, batch, norm, state)
         assert float(parts["step_anc"]) > 0
         loss.backward()
         assert student.lm.get_input_embeddings().weight.grad.abs().sum() > 0
     batch["replaced_steps"][:] = 0  # no replaced step: the term is exactly zero
-    _, parts = lori_method.loss(student, batch, Norm(tokens=1, examples=4))
+    _, parts = lori_method.loss(student, batch, Norm(tokens=1, examples=4), state)
     assert float(parts["step_anc"]) == 0.0
 
 
@@ -335,10 +339,10 @@ def test_lori_loss_golden_value(teacher, tmp_path):
     lm, tok = load_pretrained(folder)
     torch.manual_seed(0)  # the projector's initialisation
     student = lori_method.wrap(lm, tok, cfg)
-    lori_method.setup_training(student, cfg, train)
+    state = lori_method.setup_training(student, cfg, train)
     items = [render(ex, tok, cfg) | {"index": i} for i, ex in enumerate(train[:8])]
     batch = lori_method.collate(items, tok.pad_token_id)
-    loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=8))
+    loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=8), state)
     got = {"loss": float(loss.detach())} | {k: float(v) for k, v in parts.items()}
     # L = L_task + alpha (L_rat + beta L_anc), L_rat = mean + lam cov (docs/methods.md), from the parts by hand
     assert got["loss"] == pytest.approx(got["ce"] + 0.7 * (got["rat_mean"] + 0.5 * got["rat_cov"] + 2.0 * got["anc"]),

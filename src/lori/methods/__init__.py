@@ -7,9 +7,12 @@ fields are, the defaults being a plain causal-LM fine-tune's:
   ``collate(items, pad_id) -> dict of tensors``; ``prompt(example, tokenizer)`` (the generation prompt);
 - ``wrap(lm, tokenizer, cfg, checkpoint) -> module``: what is trained (the LM itself, or a wrapper holding it and
   the method's extra modules, restored from ``checkpoint`` when resuming);
-- ``setup_training(module, cfg, train_set)``: training-only state (e.g. LoRi's teacher-statistics cache);
-- ``loss(module, batch, norm) -> (loss, parts)``: the loss normalised by the step's global counts, and its
-  detached parts for logging;
+- ``setup_training(module, cfg, train_set, device) -> state``: the method's training-only state (e.g. LoRi's
+  teacher statistics and loss scales, on ``device``; None when it needs none), built once before training; the
+  method keeps nothing on the module;
+- ``loss(module, batch, norm, state) -> (loss, parts)``: the loss normalised by the step's global counts, and its
+  detached parts for logging; ``module`` is what the loop trains (DDP-wrapped or not: the forward goes through it),
+  ``state`` what ``setup_training`` returned;
 - ``generation_kwargs(module, tokenizer)``: extra arguments for ``greedy_generate`` (latent steps, projector);
 - ``extra_tensors(module)``: ``{file name: tensors}`` saved beside the LM in a checkpoint, or None.
 """

@@ -32,7 +32,7 @@ def wrap(lm, tokenizer, cfg, checkpoint=None):
     return lori.wrap(lm, tokenizer, cfg, checkpoint, latent_steps=final_thoughts(cfg), projector=cfg.coconut.projector)
 
 
-def loss(module, batch, norm):
+def loss(module, batch, norm, state=None):
     _, ce = lori.student_ce(module, batch, norm)
     return ce, {"ce": ce.detach()}
 

@@ -16,8 +16,11 @@ the distance is ``losses/codi.py``. Generation: K thoughts, ``<eot>``, then gree
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..config import CodiConfig
 from ..data.render import segments, supervised
 from ..data.schema import Example
 from ..errors import LoriError
@@ -49,16 +52,25 @@ def wrap(lm, tokenizer, cfg, checkpoint=None):
     return lori.wrap(lm, tokenizer, cfg, checkpoint, latent_steps=cfg.codi.latent_steps, projector=cfg.codi.projector)
 
 
-def setup_training(student, cfg, train_set) -> None:
-    student.codi_cfg = cfg.codi
+@dataclass(frozen=True)
+class CodiState:
+    """What CODI's loss reads: its settings, and the student's language model, which the teacher pass runs on the
+    explicit CoT (the same weights, outside the latent wrapper)."""
+
+    cfg: CodiConfig
+    lm: torch.nn.Module
 
 
-def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    student = getattr(module, "module", module)
-    cc = student.codi_cfg
+def setup_training(student, cfg, train_set, device=None) -> CodiState:
+    return CodiState(cfg=cfg.codi, lm=student.lm)
+
+
+def loss(module, batch: dict[str, torch.Tensor], norm,
+         state: CodiState) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    cc = state.cfg
     out, ce = lori.student_ce(module, batch, norm)
     # The teacher pass runs the same weights on the explicit CoT; its CE trains them, its states are detached below.
-    t = student.lm(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
+    t = state.lm(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
                    output_hidden_states=True)
     ce_t = token_cross_entropy(t.logits[:, :-1], batch["teacher_labels"][:, 1:], num_tokens=norm.counts["teacher"])
     rows = torch.arange(batch["anchor"].shape[0], device=batch["anchor"].device)

@@ -52,7 +52,8 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def causal_lm_loss(model, batch: dict[str, torch.Tensor], norm: Norm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def causal_lm_loss(model, batch: dict[str, torch.Tensor], norm: Norm,
+                   state=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Next-token cross-entropy on the supervised positions, summed and divided by the step's global token count."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     loss = token_cross_entropy(logits[:, :-1], batch["labels"][:, 1:], num_tokens=norm.tokens)
@@ -74,8 +75,9 @@ def no_generation_kwargs(module, tokenizer) -> dict:
     return {}
 
 
-def no_training_setup(module, cfg, train_set) -> None:
-    """``setup_training`` of methods that need nothing beyond the data."""
+def no_training_setup(module, cfg, train_set, device=None) -> None:
+    """``setup_training`` of methods that need nothing beyond the data: no state."""
+    return None
 
 
 def no_extra_tensors(module) -> None:

@@ -26,7 +26,8 @@ from ..losses import anchor_loss, combine, rationale_loss, standardized_loss, te
 from ..models.build import num_layers
 from ..models.checkpoint import resolve_checkpoint
 from ..models.latent import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
-from ..subspace.cache import examples_digest, load_cache, teacher_digests
+from ..subspace.basis import Basis
+from ..subspace.cache import TeacherStats, examples_digest, load_cache, teacher_digests
 from ..subspace.stats import triu_unpack
 from ..subspace.trajectory import step_states, trajectory_statistics
 from .common import Method
@@ -179,8 +180,33 @@ def wrap(lm, tokenizer, cfg, checkpoint=None, latent_steps: int | None = None,
     return student
 
 
-def setup_training(student: LatentStudent, cfg, train_set: list[Example]) -> None:
-    """Attach the teacher statistics (refusing a stale cache) and the fixed per-layer loss scale."""
+@dataclass
+class LoriState:
+    """What LoRi's loss reads at every step, built once by :func:`setup_training` and passed to :func:`loss` by the
+    training loop: the teacher statistics (the cache stays on the CPU; each step moves its examples' rows), the
+    subspace basis and the fixed normalisers on the training device."""
+
+    cfg: LoRiConfig
+    stats: TeacherStats
+    basis: Basis
+    layers: list[int]
+    scale: torch.Tensor  # [L]: the teacher's energy per layer over the whole cache
+    anchor_scale: torch.Tensor  # [L]: the teacher's mean squared anchor norm per layer
+    thoughts_per_step: int
+    prefix_var: torch.Tensor | None = None  # [S, L, r]: the teacher's variance of each prefix mean across examples
+    step_var: torch.Tensor | None = None  # [S, L, r]: the teacher's variance of each step's hand-over state
+
+
+def _variance_across_examples(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``x [N, S, L, r]`` with ``valid [N, S]`` -> the variance over the valid examples, ``[S, L, r]``."""
+    m = valid[:, :, None, None].float()
+    n = m.sum(0).clamp(min=1)
+    mean = (x * m).sum(0) / n
+    return (((x - mean) ** 2) * m).sum(0) / n
+
+
+def setup_training(student: LatentStudent, cfg, train_set: list[Example], device=None) -> LoriState:
+    """The teacher statistics (refusing a stale cache) and the fixed per-layer loss scales, on ``device``."""
     if cfg.lori.cache_dir is None:
         raise LoriError("lori.cache_dir is required for method: lori; run `lori precompute` with the same config")
     teacher = teacher_path(cfg)
@@ -188,24 +214,19 @@ def setup_training(student: LatentStudent, cfg, train_set: list[Example]) -> Non
     if stats.mu.shape[0] != len(train_set):
         raise LoriError(f"{cfg.lori.cache_dir}: {stats.mu.shape[0]} cached examples for {len(train_set)} training "
                         "examples; run `lori precompute` again")
-    student.lori_stats = stats
-    student.lori_layers = resolve_layers(cfg.lori, num_layers(student.lm))
-    student.lori_cfg = cfg.lori
+    device = torch.device("cpu") if device is None else torch.device(device)
     # Fixed normalisers over the whole cache, so micro-batching never changes the loss.
-    student.lori_scale = teacher_energy(stats.mu, triu_unpack(stats.cov), centred=cfg.lori.centred,
-                                        example_mask=stats.valid)
-    student.lori_anchor_scale = (stats.anchor[stats.valid] ** 2).sum(-1).mean(0)
-    if stats.prefix_mu is not None:  # [S, L, r]: the teacher's variance of each prefix mean across examples
-        m = stats.prefix_valid[:, :, None, None].float()
-        n = m.sum(0).clamp(min=1)
-        mean = (stats.prefix_mu * m).sum(0) / n
-        student.lori_prefix_var = (((stats.prefix_mu - mean) ** 2) * m).sum(0) / n
-    if stats.step_anchor is not None:  # [S, L, r]: the teacher's variance of each step's hand-over state
-        m = stats.step_valid[:, :, None, None].float()
-        n = m.sum(0).clamp(min=1)
-        mean = (stats.step_anchor * m).sum(0) / n
-        student.lori_step_var = (((stats.step_anchor - mean) ** 2) * m).sum(0) / n
-    student.lori_thoughts_per_step = cfg.curriculum.thoughts_per_step
+    scale = teacher_energy(stats.mu, triu_unpack(stats.cov), centred=cfg.lori.centred, example_mask=stats.valid)
+    anchor_scale = (stats.anchor[stats.valid] ** 2).sum(-1).mean(0)
+    prefix_var = None if stats.prefix_mu is None else _variance_across_examples(stats.prefix_mu, stats.prefix_valid)
+    step_var = None if stats.step_anchor is None else _variance_across_examples(stats.step_anchor, stats.step_valid)
+    return LoriState(
+        cfg=cfg.lori, stats=stats, basis=Basis.from_dict({k: v.to(device) for k, v in stats.basis.to_dict().items()}),
+        layers=resolve_layers(cfg.lori, num_layers(student.lm)), scale=scale.to(device),
+        anchor_scale=anchor_scale.to(device), thoughts_per_step=cfg.curriculum.thoughts_per_step,
+        prefix_var=None if prefix_var is None else prefix_var.to(device),
+        step_var=None if step_var is None else step_var.to(device),
+    )
 
 
 def student_ce(module, batch: dict[str, torch.Tensor], norm) -> tuple[LatentOutput, torch.Tensor]:
@@ -216,9 +237,9 @@ def student_ce(module, batch: dict[str, torch.Tensor], norm) -> tuple[LatentOutp
     return out, token_cross_entropy(out.logits[:, :-1], batch["suffix_labels"][:, 1:], num_tokens=norm.tokens)
 
 
-def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    student: LatentStudent = getattr(module, "module", module)
-    lc = student.lori_cfg
+def loss(module, batch: dict[str, torch.Tensor], norm,
+         state: LoriState) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    lc = state.cfg
     out, ce = student_ce(module, batch, norm)
     parts = {"ce": ce.detach()}
     # (choice) The cached statistics describe the whole rationale, so L_rat applies once every step is latent (the
@@ -230,16 +251,13 @@ def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, di
     if not (use_rat or use_prefix or lc.anchor or lc.step_anchors):
         return ce, parts
     device = ce.device
-    layers = student.lori_layers
+    layers = state.layers
     h = out.latent_states[:, layers]  # [B, L, K, d]
     rows = torch.arange(h.shape[0], device=device)
     anchor_h = torch.stack([out.suffix_states[l][rows, batch["anchor"]] for l in layers], dim=1)  # [B, L, d]
-    basis = student.lori_stats.basis
-    if basis.U.device != device:
-        student.lori_stats.basis = basis = type(basis).from_dict({k: v.to(device) for k, v in basis.to_dict().items()})
     mask = torch.arange(h.shape[2], device=device)[None] < batch["latent_steps"].to(device)[:, None]  # [B, K]
-    mu_s, C_s, a_s = trajectory_statistics(basis, h, mask, anchor_h, lc.centred)
-    t = student.lori_stats.batch(batch["index"].cpu(), device)
+    mu_s, C_s, a_s = trajectory_statistics(state.basis, h, mask, anchor_h, lc.centred)
+    t = state.stats.batch(batch["index"].cpu(), device)
     rat = anc = None
     if use_prefix:
         if "prefix_mu" not in t:
@@ -250,52 +268,51 @@ def loss(module, batch: dict[str, torch.Tensor], norm) -> tuple[torch.Tensor, di
         mu_t = t["prefix_mu"][rows_t, (k - 1).clamp(min=0)]  # [B, L, r]
         valid = t["valid"] & (k > 0) & t["prefix_valid"][rows_t, (k - 1).clamp(min=0)]
         if lc.prefix_norm == "std":
-            var = student.lori_prefix_var.to(device)[(k - 1).clamp(min=0)]  # [B, L, r]
+            var = state.prefix_var[(k - 1).clamp(min=0)]  # [B, L, r]
             rat = standardized_loss(mu_s, mu_t, var, example_mask=valid, num_examples=norm.examples)
         else:
             rat, _ = rationale_loss(mu_s, None, mu_t, None, first_order=True, second_order=False,
                                     normalize=lc.normalize, centred=lc.centred, example_mask=valid,
-                                    num_examples=norm.examples, scale=student.lori_scale.to(device))
+                                    num_examples=norm.examples, scale=state.scale)
         parts["rat_prefix"] = rat.detach()
         use_rat = True
     elif use_rat:
         rat, rparts = rationale_loss(mu_s, C_s, t["mu"], t["cov"], lam=lc.lam, first_order=lc.first_order,
                                      second_order=lc.second_order, normalize=lc.normalize, centred=lc.centred,
                                      example_mask=t["valid"], num_examples=norm.examples,
-                                     scale=student.lori_scale.to(device))
+                                     scale=state.scale)
         parts["rat_mean"], parts["rat_cov"] = rparts["mean"], rparts["cov"]
     if lc.anchor:
         anc = anchor_loss(a_s, t["anchor"], normalize=lc.normalize, example_mask=t["valid"],
-                          num_examples=norm.examples, scale=student.lori_anchor_scale.to(device),
+                          num_examples=norm.examples, scale=state.anchor_scale,
                           layer_weights=None if lc.anchor_layer_mean else [1.0] * a_s.shape[1])
         parts["anc"] = anc.detach()
     total = ce if not (use_rat or lc.anchor) else combine(ce, rat, anc, alpha=lc.alpha, beta=lc.beta,
                                                           use_anchor=lc.anchor, use_rationale=use_rat)
     if lc.step_anchors:
-        st = step_anchor_loss(student, out, batch, t, layers, basis, norm)
+        st = step_anchor_loss(state, out, batch, t, norm)
         parts["step_anc"] = st.detach()
         total = total + lc.alpha * lc.step_weight * st
     return total, parts
 
 
-def step_anchor_loss(student: LatentStudent, out: LatentOutput, batch, t: dict, layers: list[int], basis,
-                     norm) -> torch.Tensor:
+def step_anchor_loss(state: LoriState, out: LatentOutput, batch, t: dict, norm) -> torch.Tensor:
     """lori.step_anchors: for each replaced step k, the state feeding its first thought (``<bot>`` for k = 1, else
     the thought before, index (k-1) c) against the teacher's hand-over state of step k, standardised per subspace
     direction by the teacher's variance across examples; summed over steps, averaged over examples."""
     if "step_anchor" not in t:
-        raise LoriError(f"{student.lori_cfg.cache_dir}: the cache has no step anchors (lori.step_anchors=true); run "
+        raise LoriError(f"{state.cfg.cache_dir}: the cache has no step anchors (lori.step_anchors=true); run "
                         "`lori precompute` again")
     device = out.latent_states.device
+    layers, c = state.layers, state.thoughts_per_step
     feed = torch.cat([out.prompt_states[:, layers, None], out.latent_states[:, layers, :-1]], dim=2)  # [B, L, K, d]
     S = t["step_anchor"].shape[1]
-    c = student.lori_thoughts_per_step
     steps = torch.arange(S, device=device)
     pos = (steps * c).clamp(max=feed.shape[2] - 1)[None].expand(feed.shape[0], -1)  # [B, S]
-    z = step_states(basis, feed, pos)  # [B, S, L', r]
+    z = step_states(state.basis, feed, pos)  # [B, S, L', r]
     valid = (steps[None] < batch["replaced_steps"].to(device)[:, None]) & t["step_valid"] & t["valid"][:, None]
     B, _, L, r = z.shape
-    var = student.lori_step_var.to(device)[None].expand(B, -1, -1, -1)
+    var = state.step_var[None].expand(B, -1, -1, -1)
     return standardized_loss(z.reshape(B * S, L, r), t["step_anchor"].reshape(B * S, L, r), var.reshape(B * S, L, r),
                              example_mask=valid.reshape(-1), num_examples=norm.examples)
 

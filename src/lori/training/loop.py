@@ -223,7 +223,7 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     train_set = load_split(cfg.data, "train")
     valid_set = load_split(cfg.data, "valid")
     module, tokenizer = build_model(cfg, method, train_set, resume_from)
-    method.setup_training(module, cfg, train_set)
+    method_state = method.setup_training(module, cfg, train_set, accelerator.device)  # what its loss reads
     # With one process there is nothing to shard over: train.sharding=fsdp then trains (and saves) unsharded.
     sharded = cfg.train.sharding == "fsdp" and world > 1
 
@@ -372,7 +372,7 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
             # process only holds its shard of the accumulated gradients.
             ctx = accelerator.no_sync(module) if a < accum - 1 and not sharded else contextlib.nullcontext()
             with ctx, accelerator.autocast():
-                loss, parts = method.loss(module, batch, norm)
+                loss, parts = method.loss(module, batch, norm, method_state)
                 # DDP and FSDP average gradients over processes; the loss is already normalised globally, so undo
                 # that.
                 accelerator.backward(loss * world)
