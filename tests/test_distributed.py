@@ -213,6 +213,27 @@ def test_two_process_resume_is_exact_with_dropout(tmp_path):
     assert {r["step"]: r["loss"] for r in losses(whole)} == {r["step"]: r["loss"] for r in losses(parts)}
 
 
+
+@pytest.mark.parametrize("method", ["lori", "codi"])
+def test_two_processes_match_one_for_the_methods_with_training_state(method, tmp_path):
+    """LoRi (its loss reads the teacher statistics and scales setup_training returned) and CODI (its teacher pass
+    runs the LM outside the DDP wrapper) under DDP: 2 processes x 1 accumulation step give one process x 2."""
+    opts = [f"method={method}", *TINY]
+    if method == "lori":
+        teacher = _teacher(tmp_path / "teacher")
+        opts += [f"lori.teacher={teacher}", f"lori.cache_dir={tmp_path / 'cache'}", "lori.rank=4",
+                 "lori.calib_size=64", "lori.latent_steps=2"]
+        precompute(load_config(None, opts))
+    else:
+        opts += ["codi.latent_steps=2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(load_config(None, [*opts, f"out_dir={one}"]))
+    done = accelerate_launch(2, "train", *opts, f"out_dir={two}")
+    assert "micro batch 8 x 2 process(es) x 1 accumulation step(s)" in done.stdout
+    _same_run(one, two, projector=True)
+    parts = {"lori": {"rat_mean", "rat_cov", "anc"}, "codi": {"ce_teacher", "distill"}}[method]
+    assert parts <= losses(two)[0].keys()
+
 # --------------------------------------------------------------------------------------------------------------
 # train.sharding=fsdp (FSDP2 over 2 CPU processes, gloo; lori.training.sharding)
 #
