@@ -147,8 +147,8 @@ def _poison(monkeypatch, at_step: int, term: str, value: float, micro_per_step: 
     method = METHODS["cot-sft"]
     real, calls = method.loss, []
 
-    def loss(module, batch, norm):
-        total, parts = real(module, batch, norm)
+    def loss(module, batch, norm, state):
+        total, parts = real(module, batch, norm, state)
         calls.append(1)
         if (len(calls) - 1) // micro_per_step + 1 >= at_step:
             if term == "ce":
@@ -241,8 +241,8 @@ def test_a_collapsed_model_is_warned_about(tmp_path, monkeypatch, capsys):
     method = METHODS["cot-sft"]
     real = method.loss
 
-    def loss(module, batch, norm):
-        total, parts = real(module, batch, norm)
+    def loss(module, batch, norm, state):
+        total, parts = real(module, batch, norm, state)
         vocab = module.get_output_embeddings().weight.shape[0]
         return total, {**parts, "ce": torch.tensor(math.log(vocab))}
 
