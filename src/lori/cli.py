@@ -26,6 +26,9 @@ from pathlib import Path
 
 from .errors import LoriError
 
+# Every other lori import is inside the function that needs it: `lori --help` and each command load only their own
+# modules (torch, transformers and accelerate load when a command that uses them runs).
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lori", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
