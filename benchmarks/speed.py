@@ -40,7 +40,7 @@ from lori.methods.lori import render_teacher, resolve_layers  # noqa: E402
 from lori.precompute import precompute, teacher_trajectories  # noqa: E402
 from lori.subspace.cache import read_manifest  # noqa: E402
 from lori.subspace.trajectory import trajectory_statistics  # noqa: E402
-from lori.training.model_setup import builtin_tokenizer  # noqa: E402
+from lori.models.setup import builtin_tokenizer  # noqa: E402
 
 # Each method's protocol object (lori.methods.common.Method): render, collate, wrap, loss, prompt, ...
 cot_sft, no_cot, codi, lori_method = (METHODS[k] for k in ("cot-sft", "no-cot", "codi", "lori"))

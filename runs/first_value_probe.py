@@ -18,7 +18,7 @@ from lori.methods import METHODS
 from lori.data.render import IGNORE
 from lori.models.build import load_pretrained
 from lori.training.checkpoint import resolve_checkpoint
-from lori.training.model_setup import configure_tokenizer
+from lori.models.setup import configure_tokenizer
 
 
 def main(run: str, stage: int, n: int = 200) -> None:

@@ -31,7 +31,7 @@ from lori.subspace.spectrum import (
     spectrum_summary,
 )
 from lori.training.checkpoint import CONFIG_FILE
-from lori.training.model_setup import builtin_tokenizer
+from lori.models.setup import builtin_tokenizer
 
 
 def _orthonormal(d, r, g):

@@ -21,7 +21,7 @@ from lori.models.build import tiny_model
 from lori.models.latent import PROJECTOR_FILE
 from lori.training.checkpoint import list_checkpoints
 from lori.training.loop import train
-from lori.training.model_setup import builtin_tokenizer
+from lori.models.setup import builtin_tokenizer
 
 TINY_MODEL = ModelConfig(arch="llama", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 

@@ -156,7 +156,7 @@ TINY = [
 def test_train_on_a_flipped_shard_is_one_line_and_precompute_again_repairs_it(tmp_path, capsys, monkeypatch):
     from lori.data import generate_multiplication
     from lori.models.build import tiny_model
-    from lori.training.model_setup import builtin_tokenizer
+    from lori.models.setup import builtin_tokenizer
 
     teacher, data = tmp_path / "teacher", tmp_path / "train.txt"
     examples = generate_multiplication(2, 2, 60, seed=5)

@@ -19,7 +19,7 @@ from lori.methods import lori as lori_method
 from lori.models.build import tiny_model
 from lori.models.latent import LatentStudent, Projector
 from lori.tasks import TASKS
-from lori.training.model_setup import builtin_tokenizer
+from lori.models.setup import builtin_tokenizer
 
 GOLDEN = [
     "a = 7 ; b = a * 7 ; c = b + 0 ; d = c - 9 ; ? d||<< b = 9 >> << c = 9 >> << d = 0 >> #### 0",

@@ -154,7 +154,7 @@ def _teacher(folder: Path) -> Path:
     """A random tiny LLaMA saved as a checkpoint folder (the teacher of a LoRi precompute)."""
     from lori.data.splits import load_split
     from lori.models.build import tiny_model
-    from lori.training.model_setup import builtin_tokenizer
+    from lori.models.setup import builtin_tokenizer
 
     cfg = load_config(None, ["method=lori", *TINY[:8]])
     tok = builtin_tokenizer(load_split(cfg.data, "train"))

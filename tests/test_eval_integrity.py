@@ -238,7 +238,7 @@ def test_generation_marks_exactly_the_problems_cut_at_max_new_tokens():
     from lori.data import generate_multiplication
     from lori.evaluation.generate import greedy_generate
     from lori.models.build import tiny_model
-    from lori.training.model_setup import builtin_tokenizer
+    from lori.models.setup import builtin_tokenizer
 
     tok = builtin_tokenizer(generate_multiplication(2, 2, 20, seed=0))
     torch.manual_seed(0)

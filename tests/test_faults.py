@@ -275,7 +275,7 @@ def teacher(tmp_path_factory) -> tuple[Path, Path]:
     """A random tiny LLaMA teacher checkpoint folder and a training file of 60 problems."""
     from lori.data import generate_multiplication
     from lori.models.build import tiny_model
-    from lori.training.model_setup import builtin_tokenizer
+    from lori.models.setup import builtin_tokenizer
 
     folder = tmp_path_factory.mktemp("teacher")
     data = folder.parent / f"{folder.name}-train.txt"

@@ -6,10 +6,10 @@ from lower ones, at module level or inside a function; never from a higher one:
     0 foundation  errors, utils, tasks (the answer policy)
     1 config      config
     2 leaves      data (schema, the written form, readers, generators, splits), losses, subspace
-    3 models      models (building, loading, tokenizer, checkpoint folders, the latent student)
+    3 models      models (building, loading, tokenizer, checkpoint folders, model setup, LoRA, the latent student)
     4 methods     methods (one file per method: rendering, loss, setup)
     5 evaluation  evaluation (generation, metrics, results files) but evaluation/run.py (the `lori eval` command)
-    6 training    training (the loop, checkpoint writer, model setup, LoRA, distributed helpers, run identity)
+    6 training    training (the loop, checkpoint writer, distributed helpers, sharding, trackers, run identity)
     7 commands    the package root and its commands: cli, precompute, analyze, pipeline, demo, compare, export,
                   harness, student (the Python API), evaluation/run.py
 

@@ -29,9 +29,9 @@ from lori.models.build import load_pretrained
 from lori.models.latent import PROJECTOR_FILE
 from lori.precompute import precompute
 from lori.training.checkpoint import list_checkpoints, save_checkpoint
-from lori.training.lora import ADAPTER_DIR, ADAPTER_WEIGHTS
+from lori.models.lora import ADAPTER_DIR, ADAPTER_WEIGHTS
 from lori.training.loop import train
-from lori.training.model_setup import build_model
+from lori.models.setup import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -48,6 +48,7 @@ from .methods import lori as lori_method
 from .methods.lori import Rendered, render_teacher, resolve_layers
 from .models.build import DTYPES, load_pretrained, num_layers
 from .models.checkpoint import checkpoint_config, resolve_checkpoint
+from .models.setup import configure_tokenizer
 from .precompute import teacher_trajectories
 from .subspace.basis import SecondMomentAccumulator, select_rank
 from .subspace.spectrum import (
@@ -59,7 +60,6 @@ from .subspace.spectrum import (
     spectrum_summary,
     top_subspace,
 )
-from .training.model_setup import configure_tokenizer
 from .analysis_report import ANALYSIS_JSON, MODES, REPORT_MD, render_report, write_figures
 from .utils import atomic_write_text
 

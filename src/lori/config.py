@@ -83,7 +83,7 @@ class ModelConfig:
     # Recompute activations in the backward pass (less memory, ~30% more compute). Latent students then run their
     # latent loop without a KV cache (lori.models.latent), which costs more per step.
     gradient_checkpointing: bool = False
-    # LoRA through peft (lori.training.lora): null = full fine-tuning. The method's own modules (LoRi's projector)
+    # LoRA through peft (lori.models.lora): null = full fine-tuning. The method's own modules (LoRi's projector)
     # and the <bot>/<eot> embeddings of latent students stay fully trainable; checkpoints hold merged weights.
     lora_r: int | None = None
     lora_alpha: float = 32.0

@@ -24,10 +24,10 @@ from .evaluation.report import ResultRow, read_results, write_results
 from .evaluation.run import evaluate_checkpoint
 from .methods import METHODS
 from .models.checkpoint import list_checkpoints, resolve_checkpoint
+from .models.setup import TINY_ARCH_KEYS
 from .precompute import precompute
 from .training.identity import check_reuse
 from .training.loop import train
-from .training.model_setup import TINY_ARCH_KEYS
 
 TEACHER = "cot-sft"  # the teacher's method and folder name; its evaluation is the cot-sft row
 SIDES = ("teacher", "student")

@@ -28,12 +28,12 @@ from .data.splits import load_split
 from .errors import ConfigError, LoriError
 from .methods.lori import Rendered, fingerprint, render_teacher, resolve_layers, teacher_path
 from .models.build import load_pretrained, num_layers
+from .models.setup import configure_tokenizer
 from .subspace import Basis, LayerGramAccumulator, SecondMomentAccumulator, fit_bases, fit_layer_factor
 from .subspace.cache import CacheWriter, cache_bytes
 from .subspace.stats import triu_pack
 from .subspace.trajectory import prefix_means, step_states, trajectory_statistics
 from .training.distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
-from .training.model_setup import configure_tokenizer
 from .utils import check_writable
 
 @torch.no_grad()

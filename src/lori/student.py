@@ -29,8 +29,8 @@ from .evaluation.generate import decode, generate_batches
 from .methods import METHODS
 from .models.build import load_pretrained
 from .models.checkpoint import checkpoint_config, resolve_checkpoint
+from .models.setup import configure_tokenizer
 from .tasks import TASKS
-from .training.model_setup import configure_tokenizer
 
 
 @dataclass(frozen=True)

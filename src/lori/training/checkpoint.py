@@ -24,7 +24,7 @@ from ..errors import LoriError, WriteError
 # the writer and the resumable state stay here with the loop.
 from ..models.checkpoint import CONFIG_FILE, checkpoint_dir, list_checkpoints, resolve_checkpoint, step_dir
 from ..utils import share_tree, write_failed
-from .lora import is_peft_model, save_lora_checkpoint
+from ..models.lora import is_peft_model, save_lora_checkpoint
 
 STATE_FILE = "trainer_state.pt"
 SHARDED_DIR = "sharded"  # torch.distributed.checkpoint's folder of a checkpoint written under train.sharding=fsdp
@@ -125,7 +125,7 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, sta
     final = step_dir(out_dir, step)
     tmp = tmp or temporary_folder(out_dir, step)
     try:
-        if is_peft_model(model):  # merged weights for use + the adapter for exact resume (lori.training.lora)
+        if is_peft_model(model):  # merged weights for use + the adapter for exact resume (lori.models.lora)
             save_lora_checkpoint(model, tmp)
         else:
             model.save_pretrained(tmp, safe_serialization=True, **({} if state_dict is None else

@@ -47,6 +47,7 @@ from ..errors import ConfigError, LoriError
 from ..evaluation.evaluate import evaluate
 from ..methods import METHODS
 from ..methods.common import step_norm
+from ..models.setup import build_model
 from ..tasks import TASKS
 from ..utils import rng_state, seed_everything, set_rng_state
 from . import sharding as fsdp
@@ -55,7 +56,6 @@ from .checkpoint import (SHARDED_DIR, list_checkpoints, load_state, remove_parti
                          save_checkpoint, step_dir, temporary_folder, write_error)
 from .distributed import all_gather, broadcast_object, check_strategy, check_world, force_cpu
 from .identity import acquire_lock, release_lock, start_run, truncate_metrics
-from .model_setup import build_model
 
 
 def lr_lambda(cfg: Config):

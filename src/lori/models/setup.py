@@ -9,10 +9,10 @@ from ..config import Config, ModelConfig
 from ..data.render import set_chat_template
 from ..data.schema import Example
 from ..errors import ConfigError
-from ..models.build import load_pretrained, tiny_model
-from ..models.checkpoint import resolve_checkpoint
-from ..models.tokenizer import build_word_tokenizer
+from .build import load_pretrained, tiny_model
+from .checkpoint import resolve_checkpoint
 from .lora import apply_lora
+from .tokenizer import build_word_tokenizer
 
 
 def builtin_tokenizer(examples: list[Example]):
@@ -23,7 +23,7 @@ def build_model(cfg: Config, method, train_set: list[Example], resume_from=None)
     """Return ``(module, tokenizer)``; ``module`` is what the method trains (the LM, or a wrapper holding it).
 
     With LoRA (``model.lora_r``) a resumed run rebuilds its frozen starting weights as a fresh run does and loads
-    the adapter from ``resume_from`` (lori.training.lora); the checkpoint's merged weights are for use, not resume."""
+    the adapter from ``resume_from`` (lori.models.lora); the checkpoint's merged weights are for use, not resume."""
     lora = cfg.model.lora_r is not None
     source = None if lora else resume_from
     source = source or (resolve_checkpoint(cfg.model.init_from) if cfg.model.init_from else None)

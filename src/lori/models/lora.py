@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import LoriError
-from ..models.tokenizer import BOT, EOT
+from .tokenizer import BOT, EOT
 
 ADAPTER_DIR = "lora_adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
