@@ -156,6 +156,7 @@ def test_compare_end_to_end_and_reuse(tmp_path, capsys):
     assert cells["cot-sft"][-1] == "1.00x"  # the speedup column, against cot-sft
     # Digit-string answers: each row carries its digit share, and results.md the mean over seeds per method.
     from lori.evaluation.digits import digit_shares, read_predictions
+    from lori.evaluation.plots import answer_token_curves
     from lori.tasks import get_task
 
     for r, d in zip(rows, raw):
@@ -168,6 +169,11 @@ def test_compare_end_to_end_and_reuse(tmp_path, capsys):
         line = next(x for x in digits.splitlines() if x.startswith(f"| {method} |"))
         assert float(line.split("|")[4]) == pytest.approx(100 * mean, abs=0.051)
     assert (out / "accuracy_vs_tokens.png").stat().st_size > 1000
+    # the per-answer-digit training cross-entropy of every run is plotted (one panel per method, seeds averaged)
+    assert (out / "answer_token_ce.png").stat().st_size > 1000
+    for r in rows:
+        steps, curves = answer_token_curves(out / f"seed-{r.seed}" / r.method / "metrics.jsonl")
+        assert steps and len(curves) == 4, r.method  # 2x2 products: 4 answer digits, logged by every method
     first = capsys.readouterr().out
     assert "Mean over seeds" in first and "speedup vs cot-sft" in first and "Answer digits" in first
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from .config import Config, load_tree, to_dict
 from .errors import ConfigError, LoriError
 from .evaluation.digits import DigitShares, digit_shares, digit_table, mean_shares, read_predictions
-from .evaluation.plots import plot_accuracy_vs_tokens
+from .evaluation.plots import plot_accuracy_vs_tokens, plot_answer_token_ce
 from .evaluation.report import (ResultRow, aggregate_table, check_one_test_set, markdown_table, test_set_difference,
                                 write_results)
 from .evaluation.run import test_set_identity
@@ -155,10 +155,15 @@ def run_compare(teacher: str | Path, student: str | Path, methods: str | list[st
     what = f"{'x'.join(map(str, ref.data.digits))} multiplication" if task == "multiplication" else task
     plot_accuracy_vs_tokens(rows, out / "accuracy_vs_tokens.png",
                             title=f"{what}, {split} (n = {n}), {len(seeds)} seed{'s' * (len(seeds) > 1)}")
+    # Per-answer-token training cross-entropy of every trained run (the teacher's too), mean over seeds
+    digit_plot = plot_answer_token_ce(
+        {m: [Path(cfgs[s][m].out_dir) / "metrics.jsonl" for s in seeds] for m in methods},
+        out / "answer_token_ce.png", title=f"{what}: training cross-entropy of each answer token")
     print("\n" + markdown_table(rows))
     print(f"\nMean over seeds ({task} / {split}, n = {n}; accuracy ± 95% t-interval over seeds):\n")
     print(aggregate_table(rows))
     if digits:
         print(f"\nAnswer digits, mean over seeds (a diagnostic):\n\n{table}")
-    print(f"\n[{TAG}] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'accuracy_vs_tokens.png'}")
+    print(f"\n[{TAG}] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'accuracy_vs_tokens.png'}"
+          + (f", {digit_plot}" if digit_plot else ""))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -52,6 +53,72 @@ def plot_accuracy_vs_tokens(rows: list[ResultRow], path: Path, title: str = "") 
     ax.legend(loc="best", fontsize=7)
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def answer_token_curves(metrics: Path) -> tuple[list[int], list[list[float]]]:
+    """``(steps, curves)`` from a run's ``metrics.jsonl``: ``curves[j][i]`` is answer token j + 1's training
+    cross-entropy (``ce_ans{j+1}``) at ``steps[i]``; empty when the run logged none (answers of varying length)."""
+    steps, curves = [], []
+    for line in Path(metrics).read_text().splitlines():
+        record = json.loads(line)
+        values = [record[k] for k in sorted((k for k in record if k.startswith("ce_ans")), key=lambda k: int(k[6:]))]
+        if not values:
+            continue
+        if curves and len(values) != len(curves):
+            raise ValueError(f"{metrics}: step {record['step']} logs {len(values)} answer tokens, earlier steps "
+                             f"{len(curves)}")
+        curves = curves or [[] for _ in values]
+        steps.append(record["step"])
+        for curve, v in zip(curves, values):
+            curve.append(v)
+    return steps, curves
+
+
+def plot_answer_token_ce(runs: dict[str, list[Path]], path: Path, title: str = "") -> Path | None:
+    """One panel per label (a method): the training cross-entropy of every answer token (a line per token, d1 = the
+    first one written) against the optimizer step, averaged over the label's runs (seeds) at their common steps;
+    ln 10 (a uniform digit) is drawn for reference. None (no figure) when no run logged per-token values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {}
+    for label, paths in runs.items():
+        curves = [answer_token_curves(p) for p in paths if Path(p).is_file()]
+        curves = [c for c in curves if c[0]]
+        if not curves:
+            continue
+        common = sorted(set.intersection(*(set(s) for s, _ in curves)))
+        mean = [[sum(c[j][s.index(t)] for s, c in curves) / len(curves) for t in common]
+                for j in range(len(curves[0][1]))]
+        panels[label] = (common, mean, len(curves))
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=110, squeeze=False, sharey=True)
+    cmap = plt.get_cmap("viridis")
+    for ax, (label, (steps, mean, n)) in zip(axes.flat, panels.items()):
+        for j, curve in enumerate(mean):
+            ax.plot(steps, curve, color=cmap(j / max(1, len(mean) - 1)), lw=1.2, label=f"d{j + 1}")
+        ax.axhline(math.log(10), color="grey", ls=":", lw=1)
+        ax.set_title(label + (f" (mean of {n} runs)" if n > 1 else ""), fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("answer-token CE (nats)")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, ncol=2, loc="upper right")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IGNORE_INDEX", "token_cross_entropy"]
+__all__ = ["IGNORE_INDEX", "answer_token_ce", "token_cross_entropy"]
 
 IGNORE_INDEX = -100
 
@@ -44,3 +44,29 @@ def token_cross_entropy(
             raise ValueError(f"num_tokens must be positive, got {num_tokens}")
         denom = torch.as_tensor(num_tokens, device=total.device).to(dt)
     return total / denom
+
+
+@torch.no_grad()
+def answer_token_ce(
+    logits: Tensor,
+    labels: Tensor,
+    answer_len: int,
+    num_examples: int,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
+    """Cross-entropy of each answer token, summed over the examples and divided by ``num_examples`` (a diagnostic:
+    where a student fails, e.g. the middle digits of a product; no gradient).
+
+    ``logits``/``labels`` are aligned as in :func:`token_cross_entropy`, and every row ends its supervised positions
+    with ``answer <eos>``, ``answer`` being ``answer_len`` tokens (the ``####`` marker before them is not counted):
+    answer token j (0-based) is the supervised position with ``answer_len + 1 - j`` supervised positions at or after
+    it. A row with fewer supervised positions contributes to the tokens it has. Returns float32 ``[answer_len]``.
+    """
+    sel = labels != ignore_index
+    after = sel.flip(1).long().cumsum(1).flip(1)  # supervised positions at or after t
+    pick = sel & (after >= 2) & (after <= answer_len + 1)
+    rows = logits[pick].float()
+    ce = F.cross_entropy(rows, labels[pick].long(), reduction="none") if rows.numel() else rows.new_zeros(0)
+    which = answer_len + 1 - after[pick]
+    out = torch.zeros(answer_len, dtype=torch.float32, device=logits.device)
+    return out.index_add_(0, which, ce) / num_examples

@@ -33,8 +33,8 @@ def wrap(lm, tokenizer, cfg, checkpoint=None):
 
 
 def loss(module, batch, norm, state=None):
-    _, ce = lori.student_ce(module, batch, norm)
-    return ce, {"ce": ce.detach()}
+    out, ce = lori.student_ce(module, batch, norm)
+    return ce, {"ce": ce.detach(), **lori.answer_parts(out, batch, norm)}
 
 
 METHOD = Method(name="coconut", render=render, prompt=lori.prompt, collate=lori.collate, wrap=wrap, loss=loss,

@@ -78,7 +78,8 @@ def loss(module, batch: dict[str, torch.Tensor], norm,
     h_t = torch.stack([h[rows, batch["teacher_anchor"]] for h in t.hidden_states], dim=1)  # [B, L+1, d]
     kd = hidden_distance(h_s, h_t, num_examples=norm.examples, kind=cc.distance)
     total = cc.alpha * ce_t + cc.beta * ce + cc.gamma * kd
-    return total, {"ce": ce.detach(), "ce_teacher": ce_t.detach(), "distill": kd.detach()}
+    return total, {"ce": ce.detach(), "ce_teacher": ce_t.detach(), "distill": kd.detach(),
+                   **lori.answer_parts(out, batch, norm)}
 
 
 METHOD = common.Method(name="codi", render=render, prompt=lori.prompt, collate=collate, wrap=wrap,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.render import IGNORE, segments
-from ..losses import token_cross_entropy
+from ..losses import answer_token_ce, token_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,17 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], norm: Norm,
     """Next-token cross-entropy on the supervised positions, summed and divided by the step's global token count."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     loss = token_cross_entropy(logits[:, :-1], batch["labels"][:, 1:], num_tokens=norm.tokens)
-    return loss, {"ce": loss.detach()}
+    return loss, {"ce": loss.detach(), **answer_parts(logits[:, :-1], batch["labels"][:, 1:], batch, norm)}
+
+
+def answer_parts(logits, labels, batch: dict, norm: Norm) -> dict[str, torch.Tensor]:
+    """``ce_ans1 .. ce_ansN``: the cross-entropy of each answer token (aligned ``logits``/``labels``), when the batch
+    carries ``answer_len`` (the training loop sets it when every training answer has the same number of tokens,
+    e.g. the 2N digits of an NxN product); else nothing."""
+    if "answer_len" not in batch:
+        return {}
+    ce = answer_token_ce(logits, labels, int(batch["answer_len"][0]), norm.examples)
+    return {f"ce_ans{j + 1}": v for j, v in enumerate(ce)}
 
 
 def plain_prompt(example, tokenizer) -> list[int]:

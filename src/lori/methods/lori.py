@@ -30,6 +30,7 @@ from ..subspace.basis import Basis
 from ..subspace.cache import TeacherStats, examples_digest, load_cache, teacher_digests
 from ..subspace.stats import triu_unpack
 from ..subspace.trajectory import step_states, trajectory_statistics
+from . import common
 from .common import Method
 
 
@@ -158,6 +159,8 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         "replaced_steps": torch.tensor([it.get("replaced_steps", 0) for it in items]),
         "final": items[0]["final"],
     }
+    if "answer_len" in items[0]:
+        out["answer_len"] = torch.tensor([it["answer_len"] for it in items])
     for i, it in enumerate(items):
         p, s = len(it["prompt_ids"]), len(it["suffix_ids"])
         out["prompt_ids"][i, P - p :] = torch.tensor(it["prompt_ids"])
@@ -237,11 +240,16 @@ def student_ce(module, batch: dict[str, torch.Tensor], norm) -> tuple[LatentOutp
     return out, token_cross_entropy(out.logits[:, :-1], batch["suffix_labels"][:, 1:], num_tokens=norm.tokens)
 
 
+def answer_parts(out: LatentOutput, batch: dict[str, torch.Tensor], norm) -> dict[str, torch.Tensor]:
+    """The per-answer-token cross-entropies (``common.answer_parts``) of a latent pass."""
+    return common.answer_parts(out.logits[:, :-1], batch["suffix_labels"][:, 1:], batch, norm)
+
+
 def loss(module, batch: dict[str, torch.Tensor], norm,
          state: LoriState) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     lc = state.cfg
     out, ce = student_ce(module, batch, norm)
-    parts = {"ce": ce.detach()}
+    parts = {"ce": ce.detach(), **answer_parts(out, batch, norm)}
     # (choice) The cached statistics describe the whole rationale, so L_rat applies once every step is latent (the
     # final curriculum stage); the anchor hand-over to the answer exists at every stage and L_anc applies throughout.
     use_rat = (lc.first_order or lc.second_order) and bool(batch["final"])

@@ -41,6 +41,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..config import Config, dump_config, save_config
+from ..data.render import segments
 from ..data.schema import Example
 from ..data.splits import load_split
 from ..errors import ConfigError, LoriError
@@ -121,7 +122,20 @@ class MetricsLog:
             self.accelerator.log(values, step=record["step"])
 
 
-def render_all(method, examples: list[Example], tokenizer, cfg: Config, stage: int) -> list[dict]:
+def answer_length(examples: list[Example], tokenizer) -> int | None:
+    """The number of answer tokens (between ``####`` and ``<eos>``) when every example has the same (an NxN
+    product's 2N digits), else None. Training then logs each answer token's cross-entropy (``ce_ans1..``)."""
+    lengths = set()
+    for ex in examples:
+        s = segments(ex, tokenizer)
+        lengths.add(len(s.answer) - s.marker_len - 1)
+        if len(lengths) > 1:
+            return None
+    return lengths.pop() if lengths else None
+
+
+def render_all(method, examples: list[Example], tokenizer, cfg: Config, stage: int,
+               answer_len: int | None = None) -> list[dict]:
     items, max_length = [], cfg.data.max_length
     for i, ex in enumerate(examples):
         item = method.render(ex, tokenizer, cfg, stage)
@@ -135,6 +149,8 @@ def render_all(method, examples: list[Example], tokenizer, cfg: Config, stage: i
                 "raise data.max_length or drop the example"
             )
         item["index"] = i
+        if answer_len:
+            item["answer_len"] = answer_len
         items.append(item)
     return items
 
@@ -285,7 +301,8 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     stage = clock.get("stage", cur.stage_at(step)) if adaptive else cur.stage_at(step)
     stage_start = clock.get("start", (stage - 1) * cur.steps_per_stage if cur.stages else 0)
     recent = collections.deque(clock.get("recent", []), maxlen=cur.advance_window)
-    items = render_all(method, train_set, tokenizer, cfg, stage)
+    answer_len = answer_length(train_set, tokenizer)
+    items = render_all(method, train_set, tokenizer, cfg, stage, answer_len)
     rendered = stage
     if sharded:  # FSDP is applied above; accelerate would wrap the module in DDP
         optimizer = accelerator.prepare(optimizer)
@@ -352,7 +369,7 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
         if not adaptive:
             stage = cur.stage_at(step)
         if stage != rendered:
-            items = render_all(method, train_set, tokenizer, cfg, stage)
+            items = render_all(method, train_set, tokenizer, cfg, stage, answer_len)
             rendered = stage
             if cfg.curriculum.reset_optimizer:
                 getattr(optimizer, "optimizer", optimizer).state.clear()
