@@ -109,11 +109,12 @@ def plot_answer_token_ce(runs: dict[str, list[Path]], path: Path, title: str = "
         for j, curve in enumerate(mean):
             ax.plot(steps, curve, color=cmap(j / max(1, len(mean) - 1)), lw=1.2, label=f"d{j + 1}")
         ax.axhline(math.log(10), color="grey", ls=":", lw=1)
+        ax.set_yscale("log")  # learned digits sit orders of magnitude below ln 10
         ax.set_title(label + (f" (mean of {n} runs)" if n > 1 else ""), fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
-        ax.set_ylabel("answer-token CE (nats)")
+        ax.set_ylabel("answer-token CE (nats, log)")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6, ncol=2, loc="upper right")
