@@ -172,7 +172,7 @@ class OnTheFlyStats:
 
 class PrecomputeProbe:
     """Times the pieces of one ``lori.precompute.precompute`` call by wrapping three of the functions it calls (in
-    its module namespace, for the duration of :meth:`attached` only): ``load_pretrained`` (model load),
+    its module namespace, for the duration of :meth:`attached` only): ``open_model`` (model load),
     ``teacher_trajectories`` (a no-grad teacher forward on one batch) and ``trajectory_statistics`` (the LoRi
     statistics of that batch in the subspace). A forward followed by statistics belongs to the statistics pass over
     the whole training set; a forward without is the calibration pass that fits the subspace. Each wrapped call
@@ -186,7 +186,7 @@ class PrecomputeProbe:
     @contextlib.contextmanager
     def attached(self):
         pc = precompute_module
-        saved = pc.load_pretrained, pc.teacher_trajectories, pc.trajectory_statistics
+        saved = pc.open_model, pc.teacher_trajectories, pc.trajectory_statistics
 
         def timed(fn):
             sync(self.device)
@@ -211,11 +211,11 @@ class PrecomputeProbe:
             self.calls[-1]["stats_s"] = dt
             return out
 
-        pc.load_pretrained, pc.teacher_trajectories, pc.trajectory_statistics = load, forward, stats
+        pc.open_model, pc.teacher_trajectories, pc.trajectory_statistics = load, forward, stats
         try:
             yield self
         finally:
-            pc.load_pretrained, pc.teacher_trajectories, pc.trajectory_statistics = saved
+            pc.open_model, pc.teacher_trajectories, pc.trajectory_statistics = saved
 
     def stats_pass(self) -> tuple[float, int, int]:
         """(seconds of teacher forward + statistics, examples, tokens) of the statistics pass."""
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> str:
         PartialState(cpu=device.type == "cpu")
         # Warm-up outside the timing: one teacher forward on the device (CUDA context, kernel selection).
         teacher.to(device).eval()
-        warm = [render_teacher(ex, tok) for ex in train[: cfg.lori.precompute_batch]]
+        warm = [render_teacher(ex, tok, cfg.model.chat_template) for ex in train[: cfg.lori.precompute_batch]]
         teacher_trajectories(teacher, warm, resolve_layers(cfg.lori, args.layers), tok.pad_token_id)
         del teacher, warm
         probe = PrecomputeProbe(device)
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> str:
             basis = state.basis
             fresh = OnTheFlyStats(type(basis).from_dict({k: v.to(device) for k, v in basis.to_dict().items()}))
             state.stats = fresh
-            rendered = [render_teacher(ex, tok) for ex in examples]
+            rendered = [render_teacher(ex, tok, cfg.model.chat_template) for ex in examples]
 
             def teacher_forward():
                 with torch.no_grad():
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> str:
 
         # --------------------------------------------------------------------------------------- inference
         probs = train[: args.problems]
-        segs = [segments(ex, tok) for ex in probs]
+        segs = [segments(ex, tok, cfg.model.chat_template) for ex in probs]
         teacher_new = max(len(s.rationale) + len(s.answer) for s in segs)
         student_new = max(len(s.answer) for s in segs)
         infer = {}
@@ -430,11 +430,11 @@ def main(argv: list[str] | None = None) -> str:
                 with PeakMemory(device) as mem:
                     if key == "teacher":
                         model, kw, new = lm(), {}, teacher_new
-                        prompts = [cot_sft.prompt(ex, tok) for ex in probs]
+                        prompts = [cot_sft.prompt(ex, tok, cfg) for ex in probs]
                     else:
                         s, _ = student()
                         model, kw, new = s.lm, lori_method.generation_kwargs(s, tok), student_new
-                        prompts = [lori_method.prompt(ex, tok) for ex in probs]
+                        prompts = [lori_method.prompt(ex, tok, cfg) for ex in probs]
                     value, steps = time_generation(model, prompts, pad, new, device, kw, mode)
                     del model, kw
                     if key == "student":

@@ -14,20 +14,18 @@ import torch
 
 from lori.config import load_config
 from lori.data.splits import load_split
+from lori.losses import IGNORE_INDEX
 from lori.methods import METHODS
-from lori.data.render import IGNORE
-from lori.models.build import load_pretrained
-from lori.training.checkpoint import resolve_checkpoint
-from lori.models.setup import configure_tokenizer
+from lori.models.checkpoint import resolve_checkpoint
+from lori.models.setup import open_model
 
 
 def main(run: str, stage: int, n: int = 200) -> None:
     ckpt = resolve_checkpoint(run)
     cfg = load_config(ckpt / "lori_config.yaml")
     method = METHODS[cfg.method]
-    lm, tok = load_pretrained(ckpt)
-    configure_tokenizer(tok, cfg)
-    module = method.wrap(lm, tok, cfg, ckpt).eval()
+    module, tok = open_model(ckpt, cfg, method.wrap)
+    module.eval()
     items = [method.render(ex, tok, cfg, stage) | {"index": i}
              for i, ex in enumerate(load_split(cfg.data, "valid")[:n])]
     b = method.collate(items, tok.pad_token_id)
@@ -40,7 +38,7 @@ def main(run: str, stage: int, n: int = 200) -> None:
     acc = (logits.argmax(-1) == labels).float()
     tokens = tok.convert_ids_to_tokens(b["suffix_ids"][0].tolist())
     for j in range(labels.shape[1]):
-        if (labels[:, j] != IGNORE).all():
+        if (labels[:, j] != IGNORE_INDEX).all():
             print(f"{j:2d} {tokens[j + 1]:>6} ce={ce[:, j].mean():.3f} acc={acc[:, j].mean():.2f}")
 
 

@@ -161,7 +161,7 @@ def test_controls_keep_everything_but_the_rationale():
     cfg = load_config(None, DATA)
     train = load_split(cfg.data, "train")
     tok = builtin_tokenizer(train)
-    item = render_teacher(train[0], tok)
+    item = render_teacher(train[0], tok, False)
     rng = random.Random(0)
     vocab = ordinary_vocabulary(tok)
     assert not set(vocab) & set(tok.all_special_ids)
@@ -198,7 +198,7 @@ def checkpoints(tmp_path_factory):
     scfg = load_config(None, ["method=lori", *TINY, *DATA, f"lori.teacher={teacher}", "lori.rank=4",
                               "lori.latent_steps=3"])
     slm, stok = load_pretrained(teacher)
-    student = lori_method.wrap(slm, stok, scfg)
+    student = lori_method.METHOD.wrap(slm, stok, scfg)
     folder = root / "student"
     student.lm.save_pretrained(folder)
     stok.save_pretrained(folder)

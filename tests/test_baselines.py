@@ -15,6 +15,7 @@ from lori.data import generate_multiplication
 from lori.errors import ConfigError
 from lori.losses import hidden_distance
 from lori.methods import METHODS, coconut, codi, icot_si, no_cot
+from lori.methods import latent
 from lori.methods import lori as lori_method
 from lori.methods.common import step_norm
 from lori.models.build import tiny_model
@@ -155,10 +156,10 @@ def test_coconut_renders_exactly_as_lori_and_trains_with_ce_only():
     assert coconut.final_thoughts(cfg) == 4  # stages x c, Coconut's pad_latent_to_max
     as_lori = load_config(None, ["method=lori", *common, "lori.latent_steps=4"])
     for stage, thoughts in [(1, 2), (2, 4), (3, 4)]:
-        item = coconut.render(ex, tok, cfg, stage)
-        assert item == lori_method.render(ex, tok, as_lori, stage)
+        item = coconut.METHOD.render(ex, tok, cfg, stage)
+        assert item == lori_method.METHOD.render(ex, tok, as_lori, stage)
         assert item["latent_steps"] == thoughts
-    assert coconut.render(ex, tok, load_config(None, ["method=coconut", *common, "coconut.latent_steps=7"]),
+    assert coconut.METHOD.render(ex, tok, load_config(None, ["method=coconut", *common, "coconut.latent_steps=7"]),
                           3)["latent_steps"] == 7
     # The student: identity projector by default (nothing extra in the checkpoint), CE only.
     module, tok, examples, cfg, state = setup("coconut", *common)
@@ -166,7 +167,7 @@ def test_coconut_renders_exactly_as_lori_and_trains_with_ce_only():
     assert module.latent_steps == 4
     _, batch, norm = batch_of("coconut", examples, tok, cfg, 1)
     loss, parts = coconut.loss(module, batch, norm, state)
-    _, ce = lori_method.student_ce(module, batch, norm)
+    _, ce = latent.student_ce(module, batch, norm)
     assert float(loss.detach()) == float(ce.detach()) and set(parts) == {"ce"}
 
 
@@ -234,7 +235,7 @@ def test_codi_distillation_gradient_flows_through_the_student_only():
                       output_hidden_states=True)
     rows = torch.arange(4)
     h_t = torch.stack([h[rows, batch["teacher_anchor"]] for h in t.hidden_states], dim=1)
-    out, _ = lori_method.student_ce(module, batch, norm)
+    out, _ = latent.student_ce(module, batch, norm)
     h_s = torch.stack([h[rows, batch["anchor"]] for h in out.suffix_states], dim=1)
     ref = hidden_distance(h_s, h_t, num_examples=4)
     torch.testing.assert_close(loss, ref)

@@ -129,20 +129,20 @@ def _student(n_steps=(1, 3)):
     torch.manual_seed(0)
     lm = tiny_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok, 128)
     cfg = load_config(None, ["method=lori", "curriculum.stages=3", "curriculum.thoughts_per_step=2"])
-    student = lori_method.wrap(lm, tok, cfg).eval()
+    student = lori_method.METHOD.wrap(lm, tok, cfg).eval()
     return student, tok, exs, cfg
 
 
 def test_curriculum_batch_gives_every_example_its_own_thoughts():
     student, tok, exs, cfg = _student()
-    items = [lori_method.render(ex, tok, cfg, stage=3) | {"index": i} for i, ex in enumerate(exs)]
+    items = [lori_method.METHOD.render(ex, tok, cfg, stage=3) | {"index": i} for i, ex in enumerate(exs)]
     assert [it["latent_steps"] for it in items] == [2, 6]  # min(stage, steps) x c
-    batch = lori_method.collate(items, tok.pad_token_id)
+    batch = lori_method.METHOD.collate(items, tok.pad_token_id)
     with torch.no_grad():
         together = student(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"],
                            latent_steps=batch["latent_steps"])
         for i, it in enumerate(items):
-            one = lori_method.collate([it], tok.pad_token_id)
+            one = lori_method.METHOD.collate([it], tok.pad_token_id)
             alone = student(one["prompt_ids"], one["prompt_mask"], one["suffix_ids"], one["suffix_mask"],
                             latent_steps=it["latent_steps"])
             S = one["suffix_ids"].shape[1]
@@ -158,7 +158,7 @@ def test_render_all_counts_latent_positions(tmp_path):
     student, tok, exs, cfg = _student()
     from lori.methods import METHODS
 
-    longest = max(sum(len(v) for k, v in lori_method.render(ex, tok, cfg, 4).items() if k.endswith("_ids"))
+    longest = max(sum(len(v) for k, v in lori_method.METHOD.render(ex, tok, cfg, 4).items() if k.endswith("_ids"))
                   for ex in exs)
     tight = load_config(None, ["method=lori", f"data.max_length={longest + cfg.lori.latent_steps - 1}"])
     with pytest.raises(LoriError, match="max_length"):
@@ -197,8 +197,8 @@ def test_thought_positions_cached_equals_uncached_and_generation(offset, stride)
     assert t.tolist() == [[12, 17, 22], [12, 17, 22]] and start.tolist() == [[23], [10]]
     student, tok, exs, cfg = _student()
     student.position_offset, student.position_stride = offset, stride
-    items = [lori_method.render(ex, tok, cfg, stage=4) | {"index": i} for i, ex in enumerate(exs)]
-    batch = lori_method.collate(items, tok.pad_token_id)
+    items = [lori_method.METHOD.render(ex, tok, cfg, stage=4) | {"index": i} for i, ex in enumerate(exs)]
+    batch = lori_method.METHOD.collate(items, tok.pad_token_id)
     args = (batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"])
     with torch.no_grad():
         cached = student(*args, latent_steps=batch["latent_steps"])

@@ -54,11 +54,11 @@ def tiny_student(latent_steps=3, projector="mlp", arch="llama"):
     torch.manual_seed(0)
     lm = tiny_model(ModelConfig(arch=arch, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok, 128)
     cfg = load_config(None, ["method=lori", f"lori.latent_steps={latent_steps}", f"lori.projector={projector}"])
-    return lori_method.wrap(lm, tok, cfg), tok, examples, cfg
+    return lori_method.METHOD.wrap(lm, tok, cfg), tok, examples, cfg
 
 
 def render(ex, tok, cfg, stage=None):
-    return lori_method.render(ex, tok, cfg, cfg.curriculum.stages + 1 if stage is None else stage)
+    return lori_method.METHOD.render(ex, tok, cfg, cfg.curriculum.stages + 1 if stage is None else stage)
 
 
 def naive_latent(student: LatentStudent, prompt: list[int], suffix: list[int]):
@@ -81,7 +81,7 @@ def test_latent_loop_with_cache_equals_without(arch):
     student, tok, examples, cfg = tiny_student(arch=arch)
     student.eval()
     items = [render(ex, tok, cfg) | {"index": i} for i, ex in enumerate(examples[:4])]
-    batch = lori_method.collate(items, tok.pad_token_id)
+    batch = lori_method.METHOD.collate(items, tok.pad_token_id)
     with torch.no_grad():
         out = student(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"])
         for i, it in enumerate(items):
@@ -95,7 +95,7 @@ def test_latent_generation_matches_training_forward():
     """Greedy latent generation (KV cache, batched, left-padded) gives the tokens the teacher-forced pass predicts."""
     student, tok, examples, cfg = tiny_student()
     student.eval()
-    prompts = [lori_method.prompt(ex, tok) for ex in examples[:4]]
+    prompts = [lori_method.METHOD.prompt(ex, tok, cfg) for ex in examples[:4]]
     gen = greedy_generate(student.lm, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_new_tokens=6,
                           **student.generation_kwargs())
     for p, toks, steps in zip(prompts, gen.tokens, gen.steps):
@@ -120,7 +120,7 @@ def test_cached_statistics_equal_on_the_fly(teacher, tmp_path):
     from lori.models.build import load_pretrained
 
     lm, tok = load_pretrained(folder)
-    items = [render_teacher(ex, tok) for ex in train[30:35]]
+    items = [render_teacher(ex, tok, False) for ex in train[30:35]]
     h, mask, anchor = teacher_trajectories(lm, items, [1, 2], tok.pad_token_id)
     mu, C, a = trajectory_statistics(stats.basis, h, mask, anchor, centred=True)
     torch.testing.assert_close(stats.mu[30:35], mu, atol=1e-5, rtol=1e-4)
@@ -181,10 +181,10 @@ def test_gradients_reach_student_and_projector_only(teacher, tmp_path):
     from lori.models.build import load_pretrained
 
     lm, tok = load_pretrained(folder)
-    student = lori_method.wrap(lm, tok, cfg)
+    student = lori_method.METHOD.wrap(lm, tok, cfg)
     state = lori_method.setup_training(student, cfg, train)
     items = [render(ex, tok, cfg) | {"index": i} for i, ex in enumerate(train[:8])]
-    batch = lori_method.collate(items, tok.pad_token_id)
+    batch = lori_method.METHOD.collate(items, tok.pad_token_id)
     loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=8), state)
     assert set(parts) == {"ce", "rat_mean", "rat_cov", "anc"} and all(torch.isfinite(v) for v in parts.values())
     loss.backward()
@@ -203,10 +203,10 @@ def test_ablation_switches_change_the_loss_parts(teacher, tmp_path):
                             (["lori.second_order=false"], {"ce", "rat_mean", "rat_cov", "anc"})]:
         cfg = lori_cfg(folder, tmp_path / "cache", *extra)
         lm, tok = load_pretrained(folder)
-        student = lori_method.wrap(lm, tok, cfg)
+        student = lori_method.METHOD.wrap(lm, tok, cfg)
         state = lori_method.setup_training(student, cfg, train)
         items = [render(ex, tok, cfg) | {"index": i} for i, ex in enumerate(train[:4])]
-        batch = lori_method.collate(items, tok.pad_token_id)
+        batch = lori_method.METHOD.collate(items, tok.pad_token_id)
         _, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=4), state)
         assert set(parts) == expected
         if "lori.second_order=false" in extra:
@@ -223,7 +223,7 @@ def test_curriculum_renderings_at_each_stage():
     assert [cfg.curriculum.stage_at(s) for s in (0, 9, 10, 19, 20, 500)] == [1, 1, 2, 2, 3, 3]
     answer = tok.encode(f" #### {ex.answer}", add_special_tokens=False) + [tok.eos_token_id]
     for stage, thoughts, rest in [(1, 2, ex.steps[1:]), (2, 4, ex.steps[2:]), (3, 5, ())]:
-        item = lori_method.render(ex, tok, cfg, stage)
+        item = lori_method.METHOD.render(ex, tok, cfg, stage)
         language = tok.encode(" ".join(rest), add_special_tokens=False) if rest else []
         assert item["latent_steps"] == thoughts
         assert item["suffix_ids"] == [tok.convert_tokens_to_ids("<eot>")] + language + answer
@@ -243,7 +243,7 @@ def test_prefix_statistics_are_the_mean_over_the_first_steps(teacher, tmp_path):
 
     lm, tok = load_pretrained(folder)
     for i in (0, 7, 33):
-        r = render_teacher(train[i], tok)
+        r = render_teacher(train[i], tok, False)
         assert len(r.ends) == len(train[i].steps) and r.ends[-1] == r.length
         h, mask, _ = teacher_trajectories(lm, [r], list(range(1, 3)), tok.pad_token_id)
         z = stats.basis.project(h)[0]  # [L, T, r]
@@ -261,9 +261,9 @@ def test_prefix_statistics_are_the_mean_over_the_first_steps(teacher, tmp_path):
                                         "lori.prefix_statistics=true", f"model.init_from={folder}"),
                                METHODS["lori"], train)
     state = lori_method.setup_training(student, cfg, train)
-    items = [lori_method.render(ex, tok, cfg, stage=1) | {"index": i} for i, ex in enumerate(train[:6])]
+    items = [lori_method.METHOD.render(ex, tok, cfg, stage=1) | {"index": i} for i, ex in enumerate(train[:6])]
     assert {it["prefix_steps"] for it in items} == {1} and {it["latent_steps"] for it in items} == {1}
-    batch = lori_method.collate(items, tok.pad_token_id)
+    batch = lori_method.METHOD.collate(items, tok.pad_token_id)
     loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=6), state)
     assert "rat_prefix" in parts and float(parts["rat_prefix"]) > 0 and "rat_mean" not in parts
     loss.backward()
@@ -296,7 +296,7 @@ def test_step_anchors_point_at_each_steps_handover_and_train_the_thoughts(tmp_pa
     precompute(cfg)
     stats = load_cache(tmp_path / "cache")
     lm, tok = load_pretrained(folder)
-    r = render_teacher(train[0], tok)
+    r = render_teacher(train[0], tok, False)
     rationale = tok.convert_ids_to_tokens(r.input_ids[r.start : r.start + r.length])
     assert [rationale[p] for p in r.handovers] == ["="] * 3
     assert [rationale[p + 1] for p in r.handovers] == [s.split()[3] for s in train[0].steps]  # the values
@@ -307,9 +307,9 @@ def test_step_anchors_point_at_each_steps_handover_and_train_the_thoughts(tmp_pa
     student, tok = build_model(cfg, METHODS["lori"], train)
     state = lori_method.setup_training(student, cfg, train)
     for stage, replaced in ((2, 2), (4, 3)):
-        items = [lori_method.render(ex, tok, cfg, stage) | {"index": i} for i, ex in enumerate(train[:4])]
+        items = [lori_method.METHOD.render(ex, tok, cfg, stage) | {"index": i} for i, ex in enumerate(train[:4])]
         assert {it["replaced_steps"] for it in items} == {replaced}
-        batch = lori_method.collate(items, tok.pad_token_id)
+        batch = lori_method.METHOD.collate(items, tok.pad_token_id)
         student.zero_grad()
         norm = Norm(tokens=sum(it["n_target"] for it in items), examples=4)
         loss, parts = lori_method.loss(student, batch, norm, state)
@@ -338,10 +338,10 @@ def test_lori_loss_golden_value(teacher, tmp_path):
     precompute(cfg)
     lm, tok = load_pretrained(folder)
     torch.manual_seed(0)  # the projector's initialisation
-    student = lori_method.wrap(lm, tok, cfg)
+    student = lori_method.METHOD.wrap(lm, tok, cfg)
     state = lori_method.setup_training(student, cfg, train)
     items = [render(ex, tok, cfg) | {"index": i} for i, ex in enumerate(train[:8])]
-    batch = lori_method.collate(items, tok.pad_token_id)
+    batch = lori_method.METHOD.collate(items, tok.pad_token_id)
     loss, parts = lori_method.loss(student, batch, Norm(tokens=sum(it["n_target"] for it in items), examples=8), state)
     got = {"loss": float(loss.detach())} | {k: float(v) for k, v in parts.items()}
     # L = L_task + alpha (L_rat + beta L_anc), L_rat = mean + lam cov (docs/methods.md), from the parts by hand

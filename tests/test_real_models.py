@@ -24,7 +24,7 @@ from lori.evaluation.generate import greedy_generate
 from lori.evaluation.run import eval_checkpoints
 from lori.methods import METHODS
 from lori.methods import lori as lori_method
-from lori.data.render import segments, set_chat_template
+from lori.data.render import check_chat_template, segments
 from lori.models.build import load_pretrained
 from lori.models.latent import PROJECTOR_FILE
 from lori.precompute import precompute
@@ -215,8 +215,8 @@ def test_lora_trains_only_adapters_projector_and_latent_token_rows(arch, folders
     frozen_before = {n: p.detach().clone() for n, p in student.named_parameters() if not p.requires_grad}
     emb_before = student.lm.get_input_embeddings()(torch.arange(len(tok))).detach().clone()
     train_set = read_icot(aug["train"])[:4]
-    items = [lori_method.render(ex, tok, cfg, 1) | {"index": i} for i, ex in enumerate(train_set)]
-    batch = lori_method.collate(items, tok.pad_token_id)
+    items = [lori_method.METHOD.render(ex, tok, cfg, 1) | {"index": i} for i, ex in enumerate(train_set)]
+    batch = lori_method.METHOD.collate(items, tok.pad_token_id)
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(2):
         out = student(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"])
@@ -242,22 +242,22 @@ def test_lora_student_checkpoint_reloads_merged_and_generates_the_same(arch, fol
                 p.add_(torch.randn_like(p) * 0.1)
     student.eval()
     ckpt = save_checkpoint(tmp_path, 1, student.lm, tok, cfg, {"step": 1},
-                           extra_tensors=lori_method.extra_tensors(student))
+                           extra_tensors=lori_method.METHOD.extra_tensors(student))
     assert (ckpt / ADAPTER_DIR / ADAPTER_WEIGHTS).is_file() and not (ckpt / "adapter_config.json").exists()
     lm, tok2 = load_pretrained(ckpt)  # no peft involved: an ordinary checkpoint
     assert type(lm).__name__ == type(student.lm.get_base_model()).__name__
-    again = lori_method.wrap(lm, tok2, cfg, ckpt).eval()
+    again = lori_method.METHOD.wrap(lm, tok2, cfg, ckpt).eval()
     assert len(tok2) == len(tok)
     examples = read_icot(aug["test"])[:4]
-    items = [lori_method.render(ex, tok, cfg, 1) | {"index": i} for i, ex in enumerate(examples)]
-    batch = lori_method.collate(items, tok.pad_token_id)
+    items = [lori_method.METHOD.render(ex, tok, cfg, 1) | {"index": i} for i, ex in enumerate(examples)]
+    batch = lori_method.METHOD.collate(items, tok.pad_token_id)
     with torch.no_grad():
         a = student(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"])
         b = again(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"])
     # peft computes the tied head's trainable rows apart from the rest (other rounding than the merged matrix)
     torch.testing.assert_close(b.logits, a.logits, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(b.latent_states, a.latent_states, atol=1e-3, rtol=1e-3)
-    prompts = [lori_method.prompt(ex, tok) for ex in examples]
+    prompts = [lori_method.METHOD.prompt(ex, tok, cfg) for ex in examples]
     kw = dict(eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_new_tokens=8)
     live = greedy_generate(student.lm, prompts, **kw, **student.generation_kwargs())
     reloaded = greedy_generate(again.lm, prompts, **kw, **again.generation_kwargs())
@@ -319,9 +319,9 @@ def test_gradient_checkpointing_latent_pass_equals_cached_pass(arch, folders, au
         torch.manual_seed(0)
         student, tok = build_model(cfg, METHODS["lori"], [])
         student.train()
-        items = [lori_method.render(ex, tok, cfg, 1) | {"index": i}
+        items = [lori_method.METHOD.render(ex, tok, cfg, 1) | {"index": i}
                  for i, ex in enumerate(read_icot(aug["train"])[:3])]
-        batch = lori_method.collate(items, tok.pad_token_id)
+        batch = lori_method.METHOD.collate(items, tok.pad_token_id)
         out = student(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"])
         real = batch["suffix_mask"].bool()  # padded suffix positions differ (never supervised)
         loss = out.logits[real].float().logsumexp(-1).mean() + out.latent_states.float().pow(2).mean()
@@ -341,17 +341,17 @@ def test_gradient_checkpointing_latent_pass_equals_cached_pass(arch, folders, au
 def test_chat_template_wraps_the_question(bpe, aug):
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe.backend_tokenizer, bos_token="<s>", eos_token="</s>")
     ex = read_icot(aug["test"])[0]
-    plain = segments(ex, tok)
+    plain = segments(ex, tok, False)
     with pytest.raises(ConfigError, match="chat template"):
-        set_chat_template(tok, True)
+        check_chat_template(tok, True)
+    with pytest.raises(ConfigError, match="chat template"):
+        segments(ex, tok, True)
     tok.chat_template = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}" \
                         "{% if add_generation_prompt %}assistant: {% endif %}"
-    set_chat_template(tok, True)
-    chat = segments(ex, tok)
+    chat = segments(ex, tok, True)
     assert tok.decode(chat.prompt) == f"<s>user: {ex.question}\nassistant: ||"
     assert chat.rationale == plain.rationale and chat.answer == plain.answer
-    set_chat_template(tok, False)
-    assert segments(ex, tok) == plain
+    assert segments(ex, tok, False) == plain  # the flag is passed, not kept on the tokenizer
 
 
 # ------------------------------------------------------------------------------------------------ model names

@@ -265,7 +265,7 @@ def render_report(res: dict) -> str:
     lines = [
         "# Low-rank structure of reasoning trajectories",
         "",
-        f"Teacher `{res['teacher']}`" + (f", LoRi student `{res['student']}`" if res["student"] else "") +
+        f"Teacher `{res['teacher']}`" + (f", latent student `{res['student']}`" if res["student"] else "") +
         f"; {res['n_problems']} {res['task']} problems from the {res['split']} split "
         f"({res['n_sampled']} sampled, seed of the data config); layers {res['layers']} of {res['num_layers']}; "
         f"hidden size d = {d}; analysis rank r = {r} ({res['rank_rule']}). Rationales have "

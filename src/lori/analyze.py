@@ -1,5 +1,6 @@
-"""``lori analyze``: how low-rank are the teacher's reasoning trajectories, against controls, and what does a LoRi
-student's latent reasoning look like next to them. Writes ``analysis.json``, PNG figures and ``report.md``.
+"""``lori analyze``: how low-rank are the teacher's reasoning trajectories, against controls, and what does a latent
+student's (LoRi, Coconut, CODI) reasoning look like next to them. Writes ``analysis.json``, PNG figures and
+``report.md``.
 
 What is measured (conventions of :mod:`lori.subspace.spectrum`: spectra are singular values ``s``, every number is a
 function of the energies ``s²``; entropy effective rank uses ``p = s²/sum s²``):
@@ -44,11 +45,11 @@ from .data.chains import intermediate_values
 from .data.splits import SPLITS, load_split
 from .errors import ConfigError, LoriError
 from .evaluation.generate import greedy_generate
-from .methods import lori as lori_method
+from .methods import METHODS
 from .methods.lori import Rendered, render_teacher, resolve_layers
-from .models.build import DTYPES, load_pretrained, num_layers
+from .models.build import DTYPES, hidden_size, num_layers
 from .models.checkpoint import checkpoint_config, resolve_checkpoint
-from .models.setup import configure_tokenizer
+from .models.setup import open_model
 from .precompute import teacher_trajectories
 from .subspace.basis import SecondMomentAccumulator, select_rank
 from .subspace.spectrum import (
@@ -69,7 +70,7 @@ CONDITIONS = {
     "random_weights": "same architecture, random weights",
     "shuffled": "trained teacher, rationale tokens shuffled within each problem",
     "random_tokens": "trained teacher, rationale tokens replaced by random vocabulary tokens",
-    "student": "LoRi student, latent steps",
+    "student": "latent student, latent steps",
 }
 LABELS = {  # short legend labels; the full descriptions are in the report
     "teacher": "teacher (real rationales)",
@@ -104,9 +105,9 @@ def analysis_configs(teacher: Path, student: Path | None, overrides: list[str]) 
         raise ConfigError(f"lori analyze takes data.* and lori.* overrides only, got {bad[0]!r}")
     tcfg = checkpoint_config(teacher, overrides)
     scfg = None if student is None else checkpoint_config(student, overrides)
-    if scfg is not None and scfg.method != "lori":
-        raise LoriError(f"--student {student}: a LoRi student checkpoint is expected, but it was trained with "
-                        f"method {scfg.method!r}")
+    if scfg is not None and METHODS[scfg.method].thoughts is None:
+        raise LoriError(f"--student {student}: a latent student checkpoint (lori, coconut, codi) is expected, but "
+                        f"it was trained with method {scfg.method!r}, which has no latent steps")
     return tcfg, scfg
 
 
@@ -228,7 +229,7 @@ def _device():
 @torch.no_grad()
 def collect_teacher(lm, items: list[Rendered], layers: list[int], pad_id: int, positions: int,
                     batch_size: int) -> TrajectoryAccumulator:
-    d = lm.get_input_embeddings().weight.shape[1]
+    d = hidden_size(lm)
     acc = TrajectoryAccumulator(len(layers), d, positions)
     for i in range(0, len(items), batch_size):
         h, mask, _ = teacher_trajectories(lm, items[i : i + batch_size], layers, pad_id)
@@ -239,12 +240,13 @@ def collect_teacher(lm, items: list[Rendered], layers: list[int], pad_id: int, p
 def _student_batches(student, tokenizer, cfg: Config, examples, batch_size: int):
     final = cfg.curriculum.stages + 1
     device = next(student.parameters()).device
+    method = METHODS[cfg.method]
     for i in range(0, len(examples), batch_size):
-        items = [lori_method.render(ex, tokenizer, cfg, final) | {"index": j}
+        items = [method.render(ex, tokenizer, cfg, final) | {"index": j}
                  for j, ex in enumerate(examples[i : i + batch_size])]
-        b = lori_method.collate(items, tokenizer.pad_token_id)
+        b = method.collate(items, tokenizer.pad_token_id)
         out = student(b["prompt_ids"].to(device), b["prompt_mask"].to(device), b["suffix_ids"].to(device),
-                      b["suffix_mask"].to(device), latent_steps=cfg.lori.latent_steps)
+                      b["suffix_mask"].to(device), latent_steps=method.thoughts.latent_steps(cfg))
         yield out.latent_states.float(), out.prompt_states.float()  # [B, L+1, K, d], [B, L+1, d]
 
 
@@ -263,7 +265,7 @@ def step_value_probe(student, tokenizer, cfg: Config, examples, batch_size: int)
         return None
     head = student.lm.get_output_embeddings()
     c = cfg.curriculum.thoughts_per_step
-    n_steps = min(max(len(v) for v in values), cfg.lori.latent_steps // c)
+    n_steps = min(max(len(v) for v in values), METHODS[cfg.method].thoughts.latent_steps(cfg) // c)
     hits, counts = [0] * n_steps, [0] * n_steps
     i = 0
     for latent, prompt in _student_batches(student, tokenizer, cfg, examples, batch_size):
@@ -288,7 +290,7 @@ def probe_student(student, tokenizer, cfg: Config, examples, top_k: int = 5) -> 
     last = states[:, -1]  # [B, K, d]: the final hidden state (after the final norm in HF decoders)
     probs = torch.softmax(head(last.to(head.weight.dtype)).float(), dim=-1)
     p, idx = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-    gen = greedy_generate(student.lm, [lori_method.prompt(ex, tokenizer) for ex in examples],
+    gen = greedy_generate(student.lm, [METHODS[cfg.method].prompt(ex, tokenizer, cfg) for ex in examples],
                           eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, max_new_tokens=64,
                           **student.generation_kwargs())
     out = []
@@ -369,13 +371,12 @@ def analyze(checkpoint: str | Path, overrides: list[str] | None = None, student:
     sample = [examples[i] for i in picked]
     device = _device()
 
-    lm, tokenizer = load_pretrained(teacher_ckpt, tcfg.model.dtype)
-    configure_tokenizer(tokenizer, tcfg)  # rendering options, as in `lori precompute` / `lori eval`
+    lm, tokenizer = open_model(teacher_ckpt, tcfg)
     lm.eval().requires_grad_(False).to(device)
     L_total = num_layers(lm)
     layers = resolve_layers(lcfg, L_total)
-    d = lm.get_input_embeddings().weight.shape[1]
-    rendered = [render_teacher(ex, tokenizer) for ex in sample]
+    d = hidden_size(lm)
+    rendered = [render_teacher(ex, tokenizer, tcfg.model.chat_template) for ex in sample]
     keep = [i for i, r in enumerate(rendered) if r.length > 0]
     if not keep:
         raise LoriError(f"none of the {len(sample)} sampled problems has a rationale: nothing to analyse")
@@ -435,8 +436,8 @@ def analyze(checkpoint: str | Path, overrides: list[str] | None = None, student:
                                                opts, device)
         if s_acc is not None:
             conditions["student"] = s_acc.result(
-                f"{CONDITIONS['student']} (K = {scfg.lori.latent_steps})", rank, lcfg.layer_rank, layers,
-                f"{LABELS['student']} (K = {scfg.lori.latent_steps})")
+                f"{CONDITIONS['student']} (K = {student_info['latent_steps']})", rank, lcfg.layer_rank, layers,
+                f"{LABELS['student']} (K = {student_info['latent_steps']})")
 
     result = {
         "version": 1,
@@ -474,12 +475,12 @@ def analyze(checkpoint: str | Path, overrides: list[str] | None = None, student:
 
 
 def _analyze_student(ckpt: Path, cfg: Config, sample, layers, teacher_M, rank, d, L_teacher, opts, device):
-    lm, tokenizer = load_pretrained(ckpt, cfg.model.dtype)
-    configure_tokenizer(tokenizer, cfg)
-    student = lori_method.wrap(lm, tokenizer, cfg, ckpt).eval().requires_grad_(False).to(device)
-    K = cfg.lori.latent_steps
-    d_s, L_s = lm.get_input_embeddings().weight.shape[1], num_layers(lm)
-    info = {"checkpoint": str(ckpt), "latent_steps": K, "projector": cfg.lori.projector,
+    thoughts = METHODS[cfg.method].thoughts
+    student, tokenizer = open_model(ckpt, cfg, thoughts.wrap)
+    student = student.eval().requires_grad_(False).to(device)
+    K = thoughts.latent_steps(cfg)
+    d_s, L_s = hidden_size(student.lm), num_layers(student.lm)
+    info = {"checkpoint": str(ckpt), "latent_steps": K, "projector": thoughts.projector(cfg),
             "hidden_size": d_s, "num_layers": L_s, "overlap": None, "overlap_skipped": None, "probe": []}
     acc = None
     if (d_s, L_s) != (d, L_teacher):

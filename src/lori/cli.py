@@ -63,10 +63,11 @@ def _parser() -> argparse.ArgumentParser:
                                                    "(`lori lm-eval --help` is lm_eval's help)")
 
     a = sub.add_parser("analyze", help="low-rank structure of teacher trajectories, with controls and plots; "
-                                       "optionally a LoRi student's latent subspace and a vocabulary probe")
+                                       "optionally a latent student's subspace and a vocabulary probe")
     a.add_argument("checkpoint", help="the teacher: a checkpoint folder or a run folder (newest checkpoint)")
     a.add_argument("overrides", nargs="*", help="data.* / lori.* overrides, e.g. lori.rank=8 lori.layers=[2,4]")
-    a.add_argument("--student", help="a LoRi student checkpoint or run folder: subspace overlap and latent probe")
+    a.add_argument("--student", help="a latent student (lori, coconut, codi) checkpoint or run folder: subspace "
+                                      "overlap and latent probe")
     a.add_argument("--data-split", default="train", choices=["train", "valid", "test"],
                    help="split the problems are sampled from (default: train)")
     a.add_argument("--n", type=int, default=256, help="problems to sample (default: 256)")

@@ -42,7 +42,6 @@ from .utils import check_writable, share_tree, write_failed
 
 STUDENT_FILE = "lori_student.json"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-LATENT_METHODS = ("lori", "coconut", "codi")
 # the benchmark each task is scored on, as a Hub dataset id (the model card's `datasets`)
 TASK_DATASETS = {"gsm8k": ["openai/gsm8k"], "gsm8k-hard": ["reasoning-machines/gsm-hard"],
                  "svamp": ["ChilleD/SVAMP"], "multiarith": ["ChilleD/MultiArith"]}
@@ -60,7 +59,13 @@ METHOD_PAPERS = {
 
 def projector_kind(cfg) -> str | None:
     """The projector of a latent method's thoughts (None for explicit methods)."""
-    return {"lori": cfg.lori.projector, "coconut": cfg.coconut.projector, "codi": cfg.codi.projector}.get(cfg.method)
+    thoughts = METHODS[cfg.method].thoughts
+    return None if thoughts is None else thoughts.projector(cfg)
+
+
+def is_latent(method: str) -> bool:
+    """Whether ``method`` runs latent steps (it declares :class:`lori.methods.latent.Thoughts`)."""
+    return METHODS[method].thoughts is not None
 
 
 def base_model(cfg, depth: int = 0) -> str | None:
@@ -145,7 +150,7 @@ def _yaml_list(key: str, values: list[str]) -> list[str]:
 def model_card(student, ckpt: Path, results_file: Path | None, rows: list, repo: str | None = None) -> str:
     """The README.md of an export: YAML front matter, then what the student is and how to use it."""
     cfg, method = student.cfg, student.method
-    latent = method in LATENT_METHODS
+    latent = is_latent(method)
     base = base_model(cfg)
     where = repo or "PATH/TO/THIS/FOLDER"
     front = ["---", f"library_name: {'lori' if latent else 'transformers'}", "pipeline_tag: text-generation",
@@ -240,7 +245,7 @@ def model_card(student, ckpt: Path, results_file: Path | None, rows: list, repo:
 def student_settings(student, ckpt: Path, folder: Path) -> dict:
     """``lori_student.json`` of the export ``folder`` of ``ckpt``: the latent settings, readable without lori."""
     cfg = student.cfg
-    latent = student.method in LATENT_METHODS
+    latent = is_latent(student.method)
     prompt = "[bos] question || <bot>" if latent else "[bos] question ||"
     return {
         "lori_version": __version__,
@@ -265,7 +270,7 @@ def generation_config(student):
     """Greedy decoding with the checkpoint's budget; ``lori_*`` keys say how a latent student generates."""
     from transformers import GenerationConfig
 
-    tok, latent = student.tokenizer, student.method in LATENT_METHODS
+    tok, latent = student.tokenizer, is_latent(student.method)
     extra = {"lori_method": student.method, "lori_latent_steps": student.latent_steps,
              "lori_generate_with": "lori.load(folder).generate(questions)"}
     if latent:

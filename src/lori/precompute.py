@@ -27,8 +27,8 @@ from .config import Config, check_subspace
 from .data.splits import load_split
 from .errors import ConfigError, LoriError
 from .methods.lori import Rendered, fingerprint, render_teacher, resolve_layers, teacher_path
-from .models.build import load_pretrained, num_layers
-from .models.setup import configure_tokenizer
+from .models.build import hidden_size, num_layers
+from .models.setup import open_model
 from .subspace import Basis, LayerGramAccumulator, SecondMomentAccumulator, fit_bases, fit_layer_factor
 from .subspace.cache import CacheWriter, cache_bytes
 from .subspace.stats import triu_pack
@@ -71,13 +71,12 @@ def precompute(cfg: Config) -> Path:
     rank, world, main, device = state.process_index, state.num_processes, state.is_main_process, state.device
     teacher = teacher_path(cfg)
     train = load_split(cfg.data, "train")
-    lm, tokenizer = load_pretrained(teacher, cfg.model.dtype)
-    configure_tokenizer(tokenizer, cfg)
+    lm, tokenizer = open_model(teacher, cfg)
     lm.eval().requires_grad_(False)
     lm.to(device)
     layers = resolve_layers(lc, num_layers(lm))
     # The subspace's bounds, before the calibration pass and before the cache folder exists.
-    check_subspace(lc, lm.get_input_embeddings().weight.shape[1], num_layers(lm), f"the teacher {teacher}")
+    check_subspace(lc, hidden_size(lm), num_layers(lm), f"the teacher {teacher}")
     fp = fingerprint(cfg, teacher, train, num_layers(lm))
     # Every process reads the same manifest before any is written (the barrier below); only the main one writes.
     writer = CacheWriter(Path(lc.cache_dir), fp, len(train), lc.shard_size)
@@ -87,8 +86,8 @@ def precompute(cfg: Config) -> Path:
         for partial in writer.remove_partial_files():
             print(f"[lori] removed {partial}: a file an interrupted precompute did not finish writing")
     state.wait_for_everyone()
-    rendered = [render_teacher(ex, tokenizer) for ex in train]
-    d = lm.get_input_embeddings().weight.shape[1]
+    rendered = [render_teacher(ex, tokenizer, cfg.model.chat_template) for ex in train]
+    d = hidden_size(lm)
     pad = tokenizer.pad_token_id
     bs = lc.precompute_batch
     t0 = time.perf_counter()

@@ -27,9 +27,8 @@ import torch
 from .data.schema import Example
 from .evaluation.generate import decode, generate_batches
 from .methods import METHODS
-from .models.build import load_pretrained
 from .models.checkpoint import checkpoint_config, resolve_checkpoint
-from .models.setup import configure_tokenizer
+from .models.setup import open_model
 from .tasks import TASKS
 
 
@@ -88,7 +87,7 @@ class Student:
         ids of ``[bos] question ||`` (explicit methods) or ``[bos] question || <bot>`` (latent ones)."""
         if isinstance(example, str):
             example = Example(example, (), "")
-        return self._method.prompt(example, self.tokenizer)
+        return self._method.prompt(example, self.tokenizer, self.cfg)
 
     def generation_kwargs(self) -> dict:
         """What the method adds to greedy decoding: K, the projector, ``<eot>``, the thought positions (none for
@@ -138,12 +137,10 @@ def default_device() -> torch.device:
 
 
 def load_student(ckpt: str | Path, cfg, device=None) -> Student:
-    """The student in checkpoint folder ``ckpt`` trained with ``cfg``: its weights and tokenizer
-    (``load_pretrained``), the tokenizer's rendering options, the method's wrapper (e.g. a latent student's
-    projector, read from the folder), on ``device`` (default :func:`default_device`). ``lori eval`` loads with it."""
-    lm, tokenizer = load_pretrained(ckpt, cfg.model.dtype)
-    configure_tokenizer(tokenizer, cfg)
-    module = METHODS[cfg.method].wrap(lm, tokenizer, cfg, Path(ckpt))
+    """The student in checkpoint folder ``ckpt`` trained with ``cfg``: its weights and tokenizer and the method's
+    wrapper (e.g. a latent student's projector, read from the folder; :func:`lori.models.setup.open_model`), on
+    ``device`` (default :func:`default_device`). ``lori eval`` loads with it."""
+    module, tokenizer = open_model(ckpt, cfg, METHODS[cfg.method].wrap)
     module.eval()
     module.to(default_device() if device is None else device)
     return Student(module, tokenizer, cfg, Path(ckpt))

@@ -33,21 +33,18 @@ def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-CHAT_FLAG = "lori_chat_template"  # tokenizer attribute set from model.chat_template (set_chat_template)
-
-
-def set_chat_template(tokenizer: PreTrainedTokenizerBase, enabled: bool) -> None:
-    """``model.chat_template``: when enabled, :func:`segments` wraps the question in the tokenizer's chat template.
-
-    It travels as an attribute of the tokenizer, because every method's ``render``/``prompt`` receives the tokenizer
-    (training, precompute and evaluation all set it from the run's config)."""
-    if enabled and not getattr(tokenizer, "chat_template", None):
+def check_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: bool) -> None:
+    """Refuse ``model.chat_template=true`` for a tokenizer without a chat template (checked when a model is opened,
+    and again by :func:`segments`)."""
+    if chat_template and not getattr(tokenizer, "chat_template", None):
         raise ConfigError("model.chat_template=true, but the tokenizer has no chat template")
-    setattr(tokenizer, CHAT_FLAG, bool(enabled))
 
 
-def segments(example: Example, tokenizer: PreTrainedTokenizerBase) -> Segments:
-    if getattr(tokenizer, CHAT_FLAG, False):
+def segments(example: Example, tokenizer: PreTrainedTokenizerBase, chat_template: bool) -> Segments:
+    """The three segments of ``example``; ``chat_template`` (``model.chat_template``, passed by every caller from the
+    run's config) wraps the question in the tokenizer's chat template."""
+    if chat_template:
+        check_chat_template(tokenizer, chat_template)
         # The question is the user turn; the assistant turn opens with `||` and continues as without a template.
         # The template writes its own special tokens (BOS included where it has one), so none is added here.
         text = tokenizer.apply_chat_template([{"role": "user", "content": example.question}], tokenize=False,
@@ -61,6 +58,19 @@ def segments(example: Example, tokenizer: PreTrainedTokenizerBase) -> Segments:
     marker = encode(tokenizer, " ####")
     answer = marker + encode(tokenizer, f" {example.answer}") + [tokenizer.eos_token_id]
     return Segments(prompt, rationale, answer, len(marker))
+
+
+def answer_anchor(s: Segments) -> int:
+    """The position of the answer anchor (the last ``####`` token) in the explicit-CoT rendering ``prompt +
+    rationale + answer``."""
+    return len(s.prompt) + len(s.rationale) + s.marker_len - 1
+
+
+def explicit_cot(s: Segments) -> dict[str, list[int]]:
+    """The explicit-CoT rendering, ``prompt + rationale + answer`` supervised on rationale and answer: what CoT-SFT
+    trains, CODI's teacher pass reads and the LoRi teacher's trajectories are taken from (its anchor:
+    :func:`answer_anchor`)."""
+    return supervised(s.prompt, s.rationale + s.answer)
 
 
 def supervised(prefix: list[int], target: list[int]) -> dict[str, list[int]]:

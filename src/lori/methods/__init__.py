@@ -4,7 +4,7 @@ A method module ends with ``METHOD = Method(name=..., render=..., ...)`` (``lori
 fields are, the defaults being a plain causal-LM fine-tune's:
 - ``name``; ``render(example, tokenizer, cfg, stage) -> dict`` of token lists plus ``n_target`` (supervised tokens)
   and optionally further ``n_<name>`` counts (summed over each step into ``Norm.counts[name]``);
-  ``collate(items, pad_id) -> dict of tensors``; ``prompt(example, tokenizer)`` (the generation prompt);
+  ``collate(items, pad_id) -> dict of tensors``; ``prompt(example, tokenizer, cfg)`` (the generation prompt);
 - ``wrap(lm, tokenizer, cfg, checkpoint) -> module``: what is trained (the LM itself, or a wrapper holding it and
   the method's extra modules, restored from ``checkpoint`` when resuming);
 - ``setup_training(module, cfg, train_set, device) -> state``: the method's training-only state (e.g. LoRi's
@@ -14,7 +14,11 @@ fields are, the defaults being a plain causal-LM fine-tune's:
   detached parts for logging; ``module`` is what the loop trains (DDP-wrapped or not: the forward goes through it),
   ``state`` what ``setup_training`` returned;
 - ``generation_kwargs(module, tokenizer)``: extra arguments for ``greedy_generate`` (latent steps, projector);
-- ``extra_tensors(module)``: ``{file name: tensors}`` saved beside the LM in a checkpoint, or None.
+- ``extra_tensors(module)``: ``{file name: tensors}`` saved beside the LM in a checkpoint, or None;
+- ``thoughts``: a latent method's :class:`lori.methods.latent.Thoughts` (K and the projector, chosen once from its
+  config section; its ``render`` and ``wrap`` are the method's), None for explicit methods.
+
+``latent.py`` holds what the latent methods (LoRi, Coconut, CODI) share: rendering, batching, the student wrapper.
 """
 
 from . import coconut, codi, cot_sft, icot_si, lori, no_cot

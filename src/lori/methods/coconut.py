@@ -8,14 +8,15 @@ identity projector by default, ``coconut.projector``) as the next input embeddin
     L = CE on the remaining language steps and "#### answer <eos>"
 
 with c = ``curriculum.thoughts_per_step`` and K = ``coconut.latent_steps`` (default stages x c, Coconut's
-``pad_latent_to_max``). Rendering, batching, the student and its checkpoint are LoRi's (``methods/lori.py``).
+``pad_latent_to_max``). Rendering, batching, the student and its checkpoint are the latent family's
+(``methods/latent.py``).
 """
 
 from __future__ import annotations
 
-from ..data.schema import Example
-from . import lori
+from . import latent
 from .common import Method
+from .latent import Thoughts
 
 
 def final_thoughts(cfg) -> int:
@@ -24,18 +25,14 @@ def final_thoughts(cfg) -> int:
     return cfg.curriculum.stages * cfg.curriculum.thoughts_per_step if k is None else k
 
 
-def render(example: Example, tokenizer, cfg, stage: int) -> dict:
-    return lori.render(example, tokenizer, cfg, stage, latent_steps=final_thoughts(cfg))
-
-
-def wrap(lm, tokenizer, cfg, checkpoint=None):
-    return lori.wrap(lm, tokenizer, cfg, checkpoint, latent_steps=final_thoughts(cfg), projector=cfg.coconut.projector)
+THOUGHTS = Thoughts(latent_steps=final_thoughts, projector=lambda cfg: cfg.coconut.projector)
 
 
 def loss(module, batch, norm, state=None):
-    out, ce = lori.student_ce(module, batch, norm)
-    return ce, {"ce": ce.detach(), **lori.answer_parts(out, batch, norm)}
+    out, ce = latent.student_ce(module, batch, norm)
+    return ce, {"ce": ce.detach(), **latent.answer_parts(out, batch, norm)}
 
 
-METHOD = Method(name="coconut", render=render, prompt=lori.prompt, collate=lori.collate, wrap=wrap, loss=loss,
-                generation_kwargs=lori.generation_kwargs, extra_tensors=lori.extra_tensors)
+METHOD = Method(name="coconut", render=THOUGHTS.render, prompt=latent.prompt, collate=latent.collate,
+                wrap=THOUGHTS.wrap, loss=loss, generation_kwargs=latent.generation_kwargs,
+                extra_tensors=latent.extra_tensors, thoughts=THOUGHTS)

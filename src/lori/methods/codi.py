@@ -9,7 +9,8 @@ One model, two passes per batch::
     L       = alpha CE_T + beta CE_S + gamma L_KD
 
 The thoughts go through CODI's projector (``codi.projector``: Linear-GELU-Linear-LayerNorm) and K =
-``codi.latent_steps``. The student's rendering, batching and checkpoint are LoRi's (``methods/lori.py``; with
+``codi.latent_steps``. The student's rendering, batching and checkpoint are the latent family's
+(``methods/latent.py``; with
 ``curriculum.stages > 0`` the student follows the same staged curriculum, which CODI itself does not use);
 the distance is ``losses/codi.py``. Generation: K thoughts, ``<eot>``, then greedy answer tokens.
 """
@@ -21,35 +22,34 @@ from dataclasses import dataclass
 import torch
 
 from ..config import CodiConfig
-from ..data.render import segments, supervised
+from ..data.render import answer_anchor, explicit_cot, segments
 from ..data.schema import Example
 from ..errors import LoriError
 from ..losses import hidden_distance, token_cross_entropy
-from . import common, lori
+from . import common, latent
+from .latent import Thoughts
+
+THOUGHTS = Thoughts(latent_steps=lambda cfg: cfg.codi.latent_steps, projector=lambda cfg: cfg.codi.projector)
 
 
 def render(example: Example, tokenizer, cfg, stage: int) -> dict:
-    """The student's rendering (LoRi's, K = codi.latent_steps) plus ``teacher``: the CoT-SFT rendering and the
-    position of its last ``####`` token; ``n_teacher`` counts the teacher's supervised tokens."""
-    s = segments(example, tokenizer)
-    teacher = supervised(s.prompt, s.rationale + s.answer)
+    """The student's rendering (the latent family's, K = codi.latent_steps) plus ``teacher``: the explicit-CoT
+    rendering and its answer anchor (the last ``####`` token); ``n_teacher`` counts the teacher's supervised tokens."""
+    s = segments(example, tokenizer, cfg.model.chat_template)
+    teacher = explicit_cot(s)
     if len(teacher["input_ids"]) > cfg.data.max_length:  # the loop checks the student's rendering only
         raise LoriError(f"{example.source}: renders to {len(teacher['input_ids'])} tokens, over "
                         f"data.max_length={cfg.data.max_length}; raise data.max_length or drop the example")
     n_teacher = teacher.pop("n_target")
-    teacher["anchor"] = len(s.prompt) + len(s.rationale) + s.marker_len - 1
-    student = lori.render(example, tokenizer, cfg, stage, latent_steps=cfg.codi.latent_steps)
+    teacher["anchor"] = answer_anchor(s)
+    student = THOUGHTS.render(example, tokenizer, cfg, stage)
     return {**student, "teacher": teacher, "n_teacher": n_teacher}
 
 
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """LoRi's student batch, plus the teacher batch of ``common.collate`` under ``teacher_*`` keys."""
+    """The latent student's batch, plus the teacher batch of ``common.collate`` under ``teacher_*`` keys."""
     teacher = common.collate([it["teacher"] for it in items], pad_id)
-    return {**lori.collate(items, pad_id), **{f"teacher_{k}": v for k, v in teacher.items()}}
-
-
-def wrap(lm, tokenizer, cfg, checkpoint=None):
-    return lori.wrap(lm, tokenizer, cfg, checkpoint, latent_steps=cfg.codi.latent_steps, projector=cfg.codi.projector)
+    return {**latent.collate(items, pad_id), **{f"teacher_{k}": v for k, v in teacher.items()}}
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def setup_training(student, cfg, train_set, device=None) -> CodiState:
 def loss(module, batch: dict[str, torch.Tensor], norm,
          state: CodiState) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     cc = state.cfg
-    out, ce = lori.student_ce(module, batch, norm)
+    out, ce = latent.student_ce(module, batch, norm)
     # The teacher pass runs the same weights on the explicit CoT; its CE trains them, its states are detached below.
     t = state.lm(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
                    output_hidden_states=True)
@@ -79,9 +79,9 @@ def loss(module, batch: dict[str, torch.Tensor], norm,
     kd = hidden_distance(h_s, h_t, num_examples=norm.examples, kind=cc.distance)
     total = cc.alpha * ce_t + cc.beta * ce + cc.gamma * kd
     return total, {"ce": ce.detach(), "ce_teacher": ce_t.detach(), "distill": kd.detach(),
-                   **lori.answer_parts(out, batch, norm)}
+                   **latent.answer_parts(out, batch, norm)}
 
 
-METHOD = common.Method(name="codi", render=render, prompt=lori.prompt, collate=collate, wrap=wrap,
-                       setup_training=setup_training, loss=loss, generation_kwargs=lori.generation_kwargs,
-                       extra_tensors=lori.extra_tensors)
+METHOD = common.Method(name="codi", render=render, prompt=latent.prompt, collate=collate, wrap=THOUGHTS.wrap,
+                       setup_training=setup_training, loss=loss, generation_kwargs=latent.generation_kwargs,
+                       extra_tensors=latent.extra_tensors, thoughts=THOUGHTS)

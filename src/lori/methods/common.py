@@ -70,9 +70,9 @@ def answer_parts(logits, labels, batch: dict, norm: Norm) -> dict[str, torch.Ten
     return {f"ce_ans{j + 1}": v for j, v in enumerate(ce)}
 
 
-def plain_prompt(example, tokenizer) -> list[int]:
+def plain_prompt(example, tokenizer, cfg) -> list[int]:
     """``prompt`` of explicit methods: ``[bos] question ||``, then plain greedy decoding."""
-    return segments(example, tokenizer).prompt
+    return segments(example, tokenizer, cfg.model.chat_template).prompt
 
 
 def plain_lm(lm, tokenizer, cfg, checkpoint=None):
@@ -109,3 +109,7 @@ class Method:
     loss: Callable = causal_lm_loss
     generation_kwargs: Callable = no_generation_kwargs
     extra_tensors: Callable = no_extra_tensors
+    # What the method needs, declared here so that the commands never branch on its name:
+    # a latent method's lori.methods.latent.Thoughts (K and the projector; latent.py imports this module, so the
+    # type is named here, not imported); None: an explicit method
+    thoughts: object | None = None

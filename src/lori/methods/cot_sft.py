@@ -5,14 +5,13 @@ This trains the teacher of every implicit method. Generation writes the rational
 
 from __future__ import annotations
 
-from ..data.render import segments, supervised
+from ..data.render import explicit_cot, segments
 from ..data.schema import Example
 from .common import Method
 
 
-def render(example: Example, tokenizer, cfg=None, stage: int = 1) -> dict[str, list[int]]:
-    s = segments(example, tokenizer)
-    return supervised(s.prompt, s.rationale + s.answer)
+def render(example: Example, tokenizer, cfg, stage: int = 1) -> dict[str, list[int]]:
+    return explicit_cot(segments(example, tokenizer, cfg.model.chat_template))
 
 
 METHOD = Method(name="cot-sft", render=render)

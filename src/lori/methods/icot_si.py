@@ -39,7 +39,7 @@ def removed_tokens(example: Example, cfg, stage: int, rationale_len: int) -> int
 
 
 def render(example: Example, tokenizer, cfg, stage: int) -> dict[str, list[int]]:
-    s = segments(example, tokenizer)
+    s = segments(example, tokenizer, cfg.model.chat_template)
     n = removed_tokens(example, cfg, stage, len(s.rationale))
     return supervised(s.prompt, s.rationale[n:] + s.answer)
 

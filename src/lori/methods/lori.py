@@ -1,6 +1,7 @@
 """LoRi (arXiv 2606.05315): a latent student aligned with the teacher's reasoning in a shared low-rank subspace.
 
-Rendering: ``[bos] question || <bot>`` -> K continuous thoughts -> ``<eot> #### answer <eos>``.
+Rendering: ``[bos] question || <bot>`` -> K continuous thoughts -> ``<eot> #### answer <eos>`` (the latent family's,
+``methods/latent.py``, with K = ``lori.latent_steps`` and ``lori.projector``).
 Loss (docs/method.md, piece 6)::
 
     L = L_task + alpha (L_rat + beta L_anc)
@@ -19,19 +20,20 @@ from pathlib import Path
 import torch
 
 from ..config import Config, LoRiConfig
-from ..data.render import IGNORE, encode, segments
+from ..data.render import answer_anchor, encode, explicit_cot, segments
 from ..data.schema import Example
 from ..errors import ConfigError, LoriError
 from ..losses import anchor_loss, combine, rationale_loss, standardized_loss, teacher_energy, token_cross_entropy
 from ..models.build import num_layers
 from ..models.checkpoint import resolve_checkpoint
-from ..models.latent import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
+from ..models.latent import LatentOutput, LatentStudent
 from ..subspace.basis import Basis
 from ..subspace.cache import TeacherStats, examples_digest, load_cache, teacher_digests
 from ..subspace.stats import triu_unpack
 from ..subspace.trajectory import step_states, trajectory_statistics
-from . import common
+from . import latent
 from .common import Method
+from .latent import Thoughts
 
 
 # ------------------------------------------------------------------------------------------------ the teacher side
@@ -84,9 +86,11 @@ class Rendered:
     handovers: tuple[int, ...] = ()
 
 
-def render_teacher(example: Example, tokenizer) -> Rendered:
-    s = segments(example, tokenizer)
-    ids = s.prompt + s.rationale + s.answer
+def render_teacher(example: Example, tokenizer, chat_template: bool) -> Rendered:
+    """The teacher's explicit-CoT rendering of ``example`` (``chat_template``: ``model.chat_template``), with the
+    rationale's bounds, its steps' ends and hand-overs, and the answer anchor."""
+    s = segments(example, tokenizer, chat_template)
+    ids = explicit_cot(s)["input_ids"]
     # Step k ends where the encoding of the first k steps ends (exact for word-level tokenizers; for BPE the
     # boundary token may merge differently, which moves a bound by at most one position).
     steps = example.steps
@@ -96,91 +100,14 @@ def render_teacher(example: Example, tokenizer) -> Rendered:
     close = len(encode(tokenizer, " >>"))
     handovers = tuple(end - 1 - (close if step.rstrip().endswith(">>") else 0) - 1
                       for end, step in zip(ends, steps))
-    return Rendered(ids, len(s.prompt), len(s.rationale), len(s.prompt) + len(s.rationale) + s.marker_len - 1,
-                    ends, handovers)
+    return Rendered(ids, len(s.prompt), len(s.rationale), answer_anchor(s), ends, handovers)
 
 
 # ------------------------------------------------------------------------------------------------ the student
+# The latent student's rendering, batching and wrapper are the latent family's (methods/latent.py), with LoRi's K and
+# projector.
 
-
-def render(example: Example, tokenizer, cfg, stage: int, latent_steps: int | None = None) -> dict:
-    """Final stage: ``prompt <bot> [K thoughts] <eot> #### answer <eos>``. Curriculum stage k: the first k steps
-    become k x c thoughts and the remaining steps stay as supervised language before ``####``.
-
-    ``latent_steps``: K of the final stage (default ``lori.latent_steps``; Coconut and CODI pass their own)."""
-    s = segments(example, tokenizer)
-    bot, eot = tokenizer.convert_tokens_to_ids(["<bot>", "<eot>"])
-    k = 0
-    if cfg.curriculum.is_final(stage):
-        thoughts, language = cfg.lori.latent_steps if latent_steps is None else latent_steps, []
-    else:
-        k = min(stage, len(example.steps))
-        thoughts = k * cfg.curriculum.thoughts_per_step
-        rest = example.steps[k:]
-        language = encode(tokenizer, " " + " ".join(rest)) if rest else []
-    target = language + s.answer
-    return {
-        "prompt_ids": s.prompt + [bot],
-        "suffix_ids": [eot] + target,
-        "suffix_labels": [IGNORE] + target,
-        # suffix position of the last `####` token: it predicts the first answer token (the answer anchor)
-        "anchor": len(language) + s.marker_len,
-        "latent_steps": thoughts,
-        "prefix_steps": 0 if cfg.curriculum.is_final(stage) else k,  # rationale steps the thoughts replace
-        # steps whose hand-over the thoughts carry (lori.step_anchors): k, or at the final stage as many as K holds
-        "replaced_steps": (min(len(example.steps), thoughts // cfg.curriculum.thoughts_per_step)
-                           if cfg.curriculum.is_final(stage) else k),
-        "final": int(cfg.curriculum.is_final(stage)),
-        "n_target": len(target),
-    }
-
-
-def prompt(example: Example, tokenizer) -> list[int]:
-    return segments(example, tokenizer).prompt + [tokenizer.convert_tokens_to_ids("<bot>")]
-
-
-def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Prompts left-padded (so all latent steps line up, as in generation), suffixes right-padded."""
-    B = len(items)
-    P = max(len(it["prompt_ids"]) for it in items)
-    S = max(len(it["suffix_ids"]) for it in items)
-    out = {
-        "prompt_ids": torch.full((B, P), pad_id, dtype=torch.long),
-        "prompt_mask": torch.zeros((B, P), dtype=torch.long),
-        "suffix_ids": torch.full((B, S), pad_id, dtype=torch.long),
-        "suffix_mask": torch.zeros((B, S), dtype=torch.long),
-        "suffix_labels": torch.full((B, S), IGNORE, dtype=torch.long),
-        "anchor": torch.tensor([it["anchor"] for it in items]),
-        "index": torch.tensor([it["index"] for it in items]),
-        # Each example's own K (a curriculum stage gives an example with fewer steps fewer thoughts); the latent
-        # loop masks the steps past an example's count.
-        "latent_steps": torch.tensor([it["latent_steps"] for it in items]),
-        "prefix_steps": torch.tensor([it.get("prefix_steps", 0) for it in items]),
-        "replaced_steps": torch.tensor([it.get("replaced_steps", 0) for it in items]),
-        "final": items[0]["final"],
-    }
-    if "answer_len" in items[0]:
-        out["answer_len"] = torch.tensor([it["answer_len"] for it in items])
-    for i, it in enumerate(items):
-        p, s = len(it["prompt_ids"]), len(it["suffix_ids"])
-        out["prompt_ids"][i, P - p :] = torch.tensor(it["prompt_ids"])
-        out["prompt_mask"][i, P - p :] = 1
-        out["suffix_ids"][i, :s] = torch.tensor(it["suffix_ids"])
-        out["suffix_mask"][i, :s] = 1
-        out["suffix_labels"][i, :s] = torch.tensor(it["suffix_labels"])
-    return out
-
-
-def wrap(lm, tokenizer, cfg, checkpoint=None, latent_steps: int | None = None,
-         projector: str | None = None) -> LatentStudent:
-    """The latent student; ``latent_steps`` and ``projector`` default to ``lori.*`` (Coconut and CODI pass theirs)."""
-    bot, eot = add_latent_tokens(lm, tokenizer)
-    student = LatentStudent(lm, cfg.lori.latent_steps if latent_steps is None else latent_steps,
-                            projector or cfg.lori.projector, bot, eot,
-                            position_offset=cfg.curriculum.thought_offset, position_stride=cfg.curriculum.thought_stride)
-    if checkpoint is not None:
-        student.load_projector(checkpoint)
-    return student
+THOUGHTS = Thoughts(latent_steps=lambda cfg: cfg.lori.latent_steps, projector=lambda cfg: cfg.lori.projector)
 
 
 @dataclass
@@ -232,24 +159,11 @@ def setup_training(student: LatentStudent, cfg, train_set: list[Example], device
     )
 
 
-def student_ce(module, batch: dict[str, torch.Tensor], norm) -> tuple[LatentOutput, torch.Tensor]:
-    """The teacher-forced latent pass and its cross-entropy on the suffix (remaining language and ``#### answer
-    <eos>``), divided by the step's global supervised-token count. Shared by LoRi, Coconut and CODI."""
-    out = module(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"],
-                 latent_steps=batch["latent_steps"])
-    return out, token_cross_entropy(out.logits[:, :-1], batch["suffix_labels"][:, 1:], num_tokens=norm.tokens)
-
-
-def answer_parts(out: LatentOutput, batch: dict[str, torch.Tensor], norm) -> dict[str, torch.Tensor]:
-    """The per-answer-token cross-entropies (``common.answer_parts``) of a latent pass."""
-    return common.answer_parts(out.logits[:, :-1], batch["suffix_labels"][:, 1:], batch, norm)
-
-
 def loss(module, batch: dict[str, torch.Tensor], norm,
          state: LoriState) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     lc = state.cfg
-    out, ce = student_ce(module, batch, norm)
-    parts = {"ce": ce.detach(), **answer_parts(out, batch, norm)}
+    out, ce = latent.student_ce(module, batch, norm)
+    parts = {"ce": ce.detach(), **latent.answer_parts(out, batch, norm)}
     # (choice) The cached statistics describe the whole rationale, so L_rat applies once every step is latent (the
     # final curriculum stage); the anchor hand-over to the answer exists at every stage and L_anc applies throughout.
     use_rat = (lc.first_order or lc.second_order) and bool(batch["final"])
@@ -325,13 +239,6 @@ def step_anchor_loss(state: LoriState, out: LatentOutput, batch, t: dict, norm) 
                              example_mask=valid.reshape(-1), num_examples=norm.examples)
 
 
-def generation_kwargs(student: LatentStudent, tokenizer) -> dict:
-    return student.generation_kwargs()
-
-
-def extra_tensors(student: LatentStudent) -> dict | None:
-    return {PROJECTOR_FILE: student.projector.state_dict()} if student.projector.kind not in ("identity", "soft") else None
-
-
-METHOD = Method(name="lori", render=render, prompt=prompt, collate=collate, wrap=wrap, setup_training=setup_training,
-                loss=loss, generation_kwargs=generation_kwargs, extra_tensors=extra_tensors)
+METHOD = Method(name="lori", render=THOUGHTS.render, prompt=latent.prompt, collate=latent.collate, wrap=THOUGHTS.wrap,
+                setup_training=setup_training, loss=loss, generation_kwargs=latent.generation_kwargs,
+                extra_tensors=latent.extra_tensors, thoughts=THOUGHTS)

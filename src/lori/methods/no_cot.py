@@ -7,8 +7,8 @@ from ..data.schema import Example
 from .common import Method
 
 
-def render(example: Example, tokenizer, cfg=None, stage: int = 1) -> dict[str, list[int]]:
-    s = segments(example, tokenizer)
+def render(example: Example, tokenizer, cfg, stage: int = 1) -> dict[str, list[int]]:
+    s = segments(example, tokenizer, cfg.model.chat_template)
     return supervised(s.prompt, s.answer)
 
 

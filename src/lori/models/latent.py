@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import LoriError
+from .build import hidden_size
 from .tokenizer import BOT, EOT
 
 PROJECTOR_FILE = "projector.safetensors"
@@ -92,7 +93,7 @@ class LatentStudent(nn.Module):
         # where the thoughts sit (curriculum.thought_offset / thought_stride; thought_positions)
         self.position_offset, self.position_stride = position_offset, position_stride
         self.bot_id, self.eot_id = bot_id, eot_id
-        dim = lm.get_input_embeddings().weight.shape[1]
+        dim = hidden_size(lm)
         self.projector = Projector(dim, projector).to(lm.get_input_embeddings().weight.dtype)
         # Train without the KV cache (set under train.sharding=fsdp, lori.training.sharding): a cached latent loop
         # sends gradients through the cache into earlier calls of a layer, past the hooks FSDP reshards by.

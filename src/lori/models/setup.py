@@ -1,12 +1,16 @@
 """Which weights and tokenizer a run starts from: a resumed checkpoint, ``model.init_from``, a tiny model built
-from config with the project's small-vocabulary tokenizer, or a Hugging Face model by hub id / local folder."""
+from config with the project's small-vocabulary tokenizer, or a Hugging Face model by hub id / local folder; and
+:func:`open_model`, the one way a checkpoint is opened for a config (training, ``lori eval`` and ``lori.load``,
+precompute, analyze)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from ..config import Config, ModelConfig
-from ..data.render import set_chat_template
+from ..data.render import check_chat_template
 from ..data.schema import Example
 from ..errors import ConfigError
 from .build import load_pretrained, tiny_model
@@ -19,6 +23,16 @@ def builtin_tokenizer(examples: list[Example]):
     return build_word_tokenizer(t for ex in examples for t in (ex.question, ex.rationale, ex.answer))
 
 
+def open_model(source: str | Path, cfg: Config, wrap=None):
+    """``(module, tokenizer)`` of the model at ``source`` (a checkpoint folder, a model folder or a hub id) for a run
+    with ``cfg``: the weights in ``model.dtype`` and their tokenizer, ``model.chat_template`` checked against the
+    tokenizer, and, when ``wrap`` (a method's ``wrap``) is given, the method's module around the LM with its extra
+    files (a latent student's projector) read from ``source``; else the LM itself."""
+    lm, tokenizer = load_pretrained(source, cfg.model.dtype)
+    check_chat_template(tokenizer, cfg.model.chat_template)
+    return (lm if wrap is None else wrap(lm, tokenizer, cfg, Path(source))), tokenizer
+
+
 def build_model(cfg: Config, method, train_set: list[Example], resume_from=None):
     """Return ``(module, tokenizer)``; ``module`` is what the method trains (the LM, or a wrapper holding it).
 
@@ -28,16 +42,16 @@ def build_model(cfg: Config, method, train_set: list[Example], resume_from=None)
     source = None if lora else resume_from
     source = source or (resolve_checkpoint(cfg.model.init_from) if cfg.model.init_from else None)
     if source is not None:
-        lm, tokenizer = load_pretrained(source, cfg.model.dtype)
+        lm, tokenizer = open_model(source, cfg)
         if cfg.model.name == "tiny":
             check_architecture(lm, cfg.model, source)
     elif cfg.model.name == "tiny":
         tokenizer = builtin_tokenizer(train_set)
+        check_chat_template(tokenizer, cfg.model.chat_template)
         torch.manual_seed(cfg.train.seed)
         lm = tiny_model(cfg.model, tokenizer, max_positions=cfg.data.max_length)
     else:
-        lm, tokenizer = load_pretrained(cfg.model.name, cfg.model.dtype)
-    configure_tokenizer(tokenizer, cfg)
+        lm, tokenizer = open_model(cfg.model.name, cfg)
     if cfg.model.gradient_checkpointing:
         # Non-reentrant: works with frozen inputs (LoRA) and keyword arguments. Latent students then run their
         # latent loop without a KV cache while training (lori.models.latent).
@@ -69,9 +83,3 @@ def check_architecture(lm, model: ModelConfig, source) -> None:
         raise ConfigError(f"{said} but {source} holds a model with "
                           f"{', '.join(f'{k} {have[k]}' for k in bad)}; a model started from a checkpoint has its "
                           f"architecture: set {' '.join(f'model.{k}={have[k]}' for k in bad)}")
-
-
-def configure_tokenizer(tokenizer, cfg: Config):
-    """Rendering options that travel with the tokenizer (``model.chat_template``; lori.data.render)."""
-    set_chat_template(tokenizer, cfg.model.chat_template)
-    return tokenizer

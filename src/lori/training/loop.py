@@ -122,12 +122,12 @@ class MetricsLog:
             self.accelerator.log(values, step=record["step"])
 
 
-def answer_length(examples: list[Example], tokenizer) -> int | None:
+def answer_length(examples: list[Example], tokenizer, chat_template: bool) -> int | None:
     """The number of answer tokens (between ``####`` and ``<eos>``) when every example has the same (an NxN
     product's 2N digits), else None. Training then logs each answer token's cross-entropy (``ce_ans1..``)."""
     lengths = set()
     for ex in examples:
-        s = segments(ex, tokenizer)
+        s = segments(ex, tokenizer, chat_template)
         lengths.add(len(s.answer) - s.marker_len - 1)
         if len(lengths) > 1:
             return None
@@ -163,7 +163,7 @@ def validate(cfg: Config, method, module, tokenizer, valid: list[Example], accel
     examples = valid[: cfg.train.eval_size]
     mine = examples[accelerator.process_index :: accelerator.num_processes]
     ev = evaluate(
-        lm, tokenizer, [method.prompt(ex, tokenizer) for ex in mine], mine, TASKS[cfg.data.task],
+        lm, tokenizer, [method.prompt(ex, tokenizer, cfg) for ex in mine], mine, TASKS[cfg.data.task],
         method=cfg.method, checkpoint="", batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
         latency_problems=0, **method.generation_kwargs(module, tokenizer), progress=False,
     )
@@ -301,7 +301,7 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     stage = clock.get("stage", cur.stage_at(step)) if adaptive else cur.stage_at(step)
     stage_start = clock.get("start", (stage - 1) * cur.steps_per_stage if cur.stages else 0)
     recent = collections.deque(clock.get("recent", []), maxlen=cur.advance_window)
-    answer_len = answer_length(train_set, tokenizer)
+    answer_len = answer_length(train_set, tokenizer, cfg.model.chat_template)
     items = render_all(method, train_set, tokenizer, cfg, stage, answer_len)
     rendered = stage
     if sharded:  # FSDP is applied above; accelerate would wrap the module in DDP

@@ -1,0 +1,141 @@
+"""What the latent methods (LoRi, Coconut, CODI) share: the student's rendering, batching, the latent student
+itself, its teacher-forced cross-entropy, its generation settings and its checkpoint's extra file.
+
+Rendering (the final curriculum stage, and stage k before it)::
+
+    final stage:  [bos] question || <bot> [K thoughts] <eot> #### answer <eos>
+    stage k:      [bos] question || <bot> [k x c thoughts] <eot> steps[k:] #### answer <eos>
+
+with c = ``curriculum.thoughts_per_step``; the CE covers the remaining language steps and ``#### answer <eos>``. Each
+method chooses its K and its projector once, in its :class:`Thoughts` (from its own config section), and rendering
+and the student both ask it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..config import Config
+from ..data.render import IGNORE, encode, segments
+from ..data.schema import Example
+from ..losses import token_cross_entropy
+from ..models.latent import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
+from . import common
+
+
+def render_latent(example: Example, tokenizer, cfg: Config, stage: int, latent_steps: int) -> dict:
+    """Final stage: ``prompt <bot> [K thoughts] <eot> #### answer <eos>`` with K = ``latent_steps``. Curriculum
+    stage k: the first k steps become k x c thoughts and the remaining steps stay as supervised language before
+    ``####``."""
+    s = segments(example, tokenizer, cfg.model.chat_template)
+    bot, eot = tokenizer.convert_tokens_to_ids(["<bot>", "<eot>"])
+    k = 0
+    if cfg.curriculum.is_final(stage):
+        thoughts, language = latent_steps, []
+    else:
+        k = min(stage, len(example.steps))
+        thoughts = k * cfg.curriculum.thoughts_per_step
+        rest = example.steps[k:]
+        language = encode(tokenizer, " " + " ".join(rest)) if rest else []
+    target = language + s.answer
+    return {
+        "prompt_ids": s.prompt + [bot],
+        "suffix_ids": [eot] + target,
+        "suffix_labels": [IGNORE] + target,
+        # suffix position of the last `####` token: it predicts the first answer token (the answer anchor)
+        "anchor": len(language) + s.marker_len,
+        "latent_steps": thoughts,
+        "prefix_steps": 0 if cfg.curriculum.is_final(stage) else k,  # rationale steps the thoughts replace
+        # steps whose hand-over the thoughts carry (lori.step_anchors): k, or at the final stage as many as K holds
+        "replaced_steps": (min(len(example.steps), thoughts // cfg.curriculum.thoughts_per_step)
+                           if cfg.curriculum.is_final(stage) else k),
+        "final": int(cfg.curriculum.is_final(stage)),
+        "n_target": len(target),
+    }
+
+
+def latent_student(lm, tokenizer, cfg: Config, checkpoint, latent_steps: int, projector: str) -> LatentStudent:
+    """The latent student around ``lm`` (``<bot>``/``<eot>`` added), its projector restored from ``checkpoint``."""
+    bot, eot = add_latent_tokens(lm, tokenizer)
+    student = LatentStudent(lm, latent_steps, projector, bot, eot, position_offset=cfg.curriculum.thought_offset,
+                            position_stride=cfg.curriculum.thought_stride)
+    if checkpoint is not None:
+        student.load_projector(checkpoint)
+    return student
+
+
+@dataclass(frozen=True)
+class Thoughts:
+    """A latent method's choice of thoughts, read from its config section in one place: ``latent_steps(cfg)``, K of
+    the final stage, and ``projector(cfg)``, the projector's kind. Its :meth:`render` and :meth:`wrap` are the
+    method's ``render`` and ``wrap``, so rendering and the student cannot disagree on K."""
+
+    latent_steps: Callable[[Config], int]
+    projector: Callable[[Config], str]
+
+    def render(self, example: Example, tokenizer, cfg: Config, stage: int) -> dict:
+        return render_latent(example, tokenizer, cfg, stage, self.latent_steps(cfg))
+
+    def wrap(self, lm, tokenizer, cfg: Config, checkpoint=None) -> LatentStudent:
+        return latent_student(lm, tokenizer, cfg, checkpoint, self.latent_steps(cfg), self.projector(cfg))
+
+
+def prompt(example: Example, tokenizer, cfg: Config) -> list[int]:
+    return segments(example, tokenizer, cfg.model.chat_template).prompt + [tokenizer.convert_tokens_to_ids("<bot>")]
+
+
+def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Prompts left-padded (so all latent steps line up, as in generation), suffixes right-padded."""
+    B = len(items)
+    P = max(len(it["prompt_ids"]) for it in items)
+    S = max(len(it["suffix_ids"]) for it in items)
+    out = {
+        "prompt_ids": torch.full((B, P), pad_id, dtype=torch.long),
+        "prompt_mask": torch.zeros((B, P), dtype=torch.long),
+        "suffix_ids": torch.full((B, S), pad_id, dtype=torch.long),
+        "suffix_mask": torch.zeros((B, S), dtype=torch.long),
+        "suffix_labels": torch.full((B, S), IGNORE, dtype=torch.long),
+        "anchor": torch.tensor([it["anchor"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items]),
+        # Each example's own K (a curriculum stage gives an example with fewer steps fewer thoughts); the latent
+        # loop masks the steps past an example's count.
+        "latent_steps": torch.tensor([it["latent_steps"] for it in items]),
+        "prefix_steps": torch.tensor([it.get("prefix_steps", 0) for it in items]),
+        "replaced_steps": torch.tensor([it.get("replaced_steps", 0) for it in items]),
+        "final": items[0]["final"],
+    }
+    if "answer_len" in items[0]:
+        out["answer_len"] = torch.tensor([it["answer_len"] for it in items])
+    for i, it in enumerate(items):
+        p, s = len(it["prompt_ids"]), len(it["suffix_ids"])
+        out["prompt_ids"][i, P - p :] = torch.tensor(it["prompt_ids"])
+        out["prompt_mask"][i, P - p :] = 1
+        out["suffix_ids"][i, :s] = torch.tensor(it["suffix_ids"])
+        out["suffix_mask"][i, :s] = 1
+        out["suffix_labels"][i, :s] = torch.tensor(it["suffix_labels"])
+    return out
+
+
+def student_ce(module, batch: dict[str, torch.Tensor], norm) -> tuple[LatentOutput, torch.Tensor]:
+    """The teacher-forced latent pass and its cross-entropy on the suffix (remaining language and ``#### answer
+    <eos>``), divided by the step's global supervised-token count."""
+    out = module(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"],
+                 latent_steps=batch["latent_steps"])
+    return out, token_cross_entropy(out.logits[:, :-1], batch["suffix_labels"][:, 1:], num_tokens=norm.tokens)
+
+
+def answer_parts(out: LatentOutput, batch: dict[str, torch.Tensor], norm) -> dict[str, torch.Tensor]:
+    """The per-answer-token cross-entropies (``common.answer_parts``) of a latent pass."""
+    return common.answer_parts(out.logits[:, :-1], batch["suffix_labels"][:, 1:], batch, norm)
+
+
+def generation_kwargs(student: LatentStudent, tokenizer) -> dict:
+    return student.generation_kwargs()
+
+
+def extra_tensors(student: LatentStudent) -> dict | None:
+    kind = student.projector.kind
+    return None if kind in ("identity", "soft") else {PROJECTOR_FILE: student.projector.state_dict()}
