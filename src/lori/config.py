@@ -481,18 +481,22 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for i, p in enumerate(parts[:-1]):
-        child = node.get(p)
-        if child is None:
-            child = node[p] = {}
-        elif not isinstance(child, dict):
-            raise ConfigError(f"override {dotted}: {'.'.join(parts[: i + 1])} is a value ({child!r:.40}), "
-                              "not a section with keys")
-        node = child
-    node[parts[-1]] = value
+def apply_overrides(tree: dict[str, Any], overrides: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Set each ``(dotted key, value)`` of ``overrides`` (e.g. from :func:`parse_overrides`) in a config tree, in
+    order, creating missing sections; in place, and returns ``tree``. A key that runs through a value is refused."""
+    for dotted, value in overrides:
+        parts = dotted.split(".")
+        node = tree
+        for i, p in enumerate(parts[:-1]):
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {dotted}: {'.'.join(parts[: i + 1])} is a value ({child!r:.40}), "
+                                  "not a section with keys")
+            node = child
+        node[parts[-1]] = value
+    return tree
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
@@ -580,9 +584,7 @@ def load_tree(path: str | Path) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML preset (or the defaults) and apply dotted overrides; validate everything."""
-    tree: dict[str, Any] = load_tree(path) if path is not None else {}
-    for key, value in parse_overrides(overrides or []):
-        _set_dotted(tree, key, value)
+    tree = apply_overrides(load_tree(path) if path is not None else {}, parse_overrides(overrides or []))
     try:
         return _build(Config, tree, "")
     except ConfigError as e:

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import Config, config_from_dict, parse_overrides, to_dict, _set_dotted
+from .config import Config, apply_overrides, config_from_dict, parse_overrides, to_dict
 from .errors import ConfigError
 from .evaluation.report import ResultRow, read_results, write_results
 from .evaluation.run import evaluate_checkpoint
@@ -92,26 +92,25 @@ def pipeline_configs(teacher: dict, student: dict, overrides: list[str], out: Pa
     cfgs: dict[str, Config] = {}
     for name, tree in trees.items():
         is_teacher = name == TEACHER
-        for key, value in shared + per["teacher" if is_teacher else "student"] + per_method.get(name, []):
-            _set_dotted(tree, key, value)
+        apply_overrides(tree, shared + per["teacher" if is_teacher else "student"] + per_method.get(name, []))
         if is_teacher and tree.get("method", TEACHER) != TEACHER:
             raise ConfigError(f"{where + ': ' if where else ''}the teacher must be an explicit-CoT run (method: "
                               f"{TEACHER}), got method: {tree['method']}")
         tree["method"] = name
         tree["out_dir"] = str(out / name)
         if seed is not None:
-            _set_dotted(tree, "train.seed", seed)
+            apply_overrides(tree, [("train.seed", seed)])
         if not is_teacher:
-            _set_dotted(tree, "model.init_from", teacher_dir)
+            apply_overrides(tree, [("model.init_from", teacher_dir)])
             teacher_model = cfgs[TEACHER].model
             if teacher_model.name == "tiny" and (tree.get("model") or {}).get("name", "tiny") == "tiny":
-                for key in TINY_ARCH_KEYS:  # the student starts from the teacher's weights, so it has its size
-                    _set_dotted(tree, f"model.{key}", getattr(teacher_model, key))
-        if not is_teacher:  # only a LoRi student reads them; others get none rather than a preset's stale paths
-            _set_dotted(tree, "lori.teacher", teacher_dir if name == "lori" else None)
-            _set_dotted(tree, "lori.cache_dir", str(out / "lori-cache") if name == "lori" else None)
+                # the student starts from the teacher's weights, so it has its size
+                apply_overrides(tree, [(f"model.{key}", getattr(teacher_model, key)) for key in TINY_ARCH_KEYS])
+            # only a LoRi student reads them; others get none rather than a preset's stale paths
+            apply_overrides(tree, [("lori.teacher", teacher_dir if name == "lori" else None),
+                                   ("lori.cache_dir", str(out / "lori-cache") if name == "lori" else None)])
         if name == "no-cot":  # No-CoT renders no stage; a student preset's curriculum would only reset its optimizer
-            _set_dotted(tree, "curriculum.stages", 0)
+            apply_overrides(tree, [("curriculum.stages", 0)])
         try:
             cfgs[name] = config_from_dict(tree)
         except ConfigError as e:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import Config, _set_dotted, config_from_dict, parse_overrides
+from ..config import Config, apply_overrides, config_from_dict, parse_overrides
 from ..errors import LoriError
 
 CONFIG_FILE = "lori_config.yaml"
@@ -50,7 +50,4 @@ def checkpoint_config(ckpt: Path, overrides: list[str]) -> Config:
     f = ckpt / CONFIG_FILE
     if not f.is_file():
         raise LoriError(f"{ckpt} has no {CONFIG_FILE}; was it written by `lori train`?")
-    tree = yaml.safe_load(f.read_text())
-    for key, value in parse_overrides(overrides):
-        _set_dotted(tree, key, value)
-    return config_from_dict(tree)
+    return config_from_dict(apply_overrides(yaml.safe_load(f.read_text()), parse_overrides(overrides)))
