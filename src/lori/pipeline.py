@@ -78,8 +78,9 @@ def pipeline_configs(teacher: dict, student: dict, overrides: list[str], out: Pa
     ``teacher`` and ``student`` are config trees (a parsed YAML preset); the overrides are applied to them, then
     the pipeline's own fields are set: ``method``, ``out_dir``, ``train.seed`` (when ``seed`` is given), a
     student's ``model.init_from`` (the teacher; a tiny student gets a tiny teacher's ``model.arch`` and sizes, the
-    weights it starts from) and a LoRi student's ``lori.teacher`` and ``lori.cache_dir`` (``out/lori-cache``; null
-    for the other students). A config error names ``where`` (e.g. the preset files) and the run.
+    weights it starts from), the ``lori.teacher`` and ``lori.cache_dir`` (``out/lori-cache``) of a student whose method
+    trains against a teacher cache (LoRi; null for the other students), and no curriculum for a student whose method
+    renders every stage alike (No-CoT). A config error names ``where`` (e.g. the preset files) and the run.
     """
     shared, per, per_method = split_overrides(overrides)
     out = Path(out)
@@ -106,11 +107,14 @@ def pipeline_configs(teacher: dict, student: dict, overrides: list[str], out: Pa
             if teacher_model.name == "tiny" and (tree.get("model") or {}).get("name", "tiny") == "tiny":
                 # the student starts from the teacher's weights, so it has its size
                 apply_overrides(tree, [(f"model.{key}", getattr(teacher_model, key)) for key in TINY_ARCH_KEYS])
-            # only a LoRi student reads them; others get none rather than a preset's stale paths
-            apply_overrides(tree, [("lori.teacher", teacher_dir if name == "lori" else None),
-                                   ("lori.cache_dir", str(out / "lori-cache") if name == "lori" else None)])
-        if name == "no-cot":  # No-CoT renders no stage; a student preset's curriculum would only reset its optimizer
-            apply_overrides(tree, [("curriculum.stages", 0)])
+            method = METHODS.get(name)  # an unknown name is refused by config_from_dict below, naming the choices
+            # only a student with a teacher cache (LoRi) reads them; others get none, not a preset's stale paths
+            cache = method is not None and method.teacher_cache
+            apply_overrides(tree, [("lori.teacher", teacher_dir if cache else None),
+                                   ("lori.cache_dir", str(out / "lori-cache") if cache else None)])
+            if method is not None and not method.curriculum:
+                # it renders every stage alike (No-CoT); a preset's curriculum would only reset its optimizer
+                apply_overrides(tree, [("curriculum.stages", 0)])
         try:
             cfgs[name] = config_from_dict(tree)
         except ConfigError as e:
@@ -133,7 +137,8 @@ def finished(cfg: Config) -> bool:
 
 def train_runs(cfgs: dict[str, Config], tag: str, timings: dict[str, float] | None = None,
                label: str = "") -> None:
-    """Train every config in order (the teacher first); a LoRi student gets its teacher statistics first. Finished
+    """Train every config in order (the teacher first); a student with a teacher cache (LoRi) gets its teacher
+    statistics first. Finished
     runs are reused; an interrupted one resumes from its newest checkpoint (``train.resume: auto``); a run folder
     whose settings or inputs differ from its config (a changed key, a retrained teacher) is refused."""
     timings = {} if timings is None else timings
@@ -148,7 +153,7 @@ def train_runs(cfgs: dict[str, Config], tag: str, timings: dict[str, float] | No
         if finished(cfg):
             print(f"[{tag}] {label}{name}: reusing the finished run in {cfg.out_dir}")
             continue
-        if cfg.method == "lori":
+        if METHODS[cfg.method].teacher_cache:
             stage("precompute teacher statistics", lambda cfg=cfg: precompute(cfg))
         stage(f"train {name}", lambda cfg=cfg: train(cfg))
 

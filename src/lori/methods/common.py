@@ -113,3 +113,8 @@ class Method:
     # a latent method's lori.methods.latent.Thoughts (K and the projector; latent.py imports this module, so the
     # type is named here, not imported); None: an explicit method
     thoughts: object | None = None
+    # trains against the teacher statistics `lori precompute` writes (lori.teacher, lori.cache_dir): LoRi
+    teacher_cache: bool = False
+    # renders differently at each curriculum stage; False: every stage renders alike, so a curriculum would only
+    # reset the optimizer (the pipeline gives such a student none)
+    curriculum: bool = True

@@ -241,4 +241,4 @@ def step_anchor_loss(state: LoriState, out: LatentOutput, batch, t: dict, norm) 
 
 METHOD = Method(name="lori", render=THOUGHTS.render, prompt=latent.prompt, collate=latent.collate, wrap=THOUGHTS.wrap,
                 setup_training=setup_training, loss=loss, generation_kwargs=latent.generation_kwargs,
-                extra_tensors=latent.extra_tensors, thoughts=THOUGHTS)
+                extra_tensors=latent.extra_tensors, thoughts=THOUGHTS, teacher_cache=True)

@@ -12,4 +12,4 @@ def render(example: Example, tokenizer, cfg, stage: int = 1) -> dict[str, list[i
     return supervised(s.prompt, s.answer)
 
 
-METHOD = Method(name="no-cot", render=render)
+METHOD = Method(name="no-cot", render=render, curriculum=False)

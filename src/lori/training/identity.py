@@ -34,6 +34,7 @@ from typing import Any
 
 from ..config import Config, to_dict
 from ..errors import DataError, LoriError
+from ..methods import METHODS
 from ..models.checkpoint import checkpoint_dir, resolve_checkpoint
 from ..utils import atomic_write_text, sha256_file
 
@@ -101,7 +102,7 @@ def run_identity(cfg: Config) -> dict[str, Any]:
     flat["model.init_from"] = _input(flat["model.init_from"], "checkpoint")
     if Path(cfg.model.name).is_dir():
         flat["model.name"] = _input(cfg.model.name, "checkpoint")
-    if cfg.method == "lori" and cfg.lori.teacher is not None:
+    if METHODS[cfg.method].teacher_cache and cfg.lori.teacher is not None:
         flat["lori.teacher"] = _input(cfg.lori.teacher, "checkpoint")
     return flat
 
