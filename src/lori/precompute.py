@@ -34,18 +34,13 @@ from .subspace.cache import CacheWriter, cache_bytes
 from .subspace.stats import triu_pack
 from .subspace.trajectory import prefix_means, step_states, trajectory_statistics
 from .training.distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
-from .utils import check_writable
+from .utils import check_writable, pad
 
 @torch.no_grad()
 def teacher_trajectories(lm, items: list[Rendered], layers: list[int], pad_id: int):
     """Teacher forward on a batch: ``h [B, L, T, d]`` at rationale positions, ``mask [B, T]``, ``anchor [B, L, d]``."""
     device = next(lm.parameters()).device
-    width = max(len(it.input_ids) for it in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for i, it in enumerate(items):
-        ids[i, : len(it.input_ids)] = torch.tensor(it.input_ids)
-        attn[i, : len(it.input_ids)] = 1
+    ids, attn = pad([it.input_ids for it in items], pad_id)
     out = lm(input_ids=ids.to(device), attention_mask=attn.to(device), output_hidden_states=True)
     hs = torch.stack([out.hidden_states[l] for l in layers], dim=1).float()  # [B, L, S, d]
     T = max(1, max(it.length for it in items))
@@ -88,7 +83,7 @@ def precompute(cfg: Config) -> Path:
     state.wait_for_everyone()
     rendered = [render_teacher(ex, tokenizer, cfg.model.chat_template) for ex in train]
     d = hidden_size(lm)
-    pad = tokenizer.pad_token_id
+    pad_id = tokenizer.pad_token_id
     bs = lc.precompute_batch
     t0 = time.perf_counter()
     if main:
@@ -105,7 +100,7 @@ def precompute(cfg: Config) -> Path:
         batches = [calib[i : i + bs] for i in range(0, len(calib), bs)]
         mine = batches[rank::world]
         for b in tqdm(mine, desc="calibrate subspace", leave=False, disable=not main):
-            h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad)
+            h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad_id)
             acc.update(h.cpu(), mask.cpu())
         acc.load_state_dict(all_reduce_sum(acc.state_dict(), world, device))
         basis = fit_bases(acc, rank=lc.rank, energy=lc.energy, shared=lc.shared_basis) if main else None
@@ -113,7 +108,7 @@ def precompute(cfg: Config) -> Path:
         if lc.layer_rank is not None:
             gram = LayerGramAccumulator(basis)
             for b in mine:
-                h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad)
+                h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad_id)
                 gram.update(h.cpu(), mask.cpu())
             gram.load_state_dict(all_reduce_sum(gram.state_dict(), world, device))
             basis = fit_layer_factor(basis, gram, rank=lc.layer_rank, energy=None) if main else None
@@ -139,15 +134,11 @@ def precompute(cfg: Config) -> Path:
         mine = {}
         for s in chunks[rank::world]:
             chunk = rendered[s : min(s + bs, end)]
-            h, mask, anchor = teacher_trajectories(lm, chunk, layers, pad)
+            h, mask, anchor = teacher_trajectories(lm, chunk, layers, pad_id)
             mu, C, a = trajectory_statistics(basis_dev, h, mask, anchor, lc.centred)
-            ends = torch.zeros((len(chunk), max_steps), dtype=torch.long)
-            for j, r in enumerate(chunk):
-                ends[j, : len(r.ends)] = torch.tensor(r.ends, dtype=torch.long)
+            ends, _ = pad([r.ends for r in chunk], 0, width=max_steps)
             prefix = prefix_means(basis_dev, h, ends.to(h.device))
-            hand = torch.full((len(chunk), max_steps), -1, dtype=torch.long)
-            for j, r in enumerate(chunk):
-                hand[j, : len(r.handovers)] = torch.tensor(r.handovers, dtype=torch.long)
+            hand, _ = pad([r.handovers for r in chunk], -1, width=max_steps)
             steps = step_states(basis_dev, h, hand.to(h.device))
             mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu(), prefix.cpu(), (ends > 0),
                        steps.cpu(), hand >= 0)

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, file modes, seeding, device facts."""
+"""Small shared helpers: atomic writes, file modes, seeding, device facts, padding token lists into a batch."""
 
 from __future__ import annotations
 
@@ -116,6 +116,21 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def pad(seqs: list[list[int]], value: int, side: str = "right",
+        width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer lists -> ``(values [B, W], mask [B, W])``, both long: each row padded with ``value`` to ``width``
+    (default the longest row) on ``side`` (``"left"`` for prompts, so that their last tokens line up); ``mask`` is 1
+    on the given entries. The one padding of every batch: training batches, generation prompts, teacher passes."""
+    width = max((len(s) for s in seqs), default=0) if width is None else width
+    values = torch.full((len(seqs), width), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        at = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        values[i, at] = torch.tensor(s, dtype=torch.long)
+        mask[i, at] = 1
+    return values, mask
 
 
 def seed_everything(seed: int) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models.latent import thought_positions
+from ..utils import pad
 
 
 @dataclass
@@ -25,16 +26,6 @@ class Generation:
     tokens: list[list[int]]  # generated token ids per problem, EOS excluded
     steps: list[int]  # decoding steps after the prompt per problem (see module docstring)
     truncated: list[bool] = field(default_factory=list)  # per problem: hit max_new_tokens without EOS
-
-
-def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()
@@ -56,7 +47,7 @@ def greedy_generate(
     if latent_steps and (project is None or eot_id is None):
         raise ValueError("latent generation needs a projector and the <eot> id")
     device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id, device)
+    ids, mask = (t.to(device) for t in pad(prompts, pad_id, side="left"))
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                 output_hidden_states=latent_steps > 0)

@@ -10,6 +10,7 @@ import torch
 
 from ..data.render import IGNORE, segments
 from ..losses import answer_token_ce, token_cross_entropy
+from ..utils import pad
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,8 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
     Extra per-example integer fields (e.g. ``index``) are stacked as 1-D tensors.
     """
-    width = max(len(it["input_ids"]) for it in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for i, it in enumerate(items):
-        n = len(it["input_ids"])
-        ids[i, :n] = torch.tensor(it["input_ids"])
-        labels[i, :n] = torch.tensor(it["labels"])
-        mask[i, :n] = 1
+    ids, mask = pad([it["input_ids"] for it in items], pad_id)
+    labels, _ = pad([it["labels"] for it in items], IGNORE)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     for key in items[0]:
         if key not in batch and isinstance(items[0][key], int):

@@ -23,6 +23,7 @@ from ..data.render import IGNORE, encode, segments
 from ..data.schema import Example
 from ..losses import token_cross_entropy
 from ..models.latent import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
+from ..utils import pad
 from . import common
 
 
@@ -89,15 +90,14 @@ def prompt(example: Example, tokenizer, cfg: Config) -> list[int]:
 
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Prompts left-padded (so all latent steps line up, as in generation), suffixes right-padded."""
-    B = len(items)
-    P = max(len(it["prompt_ids"]) for it in items)
-    S = max(len(it["suffix_ids"]) for it in items)
+    prompt_ids, prompt_mask = pad([it["prompt_ids"] for it in items], pad_id, side="left")
+    suffix_ids, suffix_mask = pad([it["suffix_ids"] for it in items], pad_id)
     out = {
-        "prompt_ids": torch.full((B, P), pad_id, dtype=torch.long),
-        "prompt_mask": torch.zeros((B, P), dtype=torch.long),
-        "suffix_ids": torch.full((B, S), pad_id, dtype=torch.long),
-        "suffix_mask": torch.zeros((B, S), dtype=torch.long),
-        "suffix_labels": torch.full((B, S), IGNORE, dtype=torch.long),
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "suffix_ids": suffix_ids,
+        "suffix_mask": suffix_mask,
+        "suffix_labels": pad([it["suffix_labels"] for it in items], IGNORE)[0],
         "anchor": torch.tensor([it["anchor"] for it in items]),
         "index": torch.tensor([it["index"] for it in items]),
         # Each example's own K (a curriculum stage gives an example with fewer steps fewer thoughts); the latent
@@ -109,13 +109,6 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     }
     if "answer_len" in items[0]:
         out["answer_len"] = torch.tensor([it["answer_len"] for it in items])
-    for i, it in enumerate(items):
-        p, s = len(it["prompt_ids"]), len(it["suffix_ids"])
-        out["prompt_ids"][i, P - p :] = torch.tensor(it["prompt_ids"])
-        out["prompt_mask"][i, P - p :] = 1
-        out["suffix_ids"][i, :s] = torch.tensor(it["suffix_ids"])
-        out["suffix_mask"][i, :s] = 1
-        out["suffix_labels"][i, :s] = torch.tensor(it["suffix_labels"])
     return out
 
 
