@@ -18,10 +18,9 @@ from lori.data import (
 from lori.data.multiplication import operands
 from lori.data.readers import (
     format_number,
-    read_gsm8k_hard_jsonl,
     read_gsm8k_jsonl,
     read_icot,
-    read_multiarith_jsonl,
+    read_pal_jsonl,
     read_svamp_json,
 )
 from lori.errors import DataError, LoriError
@@ -121,7 +120,7 @@ def test_golden_svamp() -> None:
 
 
 def test_golden_multiarith() -> None:
-    examples = read_multiarith_jsonl(DATA / "multiarith" / "multiarith.jsonl")
+    examples = read_pal_jsonl(DATA / "multiarith" / "multiarith.jsonl")
     assert examples[0].question.startswith("For Halloween Debby and her sister combined the candy they received.")
     assert (examples[0].steps, examples[0].answer) == ((), "39")
     assert examples[-1].source.endswith(":600")  # the last line has no newline but is read
@@ -226,8 +225,8 @@ def test_gsm8k_malformed_line(tmp_path: Path, bad_line: str, problem: str) -> No
     assert read_gsm8k_jsonl(path) == [Example("q", ("<<1+1=2>>",), "1000", f"{path}:1")]
 
 
-@pytest.mark.parametrize("reader", [read_multiarith_jsonl, read_gsm8k_hard_jsonl])
-def test_number_target_errors(tmp_path: Path, reader) -> None:
+def test_number_target_errors(tmp_path: Path) -> None:
+    reader = read_pal_jsonl  # MultiArith's and GSM8K-Hard's reader
     path = tmp_path / "bad.jsonl"
     path.write_text('{"input": "q", "target": 1.0}\n{"input": "q", "target": "3"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"bad\.jsonl:2: 'target' must be a finite number"):

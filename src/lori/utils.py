@@ -156,8 +156,13 @@ def set_rng_state(state: dict) -> None:
 
 def sha256_file(path: Path) -> str:
     """The sha256 of a file's content, read in 1 MiB blocks."""
-    h = hashlib.sha256()
+    return hash_file(hashlib.sha256(), path).hexdigest()
+
+
+def hash_file(h, path: Path):
+    """Feed a file's content to the hash object ``h`` in 1 MiB blocks (memory stays flat for any size); returns
+    ``h``."""
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    return h

@@ -196,17 +196,9 @@ def read_svamp_json(path: PathLike) -> list[Example]:
     return examples
 
 
-def read_multiarith_jsonl(path: PathLike) -> list[Example]:
-    """Read MultiArith ``{"input", "target"}`` lines (module docstring); no steps."""
-    path = Path(path)
-    return [
-        Example(_string(path, n, obj, "input"), (), _number(path, n, obj, "target"), f"{path}:{n}")
-        for n, obj in _json_lines(path, ("input", "target"))
-    ]
-
-
-def read_gsm8k_hard_jsonl(path: PathLike) -> list[Example]:
-    """Read GSM8K-Hard ``{"input", "code", "target"}`` lines (module docstring); ``code`` is ignored, no steps."""
+def read_pal_jsonl(path: PathLike) -> list[Example]:
+    """Read the JSON lines of reasoning-machines/pal, ``{"input", "target"}`` (MultiArith) or ``{"input", "code",
+    "target"}`` (GSM8K-Hard; ``code`` is ignored): no steps (module docstring)."""
     path = Path(path)
     return [
         Example(_string(path, n, obj, "input"), (), _number(path, n, obj, "target"), f"{path}:{n}")
@@ -218,8 +210,8 @@ READERS: dict[str, Callable[[Path], list[Example]]] = {
     "icot": read_icot,
     "gsm8k": read_gsm8k_jsonl,
     "svamp": read_svamp_json,
-    "multiarith": read_multiarith_jsonl,
-    "gsm8k-hard": read_gsm8k_hard_jsonl,
+    "multiarith": read_pal_jsonl,
+    "gsm8k-hard": read_pal_jsonl,
 }
 
 

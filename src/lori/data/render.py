@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import ConfigError
+from ..losses.task import IGNORE_INDEX  # the label of a position that is not supervised: what the loss skips
 from .schema import Example
 
-IGNORE = -100  # label of a position that is not supervised
 
 
 @dataclass(frozen=True)
@@ -75,4 +75,4 @@ def explicit_cot(s: Segments) -> dict[str, list[int]]:
 
 def supervised(prefix: list[int], target: list[int]) -> dict[str, list[int]]:
     """``input_ids = prefix + target`` with labels only on ``target`` (labels[t] is the token at t; the loss shifts)."""
-    return {"input_ids": prefix + target, "labels": [IGNORE] * len(prefix) + target, "n_target": len(target)}
+    return {"input_ids": prefix + target, "labels": [IGNORE_INDEX] * len(prefix) + target, "n_target": len(target)}

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data.render import IGNORE, segments
-from ..losses import answer_token_ce, token_cross_entropy
+from ..data.render import segments
+from ..losses import IGNORE_INDEX, answer_token_ce, token_cross_entropy
 from ..utils import pad
 
 
@@ -33,12 +33,12 @@ def step_norm(items: list[dict], indices: list[int]) -> Norm:
 
 
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad rendered examples into tensors: input_ids, attention_mask, labels (IGNORE on padding).
+    """Right-pad rendered examples into tensors: input_ids, attention_mask, labels (IGNORE_INDEX on padding).
 
     Extra per-example integer fields (e.g. ``index``) are stacked as 1-D tensors.
     """
     ids, mask = pad([it["input_ids"] for it in items], pad_id)
-    labels, _ = pad([it["labels"] for it in items], IGNORE)
+    labels, _ = pad([it["labels"] for it in items], IGNORE_INDEX)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     for key in items[0]:
         if key not in batch and isinstance(items[0][key], int):

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config
-from ..data.render import IGNORE, encode, segments
+from ..data.render import encode, segments
 from ..data.schema import Example
-from ..losses import token_cross_entropy
+from ..losses import IGNORE_INDEX, token_cross_entropy
 from ..models.latent import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
 from ..utils import pad
 from . import common
@@ -45,7 +45,7 @@ def render_latent(example: Example, tokenizer, cfg: Config, stage: int, latent_s
     return {
         "prompt_ids": s.prompt + [bot],
         "suffix_ids": [eot] + target,
-        "suffix_labels": [IGNORE] + target,
+        "suffix_labels": [IGNORE_INDEX] + target,
         # suffix position of the last `####` token: it predicts the first answer token (the answer anchor)
         "anchor": len(language) + s.marker_len,
         "latent_steps": thoughts,
@@ -97,7 +97,7 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         "prompt_mask": prompt_mask,
         "suffix_ids": suffix_ids,
         "suffix_mask": suffix_mask,
-        "suffix_labels": pad([it["suffix_labels"] for it in items], IGNORE)[0],
+        "suffix_labels": pad([it["suffix_labels"] for it in items], IGNORE_INDEX)[0],
         "anchor": torch.tensor([it["anchor"] for it in items]),
         "index": torch.tensor([it["index"] for it in items]),
         # Each example's own K (a curriculum stage gives an example with fewer steps fewer thoughts); the latent

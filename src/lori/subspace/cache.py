@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import LoriError
-from ..utils import atomic_target, atomic_write_text, sha256_file
+from ..utils import atomic_target, atomic_write_text, hash_file, sha256_file
 from .basis import Basis
 from .stats import triu_unpack
 
@@ -46,9 +46,7 @@ def file_digest(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for p in sorted(paths):
         h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        hash_file(h, p)
     return h.hexdigest()
 
 
