@@ -8,7 +8,7 @@ from torch import Tensor
 
 __all__ = ["IGNORE_INDEX", "answer_token_ce", "token_cross_entropy"]
 
-IGNORE_INDEX = -100  # label of an unsupervised position: every rendering writes it (lori.data.render), the loss skips it
+IGNORE_INDEX = -100  # label of an unsupervised position: each rendering writes it (lori.data.render), the loss skips it
 
 
 def token_cross_entropy(
