@@ -3,7 +3,7 @@ training, ``torchrun`` for precompute): training and precompute give what one pr
 
 (``accelerate launch --cpu --num_processes 2`` starts a single process unless mpirun is used, which is
 accelerate's behaviour; on a machine without CUDA the loop asks accelerate for a gloo multi-CPU job whenever a
-launcher started several processes, see lori.training.distributed.)
+launcher started several processes, see lori.distributed.)
 
 Training: 2 processes x micro batch 8 x 1 accumulation step against 1 process x micro batch 8 x 2 steps, the same
 global batch of 16. Both runs see the same micro-batches (the step's global batch is cut into the same slices), and
@@ -110,7 +110,7 @@ def test_two_processes_match_one_with_double_accumulation(tmp_path):
 def test_a_launch_that_did_not_form_one_job_is_refused(monkeypatch):
     """N processes started by a launcher but not joined into one job would each train alone into the same folder."""
     from lori.errors import LoriError
-    from lori.training.distributed import check_world, force_cpu, launched_processes
+    from lori.distributed import check_world, force_cpu, launched_processes
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert launched_processes() == 1 and not force_cpu()
@@ -140,7 +140,7 @@ def test_accelerate_sharded_strategies_are_refused_with_the_reason():
     from accelerate.utils import DistributedType
 
     from lori.errors import LoriError
-    from lori.training.distributed import check_strategy
+    from lori.distributed import check_strategy
 
     for ok in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         check_strategy(ok)

@@ -3,13 +3,14 @@
 Layers, lowest first (the README's layout tree states the same order). A module may import from its own layer and
 from lower ones, at module level or inside a function; never from a higher one:
 
-    0 foundation  errors, utils, tasks (the answer policy)
+    0 foundation  errors, utils, tasks (the answer policy), distributed (several processes: launch checks and the
+                  few collectives training and precompute use)
     1 config      config
     2 leaves      data (schema, the written form, readers, generators, splits), losses, subspace
     3 models      models (building, loading, tokenizer, checkpoint folders, model setup, LoRA, the latent student)
     4 methods     methods (one file per method: rendering, loss, setup)
     5 evaluation  evaluation (generation, metrics, results files) but evaluation/run.py (the `lori eval` command)
-    6 training    training (the loop, checkpoint writer, distributed helpers, sharding, trackers, run identity)
+    6 training    training (the loop, checkpoint writer, sharding, trackers, run identity)
     7 commands    the package root and its commands: cli, precompute, analyze, pipeline, demo, compare, export,
                   harness, student (the Python API), evaluation/run.py
 
@@ -31,7 +32,7 @@ PKG = SRC / "lori"
 
 # Longest matching prefix wins.
 LAYERS = {
-    "lori.errors": 0, "lori.utils": 0, "lori.tasks": 0,
+    "lori.errors": 0, "lori.utils": 0, "lori.tasks": 0, "lori.distributed": 0,
     "lori.config": 1,
     "lori.data": 2, "lori.losses": 2, "lori.subspace": 2,
     "lori.models": 3,

@@ -166,7 +166,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def single_process(verb: str) -> None:
     """``lori eval | export | analyze | demo | compare`` run in one process; under a multi-process launcher every
     process would write the same files."""
-    from .training.distributed import launched_processes
+    from .distributed import launched_processes
 
     n = launched_processes()
     if n > 1:

@@ -33,7 +33,7 @@ from .subspace import Basis, LayerGramAccumulator, SecondMomentAccumulator, fit_
 from .subspace.cache import CacheWriter, cache_bytes
 from .subspace.stats import triu_pack
 from .subspace.trajectory import prefix_means, step_states, trajectory_statistics
-from .training.distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
+from .distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
 from .utils import check_writable, pad
 
 @torch.no_grad()

@@ -55,7 +55,7 @@ from . import sharding as fsdp
 from . import trackers
 from .checkpoint import (SHARDED_DIR, list_checkpoints, load_state, remove_partial_checkpoints, resolve_checkpoint,
                          save_checkpoint, step_dir, temporary_folder, write_error)
-from .distributed import all_gather, broadcast_object, check_strategy, check_world, force_cpu
+from ..distributed import all_gather, broadcast_object, check_strategy, check_world, force_cpu
 from .identity import acquire_lock, release_lock, start_run, truncate_metrics
 
 

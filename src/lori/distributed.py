@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from ..errors import LoriError
+from .errors import LoriError
 
 
 def launched_processes() -> int:
@@ -67,7 +67,7 @@ def check_strategy(distributed_type) -> None:
 
 def process_state():
     """accelerate's :class:`PartialState` (rank, world size, device, barrier) for commands without an optimizer."""
-    from accelerate import PartialState
+    from accelerate import PartialState  # here: the CLI's launch check (launched_processes) loads no accelerate
 
     state = PartialState(cpu=force_cpu())
     check_world(state.num_processes)
