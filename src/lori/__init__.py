@@ -10,6 +10,8 @@ From Python, :func:`lori.load` loads a trained student of any method (a run fold
 (see :mod:`lori.student`). ``import lori`` itself stays light: torch and transformers load on first use.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 _API = {"load": "lori.student", "Student": "lori.student", "Generated": "lori.student"}
@@ -17,8 +19,6 @@ _API = {"load": "lori.student", "Student": "lori.student", "Generated": "lori.st
 
 def __getattr__(name):  # PEP 562: lori.load etc. import lori.student (torch, transformers) only when used
     if name in _API:
-        import importlib
-
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'lori' has no attribute {name!r}")
 

@@ -33,10 +33,10 @@ STYLE = {  # colour, line style, width
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # here: matplotlib loads when a figure is drawn, not with every lori analyze import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display needed
 
     return plt
 
@@ -62,7 +62,7 @@ def _label(res: dict, name: str) -> str:
 
 
 def _integer_ticks(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # (as in _plt)
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 

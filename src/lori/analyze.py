@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from .config import Config, LoRiConfig
 from .data.chains import intermediate_values
@@ -412,8 +413,6 @@ def analyze(checkpoint: str | Path, overrides: list[str] | None = None, student:
         rank_rule += f" (capped at the hidden size {d})"
 
     # control (a): the same architecture, random weights
-    from transformers import AutoModelForCausalLM
-
     config = lm.config
     del lm
     if device.type == "cuda":

@@ -157,7 +157,7 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
         if self.log_with:  # installed or not is checked when a run starts (an eval need not have them)
-            from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+            from accelerate.tracking import LOGGER_TYPE_TO_CLASS  # here: reading a config loads no accelerate/torch
 
             known = ["all", *LOGGER_TYPE_TO_CLASS]
             for name in self.log_with:

@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from safetensors.torch import save_file
+from transformers import GenerationConfig
 
 from . import __version__
 from .errors import LoriError
@@ -268,8 +269,6 @@ def student_settings(student, ckpt: Path, folder: Path) -> dict:
 
 def generation_config(student):
     """Greedy decoding with the checkpoint's budget; ``lori_*`` keys say how a latent student generates."""
-    from transformers import GenerationConfig
-
     tok, latent = student.tokenizer, is_latent(student.method)
     extra = {"lori_method": student.method, "lori_latent_steps": student.latent_steps,
              "lori_generate_with": "lori.load(folder).generate(questions)"}
@@ -336,10 +335,10 @@ def export(run: str | Path, out: str | Path, *, max_shard_size: str | int = DEFA
 def hub_preflight(repo: str) -> None:
     """Refuse, before any work, a push that cannot happen: no ``huggingface_hub``, offline mode, a bad repo id."""
     try:
-        import huggingface_hub  # noqa: F401
+        import huggingface_hub  # noqa: F401  (optional: only --push-to-hub needs it)
     except ImportError:
         raise LoriError("--push-to-hub needs huggingface_hub: pip install huggingface_hub") from None
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # optional, checked just above
 
     if constants.HF_HUB_OFFLINE:
         raise LoriError(f"--push-to-hub {repo}: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it, or "
@@ -350,7 +349,7 @@ def hub_preflight(repo: str) -> None:
 
 def push(folder: Path, repo: str, private: bool = False) -> str:
     """Upload ``folder`` to the Hub model repo ``repo`` (created if missing); one line when offline or refused."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # optional: only --push-to-hub needs it (hub_preflight checked it)
 
     api = HfApi()
     try:

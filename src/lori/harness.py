@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
 from .errors import LoriError
@@ -99,7 +100,7 @@ class LoriLM(LM):
         unused = {k: v for k, v in kwargs.items() if v is not None}
         if unused:
             log.warning("lori model: ignoring model_args %s", ", ".join(sorted(unused)))
-        import torch
+        import torch  # here: lm-eval imports this module to register the model type; torch loads when one is built
 
         if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
             log.warning("lori model: device %s is not available (lm-eval's default is cuda); using the cpu", device)
@@ -170,9 +171,7 @@ def cli(argv: list[str]) -> int:
     """``lori lm-eval ARGS``: lm-eval's command line with the ``lori`` model type registered."""
     if not HAVE_LM_EVAL:
         raise LoriError(f"lori lm-eval needs lm-eval: {INSTALL}")
-    import sys
-
-    from lm_eval.__main__ import cli_evaluate
+    from lm_eval.__main__ import cli_evaluate  # lm-eval's whole command line: only `lori lm-eval` loads it
 
     if not any(a == "--include_path" or a.startswith("--include_path=") for a in argv) and \
             not any(a in ("-h", "--help") for a in argv[:1]) and argv[:1] not in (["ls"], ["validate"]):

@@ -38,7 +38,7 @@ def _norm(question: str) -> str:
 def hub_examples(dataset: str = HUB_DATASET, split: str = "train") -> tuple[list[Example], str]:
     """GSM8k-Aug from the hub (needs ``datasets`` and network); returns the examples and the dataset revision."""
     try:
-        import datasets
+        import datasets  # optional: only --source hub needs it
     except ImportError as e:
         raise LoriError("--source hub needs the datasets package (pip install datasets) and network access; "
                         "offline, use --source gsm8k-train") from e

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from ..models.latent import thought_positions
 from ..utils import pad
@@ -98,8 +99,6 @@ def generate_batches(model, prompts: list[list[int]], batch_size: int, *, progre
                      desc: str = "generate", **kwargs) -> Generation:
     """:func:`greedy_generate` over ``prompts`` in batches of ``batch_size``, the results concatenated in order: what
     ``lori eval`` (``lori.evaluation.evaluate``) and ``lori.load(...).generate`` (``lori.student``) both run."""
-    from tqdm.auto import tqdm
-
     tokens, steps, truncated = [], [], []
     for s in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
         g = greedy_generate(model, prompts[s : s + batch_size], **kwargs)

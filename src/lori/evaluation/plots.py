@@ -16,10 +16,10 @@ def plot_accuracy_vs_tokens(rows: list[ResultRow], path: Path, title: str = "") 
     their mean as a large diamond with the 95% Student-t interval over seeds (``aggregate_rows``); the legend
     names each method once.
     """
-    import matplotlib
+    import matplotlib  # here: matplotlib loads when a plot is drawn, not with every report import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display needed
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]

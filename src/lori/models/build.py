@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import ModelConfig
@@ -34,15 +35,15 @@ def tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, max_positio
         **common,
     )
     if cfg.arch == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaConfig, LlamaForCausalLM  # each branch loads its architecture's code only
 
         model = LlamaForCausalLM(LlamaConfig(**decoder))
     elif cfg.arch == "qwen2":
-        from transformers import Qwen2Config, Qwen2ForCausalLM
+        from transformers import Qwen2Config, Qwen2ForCausalLM  # (see the llama branch)
 
         model = Qwen2ForCausalLM(Qwen2Config(**decoder))
     elif cfg.arch == "gpt2":
-        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers import GPT2Config, GPT2LMHeadModel  # (see the llama branch)
 
         mc = GPT2Config(
             n_embd=cfg.hidden_size,
@@ -90,8 +91,6 @@ def check_weights(folder: Path) -> None:
     """Refuse a local model folder whose safetensors files are truncated or damaged, naming the file, before
     ``from_pretrained`` fails on it with a bare ``SafetensorError`` (the header of a safetensors file must cover the
     file exactly, so a cut-off copy or a write a full disk stopped is caught here; reads only the headers)."""
-    from safetensors import safe_open
-
     for f in sorted(Path(folder).glob("*.safetensors")):
         try:
             with safe_open(str(f), framework="pt"):

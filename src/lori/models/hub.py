@@ -76,8 +76,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 
     If another process finished the same conversion first, its folder is kept and ours is discarded.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # here: resolving a model name (resolve_model) loads neither torch nor transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # (the same)
 
     for module in ("gguf", "accelerate"):
         if importlib.util.find_spec(module) is None:

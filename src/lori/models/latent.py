@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import LoriError
@@ -188,8 +189,6 @@ class LatentStudent(nn.Module):
                 "position_offset": self.position_offset, "position_stride": self.position_stride}
 
     def load_projector(self, folder: str | Path) -> None:
-        from safetensors.torch import load_file
-
         if self.projector.kind in ("identity", "soft"):
             return
         f = Path(folder) / PROJECTOR_FILE

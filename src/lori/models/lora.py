@@ -25,6 +25,7 @@ import copy
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from ..errors import LoriError
 from .tokenizer import BOT, EOT
@@ -35,7 +36,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 def _peft():
     try:
-        import peft
+        import peft  # optional (the real extra): only model.lora_r needs it
     except ImportError as e:
         raise LoriError("model.lora_r needs peft: pip install 'lori[real]' (peft==0.21.2)") from e
     return peft
@@ -43,7 +44,7 @@ def _peft():
 
 def is_peft_model(model) -> bool:
     try:
-        from peft import PeftModel
+        from peft import PeftModel  # optional: without peft no model is a peft model
     except ImportError:
         return False
     return isinstance(model, PeftModel)
@@ -79,8 +80,7 @@ def apply_lora(module, tokenizer, model_cfg, checkpoint: str | Path | None = Non
 
 
 def load_adapter(wrapped, checkpoint: str | Path) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from peft import set_peft_model_state_dict  # optional: a LoRA run has it (lori.models.lora._peft)
 
     f = Path(checkpoint) / ADAPTER_DIR / ADAPTER_WEIGHTS
     if not f.is_file():

@@ -14,9 +14,12 @@ import errno
 import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..config import Config, save_config
 from ..errors import LoriError, WriteError
@@ -64,10 +67,6 @@ def _verify(folder: Path) -> None:
     """Check that every weights file and the trainer state written to ``folder`` is complete (the headers of the
     safetensors files cover their files exactly; the zip directory of the state, at its end, is readable): a writer
     that ignored a full disk leaves a short file, which this refuses before the folder is named ``step-*``."""
-    import zipfile
-
-    from safetensors import safe_open
-
     for f in sorted(folder.rglob("*.safetensors")):
         try:
             with safe_open(str(f), framework="pt"):
@@ -133,8 +132,6 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, sta
         tokenizer.save_pretrained(tmp)
         save_config(cfg, tmp / CONFIG_FILE)
         if extra_tensors:
-            from safetensors.torch import save_file
-
             for name, tensors in extra_tensors.items():
                 save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))
         torch.save(state, tmp / STATE_FILE)

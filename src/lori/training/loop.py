@@ -508,7 +508,7 @@ def _save_sharded(module, optimizer, extra_tensors, out_dir: Path, step: int, ma
     tmp, failed = broadcast_object((tmp, failed), world)
     if failed:
         return None, failed
-    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.api import CheckpointException  # sharded runs only (lori.training.sharding)
 
     problem = None
     try:

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+# torch.distributed's FSDP, DTensor and checkpoint modules are imported in the functions that use them: only
+# train.sharding=fsdp calls those, and a torch built without distributed support has none of them.
 from ..errors import LoriError
 from .checkpoint import SHARDED_DIR  # noqa: F401  (the sharded state's folder in a checkpoint)
 
@@ -64,8 +66,8 @@ def decoder_layers(lm) -> list[torch.nn.Module]:
 def shard(module, world: int, device: torch.device, bf16: bool) -> list:
     """Apply ``fully_shard`` to each decoder layer, then to ``module`` (the root); return the FSDP units, root
     last. Every process must call it, with the same model."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.device_mesh import init_device_mesh  # FSDP only (see above the imports)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # FSDP only (see above the imports)
 
     mesh = init_device_mesh(device.type, (world,))
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
@@ -86,7 +88,7 @@ def shard(module, world: int, device: torch.device, bf16: bool) -> list:
 
 
 def units(module) -> list:
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # FSDP only (see above the imports)
 
     return [m for m in module.modules() if isinstance(m, FSDPModule)]
 
@@ -110,7 +112,7 @@ def gathered(module):
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # FSDP only (see above the imports)
 
     return t.to_local() if isinstance(t, DTensor) else t
 
@@ -131,7 +133,7 @@ def weight_norm(params: list[torch.Tensor]) -> float:
 
 def full_state_dict(module) -> dict[str, torch.Tensor]:
     """The whole model's weights on the main process's CPU (``{}`` elsewhere); every process must call it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # FSDP only
 
     full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     for alias in getattr(module, "lori_tied_aliases", []):
@@ -142,7 +144,7 @@ def full_state_dict(module) -> dict[str, torch.Tensor]:
 def full_tensors(groups: dict[str, dict[str, torch.Tensor]] | None, main: bool):
     """``{file: {name: tensor}}`` with each sharded tensor gathered whole (on the main process's CPU; every process
     must call it, in the same order: the same dict on each)."""
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # FSDP only (see above the imports)
 
     if not groups:
         return groups
@@ -158,8 +160,8 @@ def full_tensors(groups: dict[str, dict[str, torch.Tensor]] | None, main: bool):
 
 def save_sharded(module, optimizer, folder: Path) -> None:
     """The model and optimizer state, each process writing its shards into ``folder`` (collective)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    import torch.distributed.checkpoint as dcp  # FSDP only (see above the imports)
+    from torch.distributed.checkpoint.state_dict import get_state_dict  # FSDP only (see above the imports)
 
     model_sd, optim_sd = get_state_dict(module, optimizer)
     dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(folder))
@@ -168,9 +170,9 @@ def save_sharded(module, optimizer, folder: Path) -> None:
 def load_sharded(module, optimizer, folder: Path) -> None:
     """Load what :func:`save_sharded` wrote into ``module`` and ``optimizer``, sharded or not, on any number of
     processes (torch.distributed.checkpoint reshards; one process without a process group reads it all)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    import torch.distributed.checkpoint as dcp  # FSDP only (see above the imports)
+    from torch.distributed.checkpoint.api import CheckpointException  # FSDP only (see above the imports)
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict  # FSDP only
 
     model_sd, optim_sd = get_state_dict(module, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}

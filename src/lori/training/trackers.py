@@ -20,7 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from accelerate.utils import ProjectConfiguration
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import LoggerType, ProjectConfiguration
 
 from ..config import Config, to_dict
 from ..errors import LoriError
@@ -37,9 +38,6 @@ PIP_PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "track
 def tracker_names(cfg: Config) -> list[str]:
     """The trackers a run logs to: ``train.log_with`` plus ``tensorboard`` when ``train.tensorboard`` is set (its
     older spelling), each once. Refuses a named tracker that is not installed, naming the package to install."""
-    from accelerate.tracking import get_available_trackers
-    from accelerate.utils import LoggerType
-
     names = list(dict.fromkeys([*cfg.train.log_with, *(["tensorboard"] if cfg.train.tensorboard else [])]))
     available = {str(t) for t in get_available_trackers()}
     builtin = {str(t) for t in LoggerType} - {"all"}
