@@ -159,6 +159,9 @@ def test_write_rejects_bad_rows(tmp_path):
         (lambda d: d["results"][1].pop("ci95"), r"results\[1\]\.ci95: missing key"),
         (lambda d: d["results"][0].update(ci95=[0.1]), r"results\[0\]\.ci95: must be a list"),
         (lambda d: d["results"][0].update(accuracy="43%"), r"results\[0\]\.accuracy: must be a number"),
+        # read and write share one validation (ResultRow.problem): what writing refuses, reading refuses too
+        (lambda d: d["results"][1].update(accuracy=43.0), r"results\[1\]\.accuracy: must be a number in \[0, 1\]"),
+        (lambda d: d["results"][0].update(ci95=[0.5, 0.4]), r"results\[0\]\.ci95: .*lo <= hi"),
         (lambda d: d["results"][2].update(acuracy=0.5), r"results\[2\]\.acuracy: unknown key"),
         (lambda d: d.update(results={}), r"results: must be a list"),
         (lambda d: d.update(extra=1), r"extra: unknown top-level key"),

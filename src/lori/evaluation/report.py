@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +40,26 @@ RESULTS_MD = "results.md"
 BASELINE_METHOD = "cot-sft"
 
 _TOP_KEYS = ("task", "split", "n", "results")
-_ROW_KEYS = (
-    "method",
-    "checkpoint",
-    "accuracy",
-    "ci95",
-    "mean_generated_tokens",
-    "latency_ms_per_problem",
-    "throughput_problems_per_s",
-)
-_OPTIONAL_ROW_KEYS = ("truncated", "test_set", "seed", "extra")
 TEST_SET_KEYS = ("task", "split", "n", "source", "sha256")  # required in a row's test_set; "file_sha256" optional
 _TEST_SET_MATCH = ("task", "split", "n", "sha256")  # what must agree for two rows to share a table
 _NONNEG_KEYS = ("mean_generated_tokens", "latency_ms_per_problem", "throughput_problems_per_s")
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 @dataclass
 class ResultRow:
-    """One evaluated (method, checkpoint[, seed]) on one task/split. ``accuracy`` and ``ci95`` are fractions."""
+    """One evaluated (method, checkpoint[, seed]) on one task/split. ``accuracy`` and ``ci95`` are fractions.
+
+    The schema of a row of ``results.json`` (module docstring): :meth:`problem` is its one validation, which
+    :func:`write_results` runs before writing and :meth:`from_dict` (what :func:`read_results` reads with) after
+    reading."""
 
     method: str
     checkpoint: str
@@ -91,43 +93,62 @@ class ResultRow:
             d["extra"] = dict(self.extra)
         return d
 
+    def problem(self) -> str | None:
+        """The first value that cannot go into results.json, as ``"key: what is wrong"``; None when the row fits."""
+        if not isinstance(self.method, str) or not self.method:
+            return f"method: must be a non-empty string, got {self.method!r}"
+        if not isinstance(self.checkpoint, str):
+            return f"checkpoint: must be a string, got {self.checkpoint!r}"
+        if not _is_number(self.accuracy) or not 0.0 <= self.accuracy <= 1.0:
+            return f"accuracy: must be a number in [0, 1] (a fraction), got {self.accuracy!r}"
+        ci = self.ci95
+        if (not isinstance(ci, (tuple, list)) or len(ci) != 2 or not all(_is_number(c) and 0.0 <= c <= 1.0 for c in ci)
+                or ci[0] > ci[1]):
+            return f"ci95: must be a list [lo, hi] with 0 <= lo <= hi <= 1, got {ci!r}"
+        for key in _NONNEG_KEYS:
+            value = getattr(self, key)
+            if not _is_number(value) or value < 0:
+                return f"{key}: must be a finite number >= 0, got {value!r}"
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            return f"seed: must be an integer or None, got {self.seed!r}"
+        if not isinstance(self.extra, dict):
+            return f"extra: must be an object (a dict), got {type(self.extra).__name__}"
+        if self.truncated is not None and not _is_count(self.truncated):
+            return f"truncated: must be an integer >= 0 or None, got {self.truncated!r}"
+        if self.test_set is not None and _test_set_problem(self.test_set):
+            return f"test_set: {_test_set_problem(self.test_set)}"
+        return None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ResultRow:
+        """The row of a results.json entry (the shape :meth:`to_dict` writes); raises ValueError ``"key: what is
+        wrong"`` for a missing or unknown key or a value :meth:`problem` refuses."""
+        missing = [k for k in _ROW_KEYS if k not in d]
+        if missing:
+            raise ValueError(f"{missing[0]}: missing key")
+        unknown = sorted(set(d) - set(_ROW_KEYS) - set(_OPTIONAL_ROW_KEYS))
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown key (allowed: {', '.join(_ROW_KEYS + _OPTIONAL_ROW_KEYS)})")
+        row = cls(**d)
+        problem = row.problem()
+        if problem:
+            raise ValueError(problem)
+        return replace(row, accuracy=float(row.accuracy), ci95=(float(row.ci95[0]), float(row.ci95[1])),
+                       **{k: float(getattr(row, k)) for k in _NONNEG_KEYS}, extra=dict(row.extra),
+                       test_set=None if row.test_set is None else dict(row.test_set))
+
+
+# a row's keys: the fields of ResultRow, those without a default required
+_ROW_KEYS = tuple(f.name for f in fields(ResultRow) if f.default is MISSING and f.default_factory is MISSING)
+_OPTIONAL_ROW_KEYS = tuple(f.name for f in fields(ResultRow) if f.name not in _ROW_KEYS)
+
 
 # ----------------------------------------------------------------------------------------------- checks
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _check_row(row: ResultRow, where: str) -> None:
     """Raise LoriError naming ``where.key`` for a value that cannot go into results.json."""
-    if not isinstance(row.method, str) or not row.method:
-        raise LoriError(f"{where}.method: must be a non-empty string, got {row.method!r}")
-    if not isinstance(row.checkpoint, str):
-        raise LoriError(f"{where}.checkpoint: must be a string, got {row.checkpoint!r}")
-    if not _is_number(row.accuracy) or not 0.0 <= row.accuracy <= 1.0:
-        raise LoriError(f"{where}.accuracy: must be a fraction in [0, 1], got {row.accuracy!r}")
-    ci = row.ci95
-    if (
-        not isinstance(ci, (tuple, list))
-        or len(ci) != 2
-        or not all(_is_number(c) and 0.0 <= c <= 1.0 for c in ci)
-        or ci[0] > ci[1]
-    ):
-        raise LoriError(f"{where}.ci95: must be [lo, hi] with 0 <= lo <= hi <= 1, got {ci!r}")
-    for key in _NONNEG_KEYS:
-        value = getattr(row, key)
-        if not _is_number(value) or value < 0:
-            raise LoriError(f"{where}.{key}: must be a finite number >= 0, got {value!r}")
-    if row.seed is not None and (not isinstance(row.seed, int) or isinstance(row.seed, bool)):
-        raise LoriError(f"{where}.seed: must be an integer or None, got {row.seed!r}")
-    if not isinstance(row.extra, dict):
-        raise LoriError(f"{where}.extra: must be a dict, got {type(row.extra).__name__}")
-    if row.truncated is not None and (not isinstance(row.truncated, int) or isinstance(row.truncated, bool)
-                                      or row.truncated < 0):
-        raise LoriError(f"{where}.truncated: must be an integer >= 0 or None, got {row.truncated!r}")
-    if row.test_set is not None:
-        problem = _test_set_problem(row.test_set)
-        if problem:
-            raise LoriError(f"{where}.test_set: {problem}")
+    problem = row.problem()
+    if problem:
+        raise LoriError(f"{where}.{problem}")
 
 
 def _test_set_problem(ts: Any) -> str | None:
@@ -136,7 +157,7 @@ def _test_set_problem(ts: Any) -> str | None:
     missing = [k for k in TEST_SET_KEYS if k not in ts]
     if missing:
         return f"missing key {missing[0]!r} (needs {', '.join(TEST_SET_KEYS)})"
-    if not isinstance(ts["n"], int) or isinstance(ts["n"], bool) or ts["n"] < 0:
+    if not _is_count(ts["n"]):
         return f"n must be an integer >= 0, got {ts['n']!r}"
     for k in ("task", "split", "source", "sha256"):
         if not isinstance(ts[k], str):
@@ -197,7 +218,7 @@ def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow],
     Raises LoriError (naming ``results[i].key``) for a row that does not fit the shape, before
     anything is written.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+    if not _is_count(n):
         raise LoriError(f"n: must be an integer >= 0, got {n!r}")
     for i, row in enumerate(rows):
         _check_row(row, f"results[{i}]")
@@ -232,51 +253,12 @@ def write_results(out_dir, task: str, split: str, n: int, rows: list[ResultRow],
 
 # ----------------------------------------------------------------------------------------------- reading
 def _row_from_dict(d: Any, path: Path, where: str) -> ResultRow:
-    def bad(key: str, problem: str) -> DataError:
-        return DataError(path, None, f"{where}.{key}: {problem}", "expected the shape written by lori.evaluation.report")
-
     if not isinstance(d, dict):
         raise DataError(path, None, f"{where}: must be an object, got {type(d).__name__}")
-    for key in _ROW_KEYS:
-        if key not in d:
-            raise bad(key, "missing key")
-    unknown = sorted(set(d) - set(_ROW_KEYS) - set(_OPTIONAL_ROW_KEYS))
-    if unknown:
-        raise bad(unknown[0], f"unknown key (allowed: {', '.join(_ROW_KEYS + _OPTIONAL_ROW_KEYS)})")
-    for key in ("method", "checkpoint"):
-        if not isinstance(d[key], str):
-            raise bad(key, f"must be a string, got {d[key]!r}")
-    for key in ("accuracy", *_NONNEG_KEYS):
-        if not _is_number(d[key]):
-            raise bad(key, f"must be a number, got {d[key]!r}")
-    ci = d["ci95"]
-    if not isinstance(ci, list) or len(ci) != 2 or not all(_is_number(c) for c in ci):
-        raise bad("ci95", f"must be a list [lo, hi] of two numbers, got {ci!r}")
-    seed = d.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise bad("seed", f"must be an integer, got {seed!r}")
-    extra = d.get("extra", {})
-    if not isinstance(extra, dict):
-        raise bad("extra", f"must be an object, got {extra!r}")
-    truncated = d.get("truncated")
-    if truncated is not None and (not isinstance(truncated, int) or isinstance(truncated, bool) or truncated < 0):
-        raise bad("truncated", f"must be an integer >= 0, got {truncated!r}")
-    test_set = d.get("test_set")
-    if test_set is not None and _test_set_problem(test_set):
-        raise bad("test_set", _test_set_problem(test_set))
-    return ResultRow(
-        method=d["method"],
-        checkpoint=d["checkpoint"],
-        accuracy=float(d["accuracy"]),
-        ci95=(float(ci[0]), float(ci[1])),
-        mean_generated_tokens=float(d["mean_generated_tokens"]),
-        latency_ms_per_problem=float(d["latency_ms_per_problem"]),
-        throughput_problems_per_s=float(d["throughput_problems_per_s"]),
-        seed=seed,
-        extra=dict(extra),
-        truncated=truncated,
-        test_set=None if test_set is None else dict(test_set),
-    )
+    try:
+        return ResultRow.from_dict(d)
+    except ValueError as e:
+        raise DataError(path, None, f"{where}.{e}", "expected the shape written by lori.evaluation.report") from None
 
 
 def read_results(path) -> tuple[str, str, int, list[ResultRow]]:
@@ -307,7 +289,7 @@ def read_results(path) -> tuple[str, str, int, list[ResultRow]]:
         if not isinstance(data[key], str):
             raise DataError(path, None, f"{key}: must be a string, got {data[key]!r}")
     n = data["n"]
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+    if not _is_count(n):
         raise DataError(path, None, f"n: must be an integer >= 0, got {n!r}")
     if not isinstance(data["results"], list):
         raise DataError(path, None, f"results: must be a list, got {type(data['results']).__name__}")
