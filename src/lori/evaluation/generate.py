@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..models.latent import thought_positions
+from ..models.latent import latent_loop, thought_positions
 from ..utils import pad
 
 
@@ -57,20 +57,21 @@ def greedy_generate(
     batch = len(prompts)
     ones = torch.ones((batch, 1), dtype=mask.dtype, device=device)
 
-    def step(hidden: bool = False, at=None, **inputs):
+    def step(**inputs):
         nonlocal mask, next_pos, cache
         mask = torch.cat([mask, ones], dim=1)
-        here = next_pos if at is None else at
-        o = model(**inputs, attention_mask=mask, position_ids=here, past_key_values=cache, use_cache=True,
-                  output_hidden_states=hidden)
-        cache, next_pos = o.past_key_values, here + 1
+        o = model(**inputs, attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True,
+                  output_hidden_states=False)
+        cache, next_pos = o.past_key_values, next_pos + 1
         return o
 
     if latent_steps:
         tpos, start = thought_positions(pos[:, -1:], torch.full((batch,), latent_steps, device=device),
                                         latent_steps, position_offset, position_stride)
-        for j in range(latent_steps):
-            out = step(hidden=True, at=tpos[:, j : j + 1], inputs_embeds=project(out.hidden_states[-1][:, -1:]))
+        # the latent loop training runs (lori.models.latent.latent_loop), every step real for every problem
+        every = torch.ones((batch, latent_steps), dtype=mask.dtype, device=device)
+        out, mask, _ = latent_loop(model, project, out, mask, tpos, every, keep_states=False)
+        cache = out.past_key_values
         next_pos = start  # <eot> right after the last thought
         out = step(input_ids=torch.full((batch, 1), eot_id, dtype=torch.long, device=device))
     prefix_steps = latent_steps + (1 if latent_steps else 0)

@@ -3,7 +3,8 @@
 Each thought is the last hidden state of the previous position, passed through a projector (a 2-layer MLP with a
 LayerNorm, as in CODI, or identity as in Coconut) and fed back as the next input embedding. No sampling happens in the
 latent loop. The same module serves training (:meth:`LatentStudent.forward`) and inference (its ``project`` is
-what :func:`lori.evaluation.generate.greedy_generate` calls), and both run the latent loop through a KV cache.
+what :func:`lori.evaluation.generate.greedy_generate` calls), and both run the one latent loop through a KV cache
+(:func:`latent_loop`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,27 @@ def thought_positions(last: torch.Tensor, counts: torch.Tensor, K: int, offset: 
     return thoughts, suffix
 
 
+def latent_loop(lm, project, out, mask: torch.Tensor, positions: torch.Tensor, step_mask: torch.Tensor,
+                keep_states: bool = True):
+    """The latent loop through the KV cache, one for training (:meth:`LatentStudent.forward`) and generation
+    (:func:`lori.evaluation.generate.greedy_generate`). ``out`` is the cached forward (with hidden states) whose last
+    position feeds the first thought; step j feeds ``project(last hidden state)`` back as the next input embedding at
+    ``positions[:, j]`` (:func:`thought_positions`), attended to where ``step_mask [B, K]`` is 1.
+
+    Returns ``(out, mask, states)``: the last step's output (its ``past_key_values`` hold every step), ``mask``
+    extended by the K steps, and per step the hidden states of every layer at it, ``[B, L+1, d]`` each (none without
+    ``keep_states``)."""
+    states = []
+    for j in range(step_mask.shape[1]):
+        mask = torch.cat([mask, step_mask[:, j : j + 1]], dim=1)
+        out = lm(inputs_embeds=project(out.hidden_states[-1][:, -1:]), attention_mask=mask,
+                 position_ids=positions[:, j : j + 1], past_key_values=out.past_key_values, use_cache=True,
+                 output_hidden_states=True)
+        if keep_states:
+            states.append(torch.stack([s[:, -1] for s in out.hidden_states], dim=1))  # [B, L+1, d]
+    return out, mask, states
+
+
 @dataclass
 class LatentOutput:
     logits: torch.Tensor  # [B, S, V] over the suffix positions (<eot> #### answer <eos>)
@@ -123,21 +145,12 @@ class LatentStudent(nn.Module):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.lm(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True,
                       output_hidden_states=True)
-        cache = out.past_key_values
         tpos, start = thought_positions(pos[:, -1:], step_mask.sum(1), K, self.position_offset, self.position_stride)
-        states = []
-        h = out.hidden_states[-1][:, -1:]
         prompt_states = torch.stack([s[:, -1] for s in out.hidden_states], dim=1)
-        for j in range(K):
-            mask = torch.cat([mask, step_mask[:, j : j + 1]], dim=1)
-            out = self.lm(inputs_embeds=self.project(h), attention_mask=mask, position_ids=tpos[:, j : j + 1],
-                          past_key_values=cache, use_cache=True, output_hidden_states=True)
-            cache = out.past_key_values
-            states.append(torch.stack([s[:, -1] for s in out.hidden_states], dim=1))  # [B, L+1, d]
-            h = out.hidden_states[-1][:, -1:]
+        out, mask, states = latent_loop(self.lm, self.project, out, mask, tpos, step_mask)
         mask = torch.cat([mask, suffix_mask], dim=1)
         spos = start + torch.arange(suffix_ids.shape[1], device=suffix_ids.device)[None]
-        out = self.lm(input_ids=suffix_ids, attention_mask=mask, position_ids=spos, past_key_values=cache,
+        out = self.lm(input_ids=suffix_ids, attention_mask=mask, position_ids=spos, past_key_values=out.past_key_values,
                       use_cache=True, output_hidden_states=True)
         latent = torch.stack(states, dim=2) if states else suffix_ids.new_zeros((0,))
         return LatentOutput(out.logits, latent, out.hidden_states, prompt_states)
