@@ -10,9 +10,9 @@ One model, two passes per batch::
 
 The thoughts go through CODI's projector (``codi.projector``: Linear-GELU-Linear-LayerNorm) and K =
 ``codi.latent_steps``. The student's rendering, batching and checkpoint are the latent family's
-(``methods/latent.py``; with
-``curriculum.stages > 0`` the student follows the same staged curriculum, which CODI itself does not use);
-the distance is ``losses/codi.py``. Generation: K thoughts, ``<eot>``, then greedy answer tokens.
+(``methods/latent.py``; with ``curriculum.stages > 0`` the student follows the same staged curriculum, which CODI
+itself does not use); the teacher's rendering is CoT-SFT's (``data.render.explicit_cot``); the distance is
+``losses/codi.py``. Generation: K thoughts, ``<eot>``, then greedy answer tokens.
 """
 
 from __future__ import annotations
