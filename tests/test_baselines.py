@@ -171,6 +171,32 @@ def test_coconut_renders_exactly_as_lori_and_trains_with_ce_only():
     assert float(loss.detach()) == float(ce.detach()) and set(parts) == {"ce"}
 
 
+@pytest.mark.parametrize("name,overrides,K,projector", [
+    ("lori", ["lori.latent_steps=5", "lori.projector=soft"], 5, "soft"),
+    ("coconut", ["curriculum.stages=3", "curriculum.thoughts_per_step=2"], 6, "identity"),
+    ("codi", ["codi.latent_steps=4", "codi.projector=mlp"], 4, "mlp"),
+])
+def test_a_latent_method_chooses_k_and_its_projector_once(name, overrides, K, projector):
+    """The final stage renders the K the student runs, with the projector its config section names: both come from
+    the method's one Thoughts, which the commands (export, analyze) read too."""
+    ex = generate_multiplication(3, 3, 1, seed=3)[0]
+    tok = builtin_tokenizer([ex])
+    cfg = load_config(None, [f"method={name}", *overrides])
+    m = METHODS[name]
+    assert (m.thoughts.latent_steps(cfg), m.thoughts.projector(cfg)) == (K, projector)
+    assert m.render(ex, tok, cfg, cfg.curriculum.stages + 1)["latent_steps"] == K
+    torch.manual_seed(0)
+    student = m.wrap(tiny_model(TINY_MODEL, tok, 256), tok, cfg)
+    assert (student.latent_steps, student.projector.kind) == (K, projector)
+    assert student.generation_kwargs()["latent_steps"] == K
+
+
+def test_explicit_methods_declare_no_thoughts_and_only_lori_a_teacher_cache():
+    assert {n for n, m in METHODS.items() if m.thoughts is None} == {"no-cot", "cot-sft", "icot-si"}
+    assert {n for n, m in METHODS.items() if m.teacher_cache} == {"lori"}
+    assert {n for n, m in METHODS.items() if not m.curriculum} == {"no-cot", "cot-sft"}
+
+
 def test_configs_without_a_curriculum_are_refused_where_meaningless():
     with pytest.raises(ConfigError, match="icot-si"):
         load_config(None, ["method=icot-si"])
