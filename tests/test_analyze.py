@@ -262,3 +262,28 @@ def test_lori_analyze_teacher_only_and_bad_override(checkpoints, tmp_path, capsy
     capsys.readouterr()
     assert main(["analyze", str(teacher), "--n", "5", "--out", str(out), "train.lr=0.1"]) == 2
     assert "data.* and lori.*" in capsys.readouterr().err
+
+
+def test_analyze_takes_any_latent_student_and_refuses_an_explicit_one(checkpoints, tmp_path, capsys):
+    """The student is read through its method's Thoughts (K, projector), so a Coconut student is analysed like a
+    LoRi one; an explicit-CoT checkpoint (no latent steps) is refused in one line."""
+    teacher, _ = checkpoints
+    from lori.methods import METHODS
+    from lori.models.build import load_pretrained
+
+    ccfg = load_config(None, ["method=coconut", *TINY, *DATA, "coconut.latent_steps=2"])
+    lm, tok = load_pretrained(teacher)
+    coconut = METHODS["coconut"].wrap(lm, tok, ccfg)  # identity projector: nothing beside the weights
+    folder = tmp_path / "coconut"
+    coconut.lm.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    save_config(ccfg, folder / CONFIG_FILE)
+    out = tmp_path / "a"
+    assert main(["analyze", str(teacher), "--student", str(folder), "--n", "6", "--out", str(out),
+                 "--probe-examples", "1"]) == 0, capsys.readouterr().err
+    res = json.loads((out / "analysis.json").read_text())
+    assert (res["student_analysis"]["latent_steps"], res["student_analysis"]["projector"]) == (2, "identity")
+    capsys.readouterr()
+    assert main(["analyze", str(teacher), "--student", str(teacher), "--n", "5", "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "latent student" in err and "cot-sft" in err and len(err.strip().splitlines()) == 1
