@@ -9,6 +9,18 @@ from pathlib import Path
 from .report import ResultRow, aggregate_rows
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (creating its folder) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy_vs_tokens(rows: list[ResultRow], path: Path, title: str = "") -> Path:
     """Accuracy (with its 95% CI) against generated tokens per problem, one colour per method.
 
@@ -53,12 +65,7 @@ def plot_accuracy_vs_tokens(rows: list[ResultRow], path: Path, title: str = "") 
     ax.legend(loc="best", fontsize=7)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def answer_token_curves(metrics: Path) -> tuple[list[int], list[list[float]]]:
@@ -120,9 +127,4 @@ def plot_answer_token_ce(runs: dict[str, list[Path]], path: Path, title: str = "
     axes.flat[0].legend(fontsize=6, ncol=2, loc="upper right")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
