@@ -255,6 +255,14 @@ class LoRiConfig:
     calib_size: int = 2_000  # training examples used to fit the subspace
     shard_size: int = 10_000  # examples per cache shard
     precompute_batch: int = 256
+    # (choice) the dtype the cache stores the statistics in; they are read back as float32 for the loss. bfloat16
+    # halves the cache (float32's range, 8 mantissa bits); float16 keeps 11 bits but overflows past 65504 (refused
+    # by lori precompute, naming the statistic). Part of the cache's fingerprint.
+    cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # the per-step statistics in the cache (per-prefix means for lori.prefix_statistics, hand-over states for
+    # lori.step_anchors: 2 S r values per layer beside the 2r + r(r+1)/2 of mean, covariance and anchor); false
+    # leaves them out, a smaller cache for a config that reads neither. Part of the cache's fingerprint.
+    cache_steps: bool = True
     latent_steps: int = 5  # K continuous thoughts
     # "mlp": LayerNorm then Linear-GELU-Linear (ours); "codi": Linear-GELU-Linear then LayerNorm (CODI's order);
     # "identity": the hidden state as is (Coconut); "pause": one learned embedding, nothing fed back (the control)
@@ -301,6 +309,10 @@ class LoRiConfig:
         for key in ("calib_size", "shard_size", "precompute_batch"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"lori.{key} must be >= 1, got {getattr(self, key)}")
+        if not self.cache_steps and (self.prefix_statistics or self.step_anchors):
+            on = [k for k in ("prefix_statistics", "step_anchors") if getattr(self, k)]
+            raise ConfigError(f"lori.cache_steps=false leaves the per-step statistics out of the cache, but "
+                              f"{' and '.join('lori.' + k for k in on)} read them; set lori.cache_steps=true")
         for key in ("alpha", "beta", "lam", "step_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"lori.{key} must be >= 0, got {getattr(self, key)}")

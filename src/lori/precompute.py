@@ -74,7 +74,7 @@ def precompute(cfg: Config) -> Path:
     check_subspace(lc, hidden_size(lm), num_layers(lm), f"the teacher {teacher}")
     fp = fingerprint(cfg, teacher, train, num_layers(lm))
     # Every process reads the same manifest before any is written (the barrier below); only the main one writes.
-    writer = CacheWriter(Path(lc.cache_dir), fp, len(train), lc.shard_size)
+    writer = CacheWriter(Path(lc.cache_dir), fp, len(train), lc.shard_size, lc.cache_dtype)
     have_basis = writer.has_basis()
     todo = [i for i in range(writer.n_shards) if not writer.done(i)]
     if main:
@@ -136,12 +136,14 @@ def precompute(cfg: Config) -> Path:
             chunk = rendered[s : min(s + bs, end)]
             h, mask, anchor = teacher_trajectories(lm, chunk, layers, pad_id)
             mu, C, a = trajectory_statistics(basis_dev, h, mask, anchor, lc.centred)
-            ends, _ = pad([r.ends for r in chunk], 0, width=max_steps)
-            prefix = prefix_means(basis_dev, h, ends.to(h.device))
-            hand, _ = pad([r.handovers for r in chunk], -1, width=max_steps)
-            steps = step_states(basis_dev, h, hand.to(h.device))
-            mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu(), prefix.cpu(), (ends > 0),
-                       steps.cpu(), hand >= 0)
+            per_step = (None,) * 4
+            if lc.cache_steps:
+                ends, _ = pad([r.ends for r in chunk], 0, width=max_steps)
+                prefix = prefix_means(basis_dev, h, ends.to(h.device))
+                hand, _ = pad([r.handovers for r in chunk], -1, width=max_steps)
+                steps = step_states(basis_dev, h, hand.to(h.device))
+                per_step = (prefix.cpu(), (ends > 0), steps.cpu(), hand >= 0)
+            mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu(), *per_step)
             if world == 1:
                 bar.update(len(chunk))
         gathered = gather_to_main(mine, world, rank)
@@ -149,15 +151,15 @@ def precompute(cfg: Config) -> Path:
             if world > 1:
                 bar.update(end - start)
             parts = {s: v for part in gathered for s, v in part.items()}
-            mus, covs, anchors, valid, prefix, prefix_valid, steps, steps_valid = zip(*(parts[s] for s in chunks))
+            mus, covs, anchors, valid, *per_step = zip(*(parts[s] for s in chunks))
+            per_step = [torch.cat(x) if lc.cache_steps else None for x in per_step]
             writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid),
-                               prefix_mu=torch.cat(prefix), prefix_valid=torch.cat(prefix_valid),
-                               step_anchor=torch.cat(steps), step_valid=torch.cat(steps_valid))
+                               **dict(zip(("prefix_mu", "prefix_valid", "step_anchor", "step_valid"), per_step)))
     bar.close()
     if main:
         size = cache_bytes(Path(lc.cache_dir))
         writer.finish({"raw_trajectory_bytes": raw_bytes, "cache_bytes": size})
-        print(f"[lori] cache: {size / 2**20:.1f} MiB for {len(train)} examples, against {raw_bytes / 2**20:.1f} MiB "
+        print(f"[lori] cache: {size / 2**20:.1f} MiB ({lc.cache_dtype}) for {len(train)} examples, against {raw_bytes / 2**20:.1f} MiB "
               f"of raw fp32 teacher trajectories ({raw_bytes / max(size, 1):.1f}x smaller); "
               f"{time.perf_counter() - t0:.0f}s")
         if not writer.manifest["complete"]:  # pragma: no cover - every shard was just written

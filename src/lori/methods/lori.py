@@ -60,6 +60,10 @@ def teacher_path(cfg: Config) -> Path:
 
 def fingerprint(cfg: Config, teacher: Path, train: list[Example], n_layers: int) -> dict:
     lc = cfg.lori
+    # lori.cache_dtype and lori.cache_steps enter only when not the default, so that a cache written before they
+    # existed (float32, with the per-step statistics) keeps its fingerprint
+    storage = ({"cache_dtype": lc.cache_dtype} if lc.cache_dtype != "float32" else {}) | (
+        {} if lc.cache_steps else {"cache_steps": False})
     return {
         **teacher_digests(teacher),
         "data": examples_digest(train),
@@ -71,7 +75,7 @@ def fingerprint(cfg: Config, teacher: Path, train: list[Example], n_layers: int)
         "centred": lc.centred,
         "calib_size": lc.calib_size,
         "render": RENDER_VERSION,
-    }
+    } | storage
 
 
 @dataclass

@@ -7,6 +7,10 @@ Layout of a cache folder::
     stats-00000.safetensors  mu [n, L, r], cov [n, L, r(r+1)/2] (upper triangle), anchor [n, L, r], valid [n],
                              prefix_mu [n, S, L, r] (mean over the first k steps, row k-1), prefix_valid [n, S],
                              step_anchor [n, S, L, r] (the state handing each step's result over), step_valid [n, S]
+                             (the four per-step tensors only with lori.cache_steps)
+
+The statistics are stored in the manifest's ``dtype`` (``lori.cache_dtype``: float32, bfloat16 or float16; the
+masks as uint8) and always loaded as float32, the dtype of the loss.
 
 Every file is written atomically (temporary name, then ``os.replace``) and a shard enters the manifest only after
 it is complete, so an interrupted precompute resumes at the first missing shard and a half-written file is never
@@ -69,6 +73,9 @@ def examples_digest(examples) -> str:
     return h.hexdigest()
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     with atomic_target(path) as tmp:
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
@@ -105,7 +112,10 @@ class TeacherStats:
 class CacheWriter:
     """Writes shards in order; ``done(i)`` says whether shard ``i`` is already complete (resume)."""
 
-    def __init__(self, folder: Path, fingerprint: dict, n_examples: int, shard_size: int):
+    def __init__(self, folder: Path, fingerprint: dict, n_examples: int, shard_size: int, dtype: str = "float32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"cache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.dtype = dtype
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint
@@ -123,6 +133,7 @@ class CacheWriter:
             "version": CACHE_VERSION, "fingerprint": fingerprint, "n_examples": n_examples,
             "shard_size": shard_size, "shards": [], "complete": False,
         }
+        self.manifest.setdefault("dtype", dtype)
 
     @property
     def n_shards(self) -> int:
@@ -165,11 +176,13 @@ class CacheWriter:
         start, end = self.shard_range(i)
         if mu.shape[0] != end - start:
             raise ValueError(f"shard {i} expects {end - start} examples, got {mu.shape[0]}")
-        tensors = {"mu": mu.float(), "cov": cov.float(), "anchor": anchor.float(), "valid": valid.to(torch.uint8)}
+        stats = {"mu": mu, "cov": cov, "anchor": anchor}
+        masks = {"valid": valid}
         if prefix_mu is not None:
-            tensors |= {"prefix_mu": prefix_mu.float(), "prefix_valid": prefix_valid.to(torch.uint8)}
+            stats["prefix_mu"], masks["prefix_valid"] = prefix_mu, prefix_valid
         if step_anchor is not None:
-            tensors |= {"step_anchor": step_anchor.float(), "step_valid": step_valid.to(torch.uint8)}
+            stats["step_anchor"], masks["step_valid"] = step_anchor, step_valid
+        tensors = {k: self._stored(k, v) for k, v in stats.items()} | {k: v.to(torch.uint8) for k, v in masks.items()}
         path = self.folder / _shard_name(i)
         _atomic_save(tensors, path)
         self.manifest["shards"] = [sh for sh in self.manifest["shards"] if sh["index"] != i]
@@ -177,6 +190,16 @@ class CacheWriter:
                                         **_file_entry(path)})
         self.manifest["shards"].sort(key=lambda sh: sh["index"])
         self._flush()
+
+    def _stored(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the cache's dtype; a finite value the dtype cannot hold (float16 past 65504) is refused."""
+        y = x.detach().float().to(DTYPES[self.dtype])
+        if self.dtype != "float32" and bool((torch.isinf(y) & torch.isfinite(x)).any()):
+            big = float(x.detach().float().abs().max())
+            raise LoriError(f"{self.folder}: the teacher statistic {name!r} reaches {big:.3g}, beyond what "
+                            f"lori.cache_dtype={self.dtype} holds; use lori.cache_dtype=bfloat16 (float32's range) "
+                            "or float32")
+        return y
 
     def finish(self, extra: dict) -> None:
         self.manifest.update(extra)
@@ -284,7 +307,8 @@ def load_cache(folder: str | Path, expected_fingerprint: dict | None = None) -> 
     verify_cache(folder)
     parts = [_load_checked(folder / sh["file"]) for sh in manifest["shards"]]
     basis = Basis.from_dict(_load_checked(folder / BASIS_FILE))
-    cat = lambda k: torch.cat([p[k] for p in parts])  # noqa: E731
+    # the statistics as float32 whatever the dtype they are stored in (lori.cache_dtype)
+    cat = lambda k: torch.cat([p[k] for p in parts]).float()  # noqa: E731
     opt = lambda k, f=lambda x: x: f(cat(k)) if all(k in p for p in parts) else None  # noqa: E731
     as_bool = lambda x: x.bool()  # noqa: E731
     return TeacherStats(cat("mu"), cat("cov"), cat("anchor"), cat("valid").bool(), basis, manifest,
