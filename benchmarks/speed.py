@@ -1,13 +1,16 @@
 """Training-step time of CoT-SFT, No-CoT, CODI and LoRi; inference latency / throughput of the LoRi student and the
-explicit-CoT teacher; precompute throughput and cache size; peak memory of each; the project's targets. One run.
+explicit-CoT teacher, and what one latent step costs against one decoded token; precompute throughput against the
+teacher's bare forward pass; cache size per dtype and width; peak memory of each; the project's targets; and, with
+--growth, how a LoRi step's time and memory grow with K, the rank and the width beside CoT-SFT and CODI. One run.
 
 Everything runs on random-init tiny models built from the project's own pieces (accuracy is not the point): a tiny
 teacher checkpoint is saved to a temporary folder with the built-in tokenizer, ``lori.precompute`` writes its
 teacher-statistics cache (timed), and every model below starts from that checkpoint, so all methods time the same
 network on the same examples. Prints one Markdown report on stdout (library progress goes to stderr), ending with
-the targets table. See README.md here.
+the targets table (and the growth sweep after it). See README.md here.
 
     OMP_NUM_THREADS=1 python benchmarks/speed.py --digits 3x3 --hidden 64 --layers 2 --steps 5 --problems 8
+    OMP_NUM_THREADS=1 python benchmarks/speed.py --growth-only      # just the growth sweep
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: keep the library's progress bars quiet
 
 import torch  # noqa: E402
+from accelerate import PartialState  # noqa: E402
 
 from lori.config import load_config  # noqa: E402
 from lori.data.splits import load_split  # noqa: E402
@@ -40,16 +44,19 @@ from lori.methods.lori import render_teacher, resolve_layers  # noqa: E402
 from lori.precompute import precompute, teacher_trajectories  # noqa: E402
 from lori.subspace.cache import read_manifest  # noqa: E402
 from lori.subspace.trajectory import trajectory_statistics  # noqa: E402
+from lori.subspace.stats import masked_moments  # noqa: E402
+from lori.losses import anchor_loss, rationale_loss  # noqa: E402
 from lori.models.setup import builtin_tokenizer  # noqa: E402
 
 # Each method's protocol object (lori.methods.common.Method): render, collate, wrap, loss, prompt, ...
 cot_sft, no_cot, codi, lori_method = (METHODS[k] for k in ("cot-sft", "no-cot", "codi", "lori"))
 
 WARMUP = 3  # training steps not timed
-# The project's targets (issue 7)
+# The project's targets (issues 7 and 17)
 TARGET_TRAIN = 0.7  # LoRi training step time <= 0.7 x CODI's
-TARGET_SPEEDUP = 0.8  # inference speedup >= 0.8 x the teacher / student ratio of generated tokens (decoding steps)
+TARGET_SPEEDUP = 0.9  # inference speedup >= 0.9 x the teacher / student ratio of generated tokens (decoding steps)
 TARGET_CACHE = 50.0  # cache >= 50 x smaller than the raw fp32 teacher trajectories it replaces
+TARGET_PRECOMPUTE = 0.8  # precompute's statistics pass >= 0.8 x the throughput of the teacher's bare forward pass
 
 
 # ------------------------------------------------------------------------------------------------ measurement glue
@@ -171,11 +178,12 @@ class OnTheFlyStats:
 
 
 class PrecomputeProbe:
-    """Times the pieces of one ``lori.precompute.precompute`` call by wrapping three of the functions it calls (in
-    its module namespace, for the duration of :meth:`attached` only): ``open_model`` (model load),
-    ``teacher_trajectories`` (a no-grad teacher forward on one batch) and ``trajectory_statistics`` (the LoRi
-    statistics of that batch in the subspace). A forward followed by statistics belongs to the statistics pass over
-    the whole training set; a forward without is the calibration pass that fits the subspace. Each wrapped call
+    """Times the pieces of one ``lori.precompute.precompute`` call by wrapping five of the functions it calls (in
+    its module namespace, for the duration of :meth:`attached` only): ``load_pretrained`` (model load),
+    ``teacher_trajectories`` (a no-grad teacher forward on one batch, with every layer's hidden states) and
+    ``trajectory_statistics``, ``prefix_means``, ``step_states`` (the LoRi statistics of that batch in the subspace).
+    A forward followed by statistics belongs to the statistics pass over the whole training set; a forward without
+    is the calibration pass that fits the subspace. Each wrapped call
     synchronises the device before and after, so the times are the work's, not the launch's."""
 
     def __init__(self, device: torch.device):
@@ -186,7 +194,7 @@ class PrecomputeProbe:
     @contextlib.contextmanager
     def attached(self):
         pc = precompute_module
-        saved = pc.open_model, pc.teacher_trajectories, pc.trajectory_statistics
+        saved = pc.load_pretrained, pc.teacher_trajectories, pc.trajectory_statistics, pc.prefix_means, pc.step_states
 
         def timed(fn):
             sync(self.device)
@@ -206,16 +214,20 @@ class PrecomputeProbe:
                                "stats_s": None})
             return out
 
-        def stats(*a, **k):
-            out, dt = timed(lambda: saved[2](*a, **k))
-            self.calls[-1]["stats_s"] = dt
-            return out
+        def stats_part(fn):
+            def wrapped(*a, **k):
+                out, dt = timed(lambda: fn(*a, **k))
+                self.calls[-1]["stats_s"] = (self.calls[-1]["stats_s"] or 0.0) + dt
+                return out
+            return wrapped
 
-        pc.open_model, pc.teacher_trajectories, pc.trajectory_statistics = load, forward, stats
+        pc.load_pretrained, pc.teacher_trajectories = load, forward
+        pc.trajectory_statistics, pc.prefix_means, pc.step_states = (stats_part(f) for f in saved[2:])
         try:
             yield self
         finally:
-            pc.open_model, pc.teacher_trajectories, pc.trajectory_statistics = saved
+            (pc.load_pretrained, pc.teacher_trajectories, pc.trajectory_statistics, pc.prefix_means,
+             pc.step_states) = saved
 
     def stats_pass(self) -> tuple[float, int, int]:
         """(seconds of teacher forward + statistics, examples, tokens) of the statistics pass."""
@@ -254,6 +266,130 @@ def time_generation(lm, prompts: list[list[int]], pad_id: int, max_new_tokens: i
     return len(prompts) / (time.perf_counter() - t0), statistics.mean(g.steps)
 
 
+def decode_seconds(lm, prompts: list[list[int]], pad_id: int, device, gen_kwargs: dict, new: int, batched: bool,
+                   repeats: int = 3) -> float:
+    """Seconds of one greedy generation forced to ``new`` tokens: batch 1, the mean over ``prompts`` run one at a
+    time; batched, the median of ``repeats`` runs of all ``prompts`` in one batch."""
+    kw = dict(eos_id=-1, pad_id=pad_id, max_new_tokens=new, **gen_kwargs)
+    groups = [prompts] * repeats if batched else [[p] for p in prompts]
+    times = []
+    for g in groups:
+        sync(device)
+        t0 = time.perf_counter()
+        greedy_generate(lm, g, **kw)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) if batched else statistics.mean(times)
+
+
+STEP_GAP = 16  # decoding steps between the short and the long generation whose difference prices one step
+
+
+def per_step_costs(teacher_lm, student, prompts_t, prompts_s, pad_id, device, batched: bool) -> tuple[float, float]:
+    """(seconds of one decoded token, seconds of one latent step), at batch 1 or with all prompts in one batch.
+
+    Both by difference, through ``greedy_generate`` itself, so the prompt's prefill and fixed overhead cancel: a
+    decoded token is (T(1 + G tokens) - T(1 token)) / G for the explicit model; a latent step (projector + one
+    forward with the hidden states) is (T(1 + G thoughts) - T(1 thought)) / G for the latent student, which then
+    decodes <eot> and one token. Both sit at the same positions after the prompt (G = STEP_GAP)."""
+    teacher_lm.eval()
+    student.lm.eval()
+    kw = student.generation_kwargs()
+    t_tok = [decode_seconds(teacher_lm, prompts_t, pad_id, device, {}, n, batched) for n in (1, 1 + STEP_GAP)]
+    t_lat = [decode_seconds(student.lm, prompts_s, pad_id, device, kw | {"latent_steps": k}, 1, batched)
+             for k in (1, 1 + STEP_GAP)]
+    return (t_tok[1] - t_tok[0]) / STEP_GAP, (t_lat[1] - t_lat[0]) / STEP_GAP
+
+
+@torch.no_grad()
+def bare_forward_seconds(lm, rendered, batch_size: int, pad_id: int, device, repeats: int = 3) -> float:
+    """The teacher's bare forward pass (logits only: no hidden states kept, no statistics) over ``rendered`` in the
+    batches precompute cuts (``lori.precompute_batch``, padded the same way): the median of ``repeats`` passes after
+    one untimed batch. The physical limit of a precompute that runs the teacher once."""
+    lm.eval()
+    batches = []
+    for s in range(0, len(rendered), batch_size):
+        chunk = rendered[s : s + batch_size]
+        width = max(len(it.input_ids) for it in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, it in enumerate(chunk):
+            ids[i, : len(it.input_ids)] = torch.tensor(it.input_ids)
+            attn[i, : len(it.input_ids)] = 1
+        batches.append((ids, attn))
+    lm(input_ids=batches[0][0].to(device), attention_mask=batches[0][1].to(device))
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        for ids, attn in batches:
+            lm(input_ids=ids.to(device), attention_mask=attn.to(device))
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def loss_term_seconds(state, batch: int, K: int, device, reps: int = 20) -> dict[str, float]:
+    """Forward + backward time of LoRi's loss terms alone, on student states of a step's shapes (``h [B, L, K, d]``,
+    the anchor ``[B, L, d]``; random, as the values do not change the cost), with the cache rows of ``batch``
+    examples: the median over ``reps`` after 3 untimed runs of
+
+    - *cache read*: ``state.stats.batch`` (index the rows, unpack the covariance triangles, move to the device);
+    - *projection*: ``U_l^T h`` at the K states and the anchor (O(B L K d r));
+    - *+ first order*: the masked mean, the mean term of L_rat and L_anc (O(B L K r));
+    - *full*: ``trajectory_statistics`` (mean and covariance, O(B L K r^2)) with the whole ``rationale_loss`` and
+      ``anchor_loss`` (covariance term O(B L r^2)) as ``lori.methods.lori.loss`` calls them.
+
+    Returns ``{"read", "projection", "moments", "covariance", "total"}``: moments = first order - projection,
+    covariance = full - first order, total = read + full (differences of medians: noisy at tiny sizes)."""
+    lc, basis = state.cfg, state.basis
+    L, d = len(state.layers), basis.dim
+    g = torch.Generator().manual_seed(0)
+    h0 = torch.randn(batch, L, K, d, generator=g).to(device)
+    a0 = torch.randn(batch, L, d, generator=g).to(device)
+    mask = torch.ones(batch, K, dtype=torch.bool, device=device)
+    index = torch.arange(batch) % state.stats.mu.shape[0]
+    t = state.stats.batch(index, device)
+
+    def read():
+        state.stats.batch(index, device)
+
+    def projection():
+        h, a = h0.clone().requires_grad_(True), a0.clone().requires_grad_(True)
+        (basis.project(h).sum() + basis.project_anchor(a).sum()).backward()
+
+    def first_order():
+        h, a = h0.clone().requires_grad_(True), a0.clone().requires_grad_(True)
+        z, za = basis.project(h), basis.project_anchor(a)
+        mu = z.mean(2)  # every position valid here, as in the final stage
+        rat, _ = rationale_loss(mu, None, t["mu"], None, first_order=True, second_order=False, normalize=lc.normalize,
+                                centred=lc.centred, example_mask=t["valid"], scale=state.scale)
+        anc = anchor_loss(za, t["anchor"], normalize=lc.normalize, example_mask=t["valid"], scale=state.anchor_scale)
+        (rat + anc).backward()
+
+    def full():
+        h, a = h0.clone().requires_grad_(True), a0.clone().requires_grad_(True)
+        mu, C, za = trajectory_statistics(basis, h, mask, a, lc.centred)
+        rat, _ = rationale_loss(mu, C, t["mu"], t["cov"], lam=lc.lam, normalize=lc.normalize, centred=lc.centred,
+                                example_mask=t["valid"], scale=state.scale)
+        anc = anchor_loss(za, t["anchor"], normalize=lc.normalize, example_mask=t["valid"], scale=state.anchor_scale)
+        (rat + anc).backward()
+
+    def med(fn) -> float:
+        times = []
+        for i in range(3 + reps):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    r, p, f1, f = med(read), med(projection), med(first_order), med(full)
+    return {"read": r, "projection": p, "moments": f1 - p, "covariance": f - f1, "total": r + f}
+
+
 # ------------------------------------------------------------------------------------------------------- the run
 
 
@@ -276,6 +412,114 @@ def parse_digits(text: str) -> tuple[int, int]:
     return n, m
 
 
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+class Point:
+    """One benchmark shape: a random-init tiny teacher of ``hidden`` width saved in ``folder/teacher``, the config
+    of LoRi (K, rank, cache options) and CODI (same K) on it, its training examples and tokenizer. Every model of
+    the point loads from that checkpoint."""
+
+    def __init__(self, folder: Path, args, device, *, hidden: int, latent_steps: int, rank: int, n_examples: int,
+                 cache_dtype: str, cache_steps: bool):
+        self.teacher_dir, self.cache_dir = folder / "teacher", folder / "cache"
+        self.device, self.K, self.hidden = device, latent_steps, hidden
+        self.cfg = load_config(None, [
+            "method=lori", f"model.arch={args.arch}", f"model.hidden_size={hidden}",
+            f"model.num_layers={args.layers}", f"model.num_heads={args.heads}",
+            f"model.intermediate_size={4 * hidden}", f"data.digits=[{args.digits[0]},{args.digits[1]}]",
+            f"data.train_size={n_examples}", "data.valid_size=1", "data.test_size=1", f"data.seed={args.seed}",
+            f"lori.teacher={self.teacher_dir}", f"lori.cache_dir={self.cache_dir}", f"lori.latent_steps={latent_steps}",
+            f"lori.rank={min(rank, hidden)}", f"lori.calib_size={n_examples}", f"lori.cache_dtype={cache_dtype}",
+            f"lori.cache_steps={str(cache_steps).lower()}", f"codi.latent_steps={latent_steps}",
+        ])
+        self.seed = args.seed
+        self.train = load_split(self.cfg.data, "train")
+        tok = builtin_tokenizer(self.train)
+        torch.manual_seed(args.seed)
+        teacher = tiny_model(self.cfg.model, tok, max_positions=self.cfg.data.max_length)
+        teacher.save_pretrained(self.teacher_dir)
+        tok.save_pretrained(self.teacher_dir)
+        self.n_params = sum(p.numel() for p in teacher.parameters())
+        del teacher
+        _, self.tok = load_pretrained(self.teacher_dir)  # the tokenizer as every checkpoint user sees it
+        self.pad = self.tok.pad_token_id
+
+    def with_cache(self, folder: Path, **lori_fields):
+        """This point's config with another cache folder and lori.* options (same teacher, data and K)."""
+        import dataclasses
+
+        return dataclasses.replace(self.cfg, lori=dataclasses.replace(self.cfg.lori, cache_dir=str(folder),
+                                                                      **lori_fields))
+
+    def lm(self):
+        return load_pretrained(self.teacher_dir, self.cfg.model.dtype)[0].to(self.device)
+
+    def student(self, method=lori_method):
+        torch.manual_seed(self.seed)  # same projector init in every measurement
+        s = method.wrap(self.lm(), self.tok, self.cfg)
+        state = method.setup_training(s, self.cfg, self.train, self.device)
+        return s.to(self.device), state
+
+    def batch(self, key: str, n: int):
+        """(batch on the device, Norm, positions per example) of the first ``n`` training examples for a method."""
+        method = {"cot": cot_sft, "nocot": no_cot, "codi": codi, "lori": lori_method}[key]
+        stage = 1  # curriculum.stages = 0: stage 1 is the final rendering (K thoughts, no language steps)
+        items = [method.render(ex, self.tok, self.cfg, stage) | {"index": i} for i, ex in enumerate(self.train[:n])]
+        batch = method.collate(items, self.pad)
+        width = (batch["input_ids"].shape[1] if "input_ids" in batch else
+                 batch["prompt_ids"].shape[1] + self.K + batch["suffix_ids"].shape[1])
+        if "teacher_input_ids" in batch:  # CODI: the latent student's positions + the teacher pass's
+            width = f"{width} + {batch['teacher_input_ids'].shape[1]}"
+        return to_device(batch, self.device), step_norm(items, list(range(len(items)))), width
+
+    def step_time(self, key: str, n: int, steps: int, autocast) -> tuple[float, float, object]:
+        """(median step seconds, peak memory bytes, positions per example) of one method's training step."""
+        b, norm, width = self.batch("lori" if key == "fly" else key, n)
+        with PeakMemory(self.device) as mem:
+            if key in ("cot", "nocot"):
+                model, fn, before = self.lm(), (cot_sft if key == "cot" else no_cot).loss, None
+            elif key == "codi":
+                model, state = self.student(codi)
+                fn, before = (lambda m, bb, nn: codi.loss(m, bb, nn, state)), None
+            else:
+                model, state = self.student()
+                fn, before = (lambda m, bb, nn: lori_method.loss(m, bb, nn, state)), None
+                if key == "fly":
+                    before = self._on_the_fly(state, n)
+            t = time_training(model, fn, b, norm, self.device, steps, autocast, before_step=before)
+            del model
+        return t, mem.bytes, width
+
+    def _on_the_fly(self, state, n: int):
+        """Replace the cache in ``state`` with a teacher forward run in the same step; return that forward."""
+        frozen = self.lm().eval().requires_grad_(False)
+        basis = state.basis
+        fresh = OnTheFlyStats(type(basis).from_dict({k: v.to(self.device) for k, v in basis.to_dict().items()}))
+        state.stats = fresh
+        rendered = [render_teacher(ex, self.tok) for ex in self.train[:n]]
+
+        def teacher_forward():
+            with torch.no_grad():
+                h, mask, anchor = teacher_trajectories(frozen, rendered, state.layers, self.pad)
+                mu, C, a = trajectory_statistics(fresh.basis, h, mask, anchor, self.cfg.lori.centred)
+            fresh.current = {"mu": mu.float(), "cov": C.float(), "anchor": a.float(), "valid": mask.any(-1)}
+
+        return teacher_forward
+
+
+def quiet_precompute(cfg) -> None:
+    with contextlib.redirect_stdout(sys.stderr):
+        precompute(cfg)
+
+
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--digits", type=parse_digits, default=(4, 4), help="N x M multiplication (default 4x4)")
@@ -288,14 +532,32 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--latent-steps", type=int, default=5,
                     help="K continuous thoughts of the LoRi student and, for a like-for-like step, of CODI")
     ap.add_argument("--rank", type=int, default=16, help="LoRi subspace rank (capped at --hidden)")
+    ap.add_argument("--cache-dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16",
+                    help="lori.cache_dtype of the cache the LoRi rows train from (default bfloat16)")
+    ap.add_argument("--cache-steps", action="store_true",
+                    help="lori.cache_steps=true: keep the per-step statistics in that cache (default: left out, as "
+                         "the default loss reads none)")
+    ap.add_argument("--cache-widths", type=int_list, default=[128, 256, 576],
+                    help="widths of the cache-size table (each dtype, with and without per-step statistics)")
     ap.add_argument("--problems", type=int, default=64,
                     help="inference: problems timed one by one (latency) and as one batch (throughput)")
+    ap.add_argument("--growth", action="store_true", help="also run the growth sweep (after the targets)")
+    ap.add_argument("--growth-only", action="store_true", help="run the growth sweep alone")
+    ap.add_argument("--growth-base", type=int_list, default=[4, 16, 128], metavar="K,R,WIDTH",
+                    help="the sweep's base point; each list below varies one of the three around it")
+    ap.add_argument("--growth-K", type=int_list, default=[2, 4, 8, 16])
+    ap.add_argument("--growth-rank", type=int_list, default=[4, 16, 64])
+    ap.add_argument("--growth-width", type=int_list, default=[128, 256, 512])
+    ap.add_argument("--growth-batch", type=int, default=16, help="training batch of the sweep")
+    ap.add_argument("--growth-steps", type=int, default=5, help="timed steps per method and point in the sweep")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="training autocast; auto = bf16 on a CUDA device that supports it (as lori train does)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="also write the Markdown report to this file")
     args = ap.parse_args(argv)
+    if len(args.growth_base) != 3:
+        ap.error("--growth-base takes three numbers: K,RANK,WIDTH")
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -305,148 +567,137 @@ def main(argv: list[str] | None = None) -> str:
     if bf16 and device.type != "cuda":
         ap.error("--precision bf16 is only used on CUDA (lori train autocasts on GPUs only)")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    n_examples = max(args.batch, args.problems)
+    # lori.precompute runs on accelerate's device; pin it to --device (PartialState is a process-wide singleton
+    # that precompute's own PartialState() then reuses).
+    PartialState(cpu=device.type == "cpu")
 
+    parts = [machine_lines(args, device, bf16)]
     with tempfile.TemporaryDirectory(prefix="lori-bench-") as tmp:
-        teacher_dir, cache_dir = Path(tmp) / "teacher", Path(tmp) / "cache"
-        cfg = load_config(None, [
-            "method=lori", f"model.arch={args.arch}", f"model.hidden_size={args.hidden}",
-            f"model.num_layers={args.layers}", f"model.num_heads={args.heads}",
-            f"model.intermediate_size={4 * args.hidden}", f"data.digits=[{args.digits[0]},{args.digits[1]}]",
-            f"data.train_size={n_examples}", "data.valid_size=1", "data.test_size=1", f"data.seed={args.seed}",
-            f"lori.teacher={teacher_dir}", f"lori.cache_dir={cache_dir}", f"lori.latent_steps={args.latent_steps}",
-            f"lori.rank={min(args.rank, args.hidden)}", f"lori.calib_size={n_examples}",
-            f"codi.latent_steps={args.latent_steps}",
-        ])
-        train = load_split(cfg.data, "train")
-        tok = builtin_tokenizer(train)
-        torch.manual_seed(args.seed)
-        teacher = tiny_model(cfg.model, tok, max_positions=cfg.data.max_length)
-        teacher.save_pretrained(teacher_dir)
-        tok.save_pretrained(teacher_dir)
-        n_params = sum(p.numel() for p in teacher.parameters())
-
-        # ------------------------------------------------------------------------------------------ precompute
-        # lori.precompute runs on accelerate's device; pin it to --device (PartialState is a process-wide singleton
-        # that precompute's own PartialState() then reuses).
-        from accelerate import PartialState
-
-        PartialState(cpu=device.type == "cpu")
-        # Warm-up outside the timing: one teacher forward on the device (CUDA context, kernel selection).
-        teacher.to(device).eval()
-        warm = [render_teacher(ex, tok, cfg.model.chat_template) for ex in train[: cfg.lori.precompute_batch]]
-        teacher_trajectories(teacher, warm, resolve_layers(cfg.lori, args.layers), tok.pad_token_id)
-        del teacher, warm
-        probe = PrecomputeProbe(device)
-        with PeakMemory(device) as mem, probe.attached(), contextlib.redirect_stdout(sys.stderr):
-            sync(device)
-            t0 = time.perf_counter()
-            precompute(cfg)
-            sync(device)
-            total = time.perf_counter() - t0
-        manifest = read_manifest(cache_dir)
-        pre = {"total": total, "load": probe.load_s, "stats": probe.stats_pass(), "calib": probe.calibration_pass(),
-               "mem": mem.bytes, "n": manifest["n_examples"], "raw": manifest["raw_trajectory_bytes"],
-               "cache": manifest["cache_bytes"], "device": str(PartialState().device),
-               "batch": cfg.lori.precompute_batch}
-        _, tok = load_pretrained(teacher_dir)  # the tokenizer as every checkpoint user sees it
-        pad = tok.pad_token_id
-
-        def lm():
-            return load_pretrained(teacher_dir, cfg.model.dtype)[0].to(device)
-
-        def student(method=lori_method):
-            torch.manual_seed(args.seed)  # same projector init in every measurement
-            s = method.wrap(lm(), tok, cfg)
-            state = method.setup_training(s, cfg, train, device)
-            return s.to(device), state
-
-        # ---------------------------------------------------------------------------------------- training
-        examples = train[: args.batch]
-        stage = 1  # curriculum.stages = 0: stage 1 is the final rendering (K thoughts, no language steps)
-        batches, norms, widths = {}, {}, {}
-        for key, method in (("cot", cot_sft), ("nocot", no_cot), ("codi", codi), ("lori", lori_method)):
-            items = [method.render(ex, tok, cfg, stage) | {"index": i} for i, ex in enumerate(examples)]
-            batch = method.collate(items, pad)
-            norms[key] = step_norm(items, list(range(len(items))))  # CODI: also counts its teacher tokens
-            batches[key] = to_device(batch, device)
-            widths[key] = (batch["input_ids"].shape[1] if "input_ids" in batch else
-                           batch["prompt_ids"].shape[1] + args.latent_steps + batch["suffix_ids"].shape[1])
-            if "teacher_input_ids" in batch:  # CODI: the latent student's positions + the teacher pass's
-                widths[key] = f"{widths[key]} + {batch['teacher_input_ids'].shape[1]}"
-
-        train_rows = {}
-        for key, label, method in (("cot", "CoT-SFT (teacher format, full rationale)", cot_sft),
-                                   ("nocot", "No-CoT", no_cot)):
-            with PeakMemory(device) as mem:
-                model = lm()
-                t = time_training(model, method.loss, batches[key], norms[key], device, args.steps, autocast)
-                del model
-            train_rows[key] = (label, widths[key], t, mem.bytes)
-
-        with PeakMemory(device) as mem:
-            model, state = student(codi)
-            t = time_training(model, lambda m, b, n: codi.loss(m, b, n, state), batches["codi"], norms["codi"],
-                              device, args.steps, autocast)
-            del model
-        train_rows["codi"] = (f"CODI, K={args.latent_steps} (teacher pass + latent student + distillation)",
-                              widths["codi"], t, mem.bytes)
-
-        with PeakMemory(device) as mem:
-            model, state = student()
-            t = time_training(model, lambda m, b, n: lori_method.loss(m, b, n, state), batches["lori"],
-                              norms["lori"], device, args.steps, autocast)
-            del model
-        train_rows["lori"] = (f"LoRi, K={args.latent_steps} (precomputed cache)", widths["lori"], t, mem.bytes)
-
-        with PeakMemory(device) as mem:
-            model, state = student()
-            frozen = lm().eval().requires_grad_(False)
-            basis = state.basis
-            fresh = OnTheFlyStats(type(basis).from_dict({k: v.to(device) for k, v in basis.to_dict().items()}))
-            state.stats = fresh
-            rendered = [render_teacher(ex, tok, cfg.model.chat_template) for ex in examples]
-
-            def teacher_forward():
-                with torch.no_grad():
-                    h, mask, anchor = teacher_trajectories(frozen, rendered, state.layers, pad)
-                    mu, C, a = trajectory_statistics(fresh.basis, h, mask, anchor, cfg.lori.centred)
-                fresh.current = {"mu": mu.float(), "cov": C.float(), "anchor": a.float(), "valid": mask.any(-1)}
-
-            t = time_training(model, lambda m, b, n: lori_method.loss(m, b, n, state), batches["lori"],
-                              norms["lori"], device, args.steps, autocast, before_step=teacher_forward)
-            del model, frozen
-        train_rows["fly"] = (f"LoRi, K={args.latent_steps} (teacher run on the fly)", widths["lori"], t, mem.bytes)
-
-        # --------------------------------------------------------------------------------------- inference
-        probs = train[: args.problems]
-        segs = [segments(ex, tok, cfg.model.chat_template) for ex in probs]
-        teacher_new = max(len(s.rationale) + len(s.answer) for s in segs)
-        student_new = max(len(s.answer) for s in segs)
-        infer = {}
-        for key in ("teacher", "student"):
-            row = {}
-            for mode in ("latency", "throughput"):
-                with PeakMemory(device) as mem:
-                    if key == "teacher":
-                        model, kw, new = lm(), {}, teacher_new
-                        prompts = [cot_sft.prompt(ex, tok, cfg) for ex in probs]
-                    else:
-                        s, _ = student()
-                        model, kw, new = s.lm, lori_method.generation_kwargs(s, tok), student_new
-                        prompts = [lori_method.prompt(ex, tok, cfg) for ex in probs]
-                    value, steps = time_generation(model, prompts, pad, new, device, kw, mode)
-                    del model, kw
-                    if key == "student":
-                        del s
-                row[mode], row[mode + "_mem"], row["steps"] = value, mem.bytes, steps
-            infer[key] = row
-
-    report = render_report(args, device, bf16, n_params, train_rows, infer, pre, cfg)
+        if not args.growth_only:
+            parts.append(main_run(args, device, autocast, Path(tmp) / "main"))
+        if args.growth or args.growth_only:
+            parts.append(growth_sweep(args, device, autocast, Path(tmp) / "growth"))
+    report = "\n".join(parts)
     print(report)
     if args.out is not None:
         args.out.write_text(report)
     return report
+
+
+def main_run(args, device, autocast, folder: Path) -> str:
+    n_examples = max(args.batch, args.problems)
+    pt = Point(folder, args, device, hidden=args.hidden, latent_steps=args.latent_steps, rank=args.rank,
+               n_examples=n_examples, cache_dtype=args.cache_dtype, cache_steps=args.cache_steps)
+    cfg, tok, train = pt.cfg, pt.tok, pt.train
+
+    # ---------------------------------------------------------------------------------------------- precompute
+    # Warm-up outside the timing: one teacher forward on the device (CUDA context, kernel selection).
+    teacher = pt.lm().eval()
+    rendered = [render_teacher(ex, tok) for ex in train]
+    teacher_trajectories(teacher, rendered[: cfg.lori.precompute_batch], resolve_layers(cfg.lori, args.layers),
+                         pt.pad)
+    probe = PrecomputeProbe(device)
+    with PeakMemory(device) as mem, probe.attached(), contextlib.redirect_stdout(sys.stderr):
+        sync(device)
+        t0 = time.perf_counter()
+        precompute(cfg)
+        sync(device)
+        total = time.perf_counter() - t0
+    bare = bare_forward_seconds(teacher, rendered, cfg.lori.precompute_batch, pt.pad, device)
+    del teacher
+    manifest = read_manifest(pt.cache_dir)
+    pre = {"total": total, "load": probe.load_s, "stats": probe.stats_pass(), "calib": probe.calibration_pass(),
+           "mem": mem.bytes, "n": manifest["n_examples"], "raw": manifest["raw_trajectory_bytes"],
+           "cache": manifest["cache_bytes"], "device": str(PartialState().device),
+           "batch": cfg.lori.precompute_batch, "bare": bare}
+
+    # ------------------------------------------------------------------------------------------------ training
+    train_rows = {}
+    labels = {"cot": "CoT-SFT (teacher format, full rationale)", "nocot": "No-CoT",
+              "codi": f"CODI, K={args.latent_steps} (teacher pass + latent student + distillation)",
+              "lori": f"LoRi, K={args.latent_steps} (precomputed cache)",
+              "fly": f"LoRi, K={args.latent_steps} (teacher run on the fly)"}
+    for key, label in labels.items():
+        t, m, width = pt.step_time(key, args.batch, args.steps, autocast)
+        train_rows[key] = (label, width, t, m)
+    _, state = pt.student()
+    terms = loss_term_seconds(state, args.batch, args.latent_steps, device)
+    del state
+
+    # ----------------------------------------------------------------------------------------------- inference
+    probs = train[: args.problems]
+    segs = [segments(ex, tok) for ex in probs]
+    teacher_new = max(len(s.rationale) + len(s.answer) for s in segs)
+    student_new = max(len(s.answer) for s in segs)
+    prompts_t = [cot_sft.prompt(ex, tok) for ex in probs]
+    prompts_s = [lori_method.prompt(ex, tok) for ex in probs]
+    infer = {}
+    for key in ("teacher", "student"):
+        row = {}
+        for mode in ("latency", "throughput"):
+            with PeakMemory(device) as mem:
+                if key == "teacher":
+                    model, kw, new, prompts = pt.lm(), {}, teacher_new, prompts_t
+                else:
+                    s, _ = pt.student()
+                    model, kw, new, prompts = s.lm, lori_method.generation_kwargs(s, tok), student_new, prompts_s
+                value, steps = time_generation(model, prompts, pt.pad, new, device, kw, mode)
+                del model, kw
+                if key == "student":
+                    del s
+            row[mode], row[mode + "_mem"], row["steps"] = value, mem.bytes, steps
+        infer[key] = row
+    teacher_lm, (student, _) = pt.lm(), pt.student()
+    per_step = {mode: per_step_costs(teacher_lm, student, prompts_t, prompts_s, pt.pad, device, mode == "batched")
+                for mode in ("batch1", "batched")}
+    del teacher_lm, student
+
+    # -------------------------------------------------------------------------------------- cache size by width
+    widths = []
+    for w in args.cache_widths:
+        wp = Point(folder / f"width-{w}", args, device, hidden=w, latent_steps=args.latent_steps, rank=args.rank,
+                   n_examples=min(n_examples, 32), cache_dtype="float32", cache_steps=True)
+        row = {"width": w, "rank": min(args.rank, w)}
+        for dtype in ("float32", "bfloat16"):
+            for steps_on in (True, False):
+                c = wp.with_cache(folder / f"width-{w}" / f"cache-{dtype}-{steps_on}", cache_dtype=dtype,
+                                  cache_steps=steps_on)
+                quiet_precompute(c)
+                m = read_manifest(c.lori.cache_dir)
+                row[(dtype, steps_on)] = (m["raw_trajectory_bytes"] / m["n_examples"],
+                                          m["cache_bytes"] / m["n_examples"])
+        widths.append(row)
+
+    return render_report(args, device, pt.n_params, train_rows, terms, infer, per_step, pre, widths, cfg)
+
+
+def growth_sweep(args, device, autocast, folder: Path) -> str:
+    """LoRi's step time and memory against K, rank and width (one varied at a time around --growth-base), beside
+    CoT-SFT and CODI at the same shapes, with the share of the LoRi loss terms."""
+    K0, r0, w0 = args.growth_base
+    points = [("base", K0, r0, w0)]
+    points += [("K", k, r0, w0) for k in args.growth_K if k != K0]
+    points += [("rank", K0, r, w0) for r in args.growth_rank if r != r0]
+    points += [("width", K0, r0, w) for w in args.growth_width if w != w0]
+    n = args.growth_batch
+    seen: dict[tuple, tuple] = {}  # CoT-SFT depends on the width only, CODI on width and K: measured once each
+    rows = []
+    for i, (varied, K, r, w) in enumerate(points):
+        print(f"[speed] growth point {i + 1}/{len(points)}: K={K} r={r} width={w}", file=sys.stderr, flush=True)
+        pt = Point(folder / f"p{i}", args, device, hidden=w, latent_steps=K, rank=r, n_examples=n,
+                   cache_dtype=args.cache_dtype, cache_steps=args.cache_steps)
+        quiet_precompute(pt.cfg)
+        if ("cot", w) not in seen:
+            seen[("cot", w)] = pt.step_time("cot", n, args.growth_steps, autocast)
+        if ("codi", w, K) not in seen:
+            seen[("codi", w, K)] = pt.step_time("codi", n, args.growth_steps, autocast)
+        lori_t = pt.step_time("lori", n, args.growth_steps, autocast)
+        _, state = pt.student()
+        terms = loss_term_seconds(state, n, K, device)
+        rows.append({"varied": varied, "K": K, "r": min(r, w), "width": w, "params": pt.n_params,
+                     "cot": seen[("cot", w)], "codi": seen[("codi", w, K)], "lori": lori_t, "terms": terms})
+        del state, pt
+    return render_growth(args, rows)
 
 
 # -------------------------------------------------------------------------------------------------------- report
@@ -460,12 +711,11 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "missed"
 
 
-def render_report(args, device, bf16, n_params, train_rows, infer, pre, cfg) -> str:
+def machine_lines(args, device, bf16) -> str:
     dev = str(device)
     if device.type == "cuda":
         dev += f" ({torch.cuda.get_device_name(device)})"
-    K = args.latent_steps
-    lines = [
+    return "\n".join([
         "## LoRi speed benchmark",
         "",
         "| machine | |",
@@ -473,14 +723,23 @@ def render_report(args, device, bf16, n_params, train_rows, infer, pre, cfg) -> 
         f"| CPU | {cpu_model()} ({os.cpu_count()} logical cores) |",
         f"| torch | {torch.__version__}; {torch.get_num_threads()} thread(s) "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}) |",
-        f"| device | {dev}; training {'bf16 autocast' if bf16 else 'fp32'}, inference and precompute "
-        f"{cfg.model.dtype} |",
-        f"| model | random-init {args.arch}, hidden {args.hidden}, {args.layers} layers, {args.heads} heads, "
-        f"{n_params / 1e6:.2f} M parameters |",
-        f"| setup | {args.digits[0]}x{args.digits[1]} multiplication; batch {args.batch}; {args.steps} timed steps "
-        f"(median, after {WARMUP} warm-up); K = {K} for LoRi and CODI (projectors: LoRi {cfg.lori.projector}, "
-        f"CODI {cfg.codi.projector}); rank {min(args.rank, args.hidden)}; {args.problems} inference problems; "
-        f"{pre['n']} precomputed examples |",
+        f"| device | {dev}; training {'bf16 autocast' if bf16 else 'fp32'}, inference and precompute float32 |",
+        f"| models | random-init {args.arch}, {args.layers} layers, {args.heads} heads, FFN 4 x width; "
+        f"{args.digits[0]}x{args.digits[1]} multiplication |",
+        "",
+    ])
+
+
+def render_report(args, device, n_params, train_rows, terms, infer, per_step, pre, widths, cfg) -> str:
+    K = args.latent_steps
+    lines = [
+        f"| setup | |",
+        "|---|---|",
+        f"| main run | width {args.hidden} ({n_params / 1e6:.2f} M parameters); batch {args.batch}; {args.steps} "
+        f"timed steps (median, after {WARMUP} warm-up); K = {K} for LoRi and CODI (projectors: LoRi "
+        f"{cfg.lori.projector}, CODI {cfg.codi.projector}); rank {min(args.rank, args.hidden)}; cache "
+        f"{cfg.lori.cache_dtype}, per-step statistics {'kept' if cfg.lori.cache_steps else 'left out'}; "
+        f"{args.problems} inference problems; {pre['n']} precomputed examples |",
         f"| memory | {PeakMemory.how} |",
         "",
         "### Training step (forward + backward + AdamW)",
@@ -500,6 +759,10 @@ def render_report(args, device, bf16, n_params, train_rows, infer, pre, cfg) -> 
         f"- LoRi / CoT-SFT step time: **{lori_t / cot:.2f}**",
         f"- LoRi precomputed / on-the-fly teacher step time: **{lori_t / fly_t:.2f}** "
         f"(precomputing saves {100 * (1 - lori_t / fly_t):.0f}% of the step)",
+        f"- LoRi loss terms (forward + backward, alone at this step's shapes): {1000 * terms['total']:.2f} ms = "
+        f"**{100 * terms['total'] / lori_t:.1f}%** of the LoRi step (cache read {1000 * terms['read']:.2f}, "
+        f"projection {1000 * terms['projection']:.2f}, moments {1000 * terms['moments']:.2f}, covariance "
+        f"{1000 * terms['covariance']:.2f} ms); the model (latent forward, backward, AdamW) is the rest",
         "",
         "### Inference (greedy, KV cache, length forced)",
         "",
@@ -516,6 +779,7 @@ def render_report(args, device, bf16, n_params, train_rows, infer, pre, cfg) -> 
     ratio = t["steps"] / s["steps"]
     target = TARGET_SPEEDUP * ratio
     lat, thr = t["latency"] / s["latency"], s["throughput"] / t["throughput"]
+    (tok1, lat1), (tokn, latn) = per_step["batch1"], per_step["batched"]
     lines += [
         "",
         f"| teacher / student | value | target (>= {TARGET_SPEEDUP} x step ratio) |",
@@ -524,6 +788,13 @@ def render_report(args, device, bf16, n_params, train_rows, infer, pre, cfg) -> 
         f"| latency speedup (batch 1) | {lat:.2f} | >= {target:.2f}: {verdict(lat >= target)} |",
         f"| throughput speedup (batch {args.problems}) | {thr:.2f} | >= {target:.2f}: {verdict(thr >= target)} |",
         "",
+        f"One decoding step, by difference of generations {STEP_GAP} steps apart (prefill and fixed overhead cancel):",
+        "",
+        "| one step | decoded token (teacher) ms | latent step (student: projector + forward) ms | latent / token |",
+        "|---|---:|---:|---:|",
+        f"| batch 1 | {1000 * tok1:.3f} | {1000 * lat1:.3f} | {lat1 / tok1:.2f} |",
+        f"| batch {args.problems} | {1000 * tokn:.3f} | {1000 * latn:.3f} | {latn / tokn:.2f} |",
+        "",
     ]
 
     n = pre["n"]
@@ -531,31 +802,51 @@ def render_report(args, device, bf16, n_params, train_rows, infer, pre, cfg) -> 
     calib_s, calib_n = pre["calib"]
     rest = pre["total"] - pre["load"]
     per = lambda count, sec: f"{count / sec:,.0f}" if sec > 0 else "n/a"  # noqa: E731
+    bare = pre["bare"]
+    pre_ratio = bare / stats_s if stats_s > 0 else float("nan")
     cache_ratio = pre["raw"] / max(pre["cache"], 1)
     lines += [
         f"### Precompute (`lori precompute`, {n} examples, {tokens / max(stats_n, 1):.1f} teacher tokens / example, "
         f"batches of {pre['batch']}, on {pre['device']})",
         "",
-        "| part of the one precompute call | seconds | examples/s | tokens/s |",
-        "|---|---:|---:|---:|",
-        f"| teacher pass + statistics (every example: no-grad teacher forward, then mean / covariance / anchor in the "
-        f"subspace) | {stats_s:.3f} | {per(stats_n, stats_s)} | {per(tokens, stats_s)} |",
+        "| part of the one precompute call | seconds | examples/s | tokens/s | / bare forward |",
+        "|---|---:|---:|---:|---:|",
+        f"| the teacher's bare forward pass on the same batches (logits only; not part of the call, the limit of a "
+        f"one-pass precompute) | {bare:.3f} | {per(n, bare)} | {per(tokens, bare)} | 1.00 |",
+        f"| teacher pass + statistics (every example: no-grad forward with every layer's hidden states, then mean / "
+        f"covariance / anchor{' / prefix means / step states' if cfg.lori.cache_steps else ''} in the subspace) | "
+        f"{stats_s:.3f} | {per(stats_n, stats_s)} | {per(tokens, stats_s)} | **{pre_ratio:.2f}** |",
         f"| calibration pass (teacher forwards on {calib_n} examples that fit the subspace) | {calib_s:.3f} | "
-        f"{per(calib_n, calib_s)} | |",
+        f"{per(calib_n, calib_s)} | | |",
         f"| whole call without the model load (the two passes, basis fit, hashing, rendering, writing) | {rest:.3f} | "
-        f"{per(n, rest)} | {per(tokens, rest)} |",
+        f"{per(n, rest)} | {per(tokens, rest)} | {bare / rest:.2f} |",
         f"| whole call (+ teacher load {pre['load']:.3f} s) | {pre['total']:.3f} | {per(n, pre['total'])} | "
-        f"{per(tokens, pre['total'])} |",
+        f"{per(tokens, pre['total'])} | {bare / pre['total']:.2f} |",
         "",
         f"Peak memory of the whole call: {mib(pre['mem'])} MiB.",
         "",
-        "| per example | bytes |",
+        f"| per example (this run's cache: {cfg.lori.cache_dtype}, per-step statistics "
+        f"{'kept' if cfg.lori.cache_steps else 'left out'}) | bytes |",
         "|---|---:|",
         f"| raw fp32 teacher trajectories it replaces (rationale positions + anchor, every layer) | "
         f"{pre['raw'] / n:,.0f} |",
         f"| cache (statistics shards; the shared basis file is a one-off, not counted) | {pre['cache'] / n:,.0f} |",
         f"| raw / cache | **{cache_ratio:.1f}x** "
         f"(target >= {TARGET_CACHE:.0f}x: {verdict(cache_ratio >= TARGET_CACHE)}) |",
+        "",
+        f"### Cache size by width (rank {args.rank}, {args.layers} layers, {args.digits[0]}x{args.digits[1]}; "
+        "raw fp32 trajectories / cache, per example; float16 has bfloat16's size)",
+        "",
+        "| width | raw bytes | float32, per-step kept (lori default) | float32, per-step left out | "
+        "bfloat16, per-step kept | bfloat16, per-step left out |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in widths:
+        raw = row[("float32", True)][0]
+        cells = [f"{r / c:.1f}x ({c:,.0f} B)" for (r, c) in (row[(d, k)] for d in ("float32", "bfloat16")
+                                                            for k in (True, False))]
+        lines.append(f"| {row['width']} | {raw:,.0f} | " + " | ".join(cells) + " |")
+    lines += [
         "",
         "### Targets",
         "",
@@ -567,12 +858,44 @@ def render_report(args, device, bf16, n_params, train_rows, infer, pre, cfg) -> 
         f"{target:.2f} | {lat:.2f} x | {verdict(lat >= target)} |",
         f"| inference throughput speedup (batch {args.problems}) >= {TARGET_SPEEDUP} x generated-token ratio "
         f"= {target:.2f} | {thr:.2f} x | {verdict(thr >= target)} |",
-        f"| cache >= {TARGET_CACHE:.0f} x smaller per example than raw fp32 trajectories | {cache_ratio:.1f} x | "
-        f"{verdict(cache_ratio >= TARGET_CACHE)} |",
-        f"| precompute throughput (teacher pass + statistics; no target, reported) | "
-        f"{per(stats_n, stats_s)} ex/s, {per(tokens, stats_s)} tok/s | |",
+        f"| cache >= {TARGET_CACHE:.0f} x smaller per example than raw fp32 trajectories (width {args.hidden}, "
+        f"{cfg.lori.cache_dtype}, per-step statistics {'kept' if cfg.lori.cache_steps else 'left out'}) | "
+        f"{cache_ratio:.1f} x | {verdict(cache_ratio >= TARGET_CACHE)} |",
+        f"| precompute throughput (teacher pass + statistics) >= {TARGET_PRECOMPUTE} x the teacher's bare forward "
+        f"on the same batches | {pre_ratio:.2f} x ({per(stats_n, stats_s)} vs {per(n, bare)} ex/s) | "
+        f"{verdict(pre_ratio >= TARGET_PRECOMPUTE)} |",
         "",
     ]
+    return "\n".join(lines)
+
+
+def render_growth(args, rows: list[dict]) -> str:
+    K0, r0, w0 = args.growth_base
+    lines = [
+        f"### Growth: LoRi's training step against K, rank and width (one varied at a time around K = {K0}, "
+        f"r = {r0}, width {w0}; batch {args.growth_batch}, {args.growth_steps} timed steps after {WARMUP} warm-up, "
+        "median)",
+        "",
+        "CoT-SFT and CODI (same K as LoRi) at the same shapes; CoT-SFT does not depend on K or r, CODI not on r "
+        "(measured once per width / per width and K). *LoRi terms*: the loss terms' forward + backward alone at the "
+        "step's shapes (cache read, projection, moments, covariance; see `loss_term_seconds`), as a share of the "
+        "LoRi step; the model is the rest.",
+        "",
+        "| varied | K | r | width | params M | CoT-SFT ms | CODI ms | LoRi ms | LoRi / CODI | LoRi / CoT-SFT | "
+        "LoRi terms ms (share) | projection | moments | covariance | cache read | peak MiB CoT-SFT / CODI / LoRi |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        cot, codi_t, lori_t = r["cot"][0], r["codi"][0], r["lori"][0]
+        tm = r["terms"]
+        ms = lambda x: f"{1000 * max(x, 0.0):.2f}"  # noqa: E731  (a difference of medians can dip below 0)
+        lines.append(
+            f"| {r['varied']} | {r['K']} | {r['r']} | {r['width']} | {r['params'] / 1e6:.2f} | {1000 * cot:.1f} | "
+            f"{1000 * codi_t:.1f} | {1000 * lori_t:.1f} | {lori_t / codi_t:.2f} | {lori_t / cot:.2f} | "
+            f"{ms(tm['total'])} ({100 * tm['total'] / lori_t:.1f}%) | {ms(tm['projection'])} | {ms(tm['moments'])} | "
+            f"{ms(tm['covariance'])} | {ms(tm['read'])} | {mib(r['cot'][1])} / {mib(r['codi'][1])} / "
+            f"{mib(r['lori'][1])} |")
+    lines.append("")
     return "\n".join(lines)
 
 
