@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: keep the library's progress bars quiet
@@ -52,11 +53,14 @@ from lori.models.setup import builtin_tokenizer  # noqa: E402
 cot_sft, no_cot, codi, lori_method = (METHODS[k] for k in ("cot-sft", "no-cot", "codi", "lori"))
 
 WARMUP = 3  # training steps not timed
+MEMORY_STEPS = 2  # steps of a method run alone for its peak memory (the second holds AdamW's state and activations)
 # The project's targets (issues 7 and 17)
 TARGET_TRAIN = 0.7  # LoRi training step time <= 0.7 x CODI's
 TARGET_SPEEDUP = 0.9  # inference speedup >= 0.9 x the teacher / student ratio of generated tokens (decoding steps)
 TARGET_CACHE = 50.0  # cache >= 50 x smaller than the raw fp32 teacher trajectories it replaces
 TARGET_PRECOMPUTE = 0.8  # precompute's statistics pass >= 0.8 x the throughput of the teacher's bare forward pass
+PRECOMPUTE_ROUNDS = 3  # precompute calls (and bare forward passes) timed in turn; medians reported
+INFER_ROUNDS = 3  # batched generations per model and length, in turn; medians reported
 
 
 # ------------------------------------------------------------------------------------------------ measurement glue
@@ -143,16 +147,31 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def time_training(module, loss_fn, batch, norm, device, steps: int, autocast, before_step=None) -> float:
-    """Median seconds of one optimizer step (forward + backward + AdamW) over ``steps`` after WARMUP steps.
-    ``before_step`` (timed) runs first in every step: the on-the-fly teacher forward."""
+def interleaved_medians(fns: dict[str, Callable[[], object]], device, reps: int,
+                       warmup: int = WARMUP) -> dict[str, float]:
+    """Median seconds of each of ``fns`` over ``reps`` timed calls after ``warmup`` untimed ones, the calls taken in
+    turn (one of each, then again), so that a machine whose load changes during the run slows every measurement
+    alike: the ratios between them hold on a shared machine even when the absolute times do not."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + reps):
+        for k, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def training_step(module, loss_fn, batch, norm, autocast, before_step=None) -> Callable[[], None]:
+    """One optimizer step (forward + backward + AdamW) of ``module`` on ``batch``, as a closure with its own AdamW.
+    ``before_step`` runs first in every step (timed with it): the on-the-fly teacher forward."""
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95))
     module.train()
-    times = []
-    for _ in range(WARMUP + steps):
-        sync(device)
-        t0 = time.perf_counter()
+
+    def step():
         with autocast():
             if before_step is not None:
                 before_step()
@@ -160,9 +179,8 @@ def time_training(module, loss_fn, batch, norm, device, steps: int, autocast, be
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[WARMUP:])
+
+    return step
 
 
 class OnTheFlyStats:
@@ -241,64 +259,38 @@ class PrecomputeProbe:
         return sum(c["s"] for c in calls), sum(c["n"] for c in calls)
 
 
-def time_generation(lm, prompts: list[list[int]], pad_id: int, max_new_tokens: int, device, gen_kwargs: dict,
-                    mode: str) -> tuple[float, float]:
-    """Greedy generation forced to ``max_new_tokens`` (eos id -1 is never produced). ``mode`` "latency": mean
-    seconds per problem, one at a time; "throughput": problems per second, all prompts in one batch. Returns
-    (that figure, decoding steps per problem)."""
-    kw = dict(eos_id=-1, pad_id=pad_id, max_new_tokens=max_new_tokens, **gen_kwargs)
-    lm.eval()
-    greedy_generate(lm, prompts[:1], **kw)  # warm-up
-    if mode == "latency":
-        times, steps = [], []
-        for p in prompts:
-            sync(device)
-            t0 = time.perf_counter()
-            g = greedy_generate(lm, [p], **kw)
-            sync(device)
-            times.append(time.perf_counter() - t0)
-            steps += g.steps
-        return statistics.mean(times), statistics.mean(steps)
-    sync(device)
-    t0 = time.perf_counter()
-    g = greedy_generate(lm, prompts, **kw)
-    sync(device)
-    return len(prompts) / (time.perf_counter() - t0), statistics.mean(g.steps)
-
-
-def decode_seconds(lm, prompts: list[list[int]], pad_id: int, device, gen_kwargs: dict, new: int, batched: bool,
-                   repeats: int = 3) -> float:
-    """Seconds of one greedy generation forced to ``new`` tokens: batch 1, the mean over ``prompts`` run one at a
-    time; batched, the median of ``repeats`` runs of all ``prompts`` in one batch."""
-    kw = dict(eos_id=-1, pad_id=pad_id, max_new_tokens=new, **gen_kwargs)
-    groups = [prompts] * repeats if batched else [[p] for p in prompts]
-    times = []
-    for g in groups:
-        sync(device)
-        t0 = time.perf_counter()
-        greedy_generate(lm, g, **kw)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) if batched else statistics.mean(times)
-
-
 STEP_GAP = 16  # decoding steps between the short and the long generation whose difference prices one step
 
 
-def per_step_costs(teacher_lm, student, prompts_t, prompts_s, pad_id, device, batched: bool) -> tuple[float, float]:
-    """(seconds of one decoded token, seconds of one latent step), at batch 1 or with all prompts in one batch.
+def generation_times(gens: dict[str, tuple], pad_id: int, device) -> tuple[dict[str, float], dict[str, float]]:
+    """Greedy generation (KV cache) forced to a length (``eos_id=-1`` is never produced) for each entry
+    ``name: (lm, prompts, generation kwargs, max_new_tokens)``. Returns (batch 1: mean seconds per problem, each
+    problem run by every entry in turn; batched: median seconds of INFER_ROUNDS generations of all prompts in one
+    batch, the entries in turn), both after one untimed generation per entry.
 
-    Both by difference, through ``greedy_generate`` itself, so the prompt's prefill and fixed overhead cancel: a
-    decoded token is (T(1 + G tokens) - T(1 token)) / G for the explicit model; a latent step (projector + one
-    forward with the hidden states) is (T(1 + G thoughts) - T(1 thought)) / G for the latent student, which then
-    decodes <eot> and one token. Both sit at the same positions after the prompt (G = STEP_GAP)."""
-    teacher_lm.eval()
-    student.lm.eval()
-    kw = student.generation_kwargs()
-    t_tok = [decode_seconds(teacher_lm, prompts_t, pad_id, device, {}, n, batched) for n in (1, 1 + STEP_GAP)]
-    t_lat = [decode_seconds(student.lm, prompts_s, pad_id, device, kw | {"latent_steps": k}, 1, batched)
-             for k in (1, 1 + STEP_GAP)]
-    return (t_tok[1] - t_tok[0]) / STEP_GAP, (t_lat[1] - t_lat[0]) / STEP_GAP
+    The per-step prices come from pairs of entries STEP_GAP steps apart, so that the prompt's prefill and the fixed
+    overhead cancel: a decoded token is (T(1 + G tokens) - T(1 token)) / G for the explicit model; a latent step
+    (projector + one forward that also returns the hidden states) is (T(1 + G thoughts) - T(1 thought)) / G for the
+    latent student, which then decodes <eot> and one token; both sit at the same positions after the prompt."""
+
+    def run(name: str, prompts: list[list[int]]) -> None:
+        lm, _, kw, new = gens[name]
+        greedy_generate(lm, prompts, eos_id=-1, pad_id=pad_id, max_new_tokens=new, **kw)
+
+    for name, (_, prompts, _, _) in gens.items():
+        run(name, prompts[:1])  # warm-up
+    n = len(next(iter(gens.values()))[1])
+    one: dict[str, list[float]] = {k: [] for k in gens}
+    for i in range(n):
+        for name, (_, prompts, _, _) in gens.items():
+            sync(device)
+            t0 = time.perf_counter()
+            run(name, [prompts[i]])
+            sync(device)
+            one[name].append(time.perf_counter() - t0)
+    batched = interleaved_medians({name: (lambda name=name: run(name, gens[name][1])) for name in gens}, device,
+                                  INFER_ROUNDS, warmup=1)
+    return {k: statistics.mean(v) for k, v in one.items()}, batched
 
 
 @torch.no_grad()
@@ -329,10 +321,10 @@ def bare_forward_seconds(lm, rendered, batch_size: int, pad_id: int, device, rep
     return statistics.median(times)
 
 
-def loss_term_seconds(state, batch: int, K: int, device, reps: int = 20) -> dict[str, float]:
-    """Forward + backward time of LoRi's loss terms alone, on student states of a step's shapes (``h [B, L, K, d]``,
-    the anchor ``[B, L, d]``; random, as the values do not change the cost), with the cache rows of ``batch``
-    examples: the median over ``reps`` after 3 untimed runs of
+def loss_term_fns(state, batch: int, K: int, device) -> dict[str, Callable[[], None]]:
+    """LoRi's loss terms alone, forward + backward, on student states of a step's shapes (``h [B, L, K, d]``, the
+    anchor ``[B, L, d]``; random, as the values do not change the cost), with the cache rows of ``batch`` examples,
+    as four closures to time (:func:`interleaved_medians`, beside the LoRi step they are a share of):
 
     - *cache read*: ``state.stats.batch`` (index the rows, unpack the covariance triangles, move to the device);
     - *projection*: ``U_l^T h`` at the K states and the anchor (O(B L K d r));
@@ -340,8 +332,7 @@ def loss_term_seconds(state, batch: int, K: int, device, reps: int = 20) -> dict
     - *full*: ``trajectory_statistics`` (mean and covariance, O(B L K r^2)) with the whole ``rationale_loss`` and
       ``anchor_loss`` (covariance term O(B L r^2)) as ``lori.methods.lori.loss`` calls them.
 
-    Returns ``{"read", "projection", "moments", "covariance", "total"}``: moments = first order - projection,
-    covariance = full - first order, total = read + full (differences of medians: noisy at tiny sizes)."""
+    :func:`term_split` turns their medians into the pieces."""
     lc, basis = state.cfg, state.basis
     L, d = len(state.layers), basis.dim
     g = torch.Generator().manual_seed(0)
@@ -375,18 +366,14 @@ def loss_term_seconds(state, batch: int, K: int, device, reps: int = 20) -> dict
         anc = anchor_loss(za, t["anchor"], normalize=lc.normalize, example_mask=t["valid"], scale=state.anchor_scale)
         (rat + anc).backward()
 
-    def med(fn) -> float:
-        times = []
-        for i in range(3 + reps):
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+    return {"terms:read": read, "terms:projection": projection, "terms:first": first_order, "terms:full": full}
 
-    r, p, f1, f = med(read), med(projection), med(first_order), med(full)
+
+def term_split(med: dict[str, float]) -> dict[str, float]:
+    """``{"read", "projection", "moments", "covariance", "total"}`` from the medians of :func:`loss_term_fns`:
+    moments = first order - projection, covariance = full - first order, total = read + full (differences of
+    medians: a piece of a few microseconds can read slightly off)."""
+    r, p, f1, f = (med[f"terms:{k}"] for k in ("read", "projection", "first", "full"))
     return {"read": r, "projection": p, "moments": f1 - p, "covariance": f - f1, "total": r + f}
 
 
@@ -480,23 +467,41 @@ class Point:
             width = f"{width} + {batch['teacher_input_ids'].shape[1]}"
         return to_device(batch, self.device), step_norm(items, list(range(len(items)))), width
 
-    def step_time(self, key: str, n: int, steps: int, autocast) -> tuple[float, float, object]:
-        """(median step seconds, peak memory bytes, positions per example) of one method's training step."""
+    def step_fn(self, key: str, n: int, autocast) -> tuple[Callable[[], None], object]:
+        """(one training step of a method on the first ``n`` examples, positions per example); the closure holds the
+        model. ``key``: cot, nocot, codi, lori (precomputed cache) or fly (LoRi with the teacher run in the step)."""
         b, norm, width = self.batch("lori" if key == "fly" else key, n)
-        with PeakMemory(self.device) as mem:
-            if key in ("cot", "nocot"):
-                model, fn, before = self.lm(), (cot_sft if key == "cot" else no_cot).loss, None
-            elif key == "codi":
-                model, state = self.student(codi)
-                fn, before = (lambda m, bb, nn: codi.loss(m, bb, nn, state)), None
-            else:
-                model, state = self.student()
-                fn, before = (lambda m, bb, nn: lori_method.loss(m, bb, nn, state)), None
-                if key == "fly":
-                    before = self._on_the_fly(state, n)
-            t = time_training(model, fn, b, norm, self.device, steps, autocast, before_step=before)
-            del model
-        return t, mem.bytes, width
+        if key in ("cot", "nocot"):
+            return training_step(self.lm(), (cot_sft if key == "cot" else no_cot).loss, b, norm, autocast), width
+        if key == "codi":
+            model, state = self.student(codi)
+            return training_step(model, lambda m, bb, nn: codi.loss(m, bb, nn, state), b, norm, autocast), width
+        model, state = self.student()
+        before = self._on_the_fly(state, n) if key == "fly" else None
+        return training_step(model, lambda m, bb, nn: lori_method.loss(m, bb, nn, state), b, norm, autocast,
+                             before), width
+
+    def step_times(self, keys: list[str], n: int, steps: int, autocast, terms: bool = False):
+        """Median step seconds of each method in ``keys``, interleaved (with LoRi's loss terms alone if ``terms``),
+        then each method's peak memory over MEMORY_STEPS steps on its own (built alone). Returns ({key: (seconds, bytes, positions)},
+        the term split or None)."""
+        fns, widths = {}, {}
+        for k in keys:
+            fns[k], widths[k] = self.step_fn(k, n, autocast)
+        if terms:
+            _, state = self.student()
+            fns |= loss_term_fns(state, n, self.K, self.device)
+        med = interleaved_medians(fns, self.device, steps)
+        del fns
+        out = {}
+        for k in keys:
+            with PeakMemory(self.device) as mem:
+                fn, _ = self.step_fn(k, n, autocast)
+                for _ in range(MEMORY_STEPS):
+                    fn()
+                del fn
+            out[k] = (med[k], mem.bytes, widths[k])
+        return out, term_split(med) if terms else None
 
     def _on_the_fly(self, state, n: int):
         """Replace the cache in ``state`` with a teacher forward run in the same step; return that forward."""
@@ -596,33 +601,39 @@ def main_run(args, device, autocast, folder: Path) -> str:
     rendered = [render_teacher(ex, tok) for ex in train]
     teacher_trajectories(teacher, rendered[: cfg.lori.precompute_batch], resolve_layers(cfg.lori, args.layers),
                          pt.pad)
-    probe = PrecomputeProbe(device)
-    with PeakMemory(device) as mem, probe.attached(), contextlib.redirect_stdout(sys.stderr):
-        sync(device)
-        t0 = time.perf_counter()
-        precompute(cfg)
-        sync(device)
-        total = time.perf_counter() - t0
-    bare = bare_forward_seconds(teacher, rendered, cfg.lori.precompute_batch, pt.pad, device)
+    # PRECOMPUTE_ROUNDS rounds, each a bare forward pass then a whole precompute call into a fresh folder (the first
+    # is the cache the LoRi rows train from): the medians, taken in turn so that the machine's load hits both alike.
+    runs, bares = [], []
+    for i in range(PRECOMPUTE_ROUNDS):
+        bares.append(bare_forward_seconds(teacher, rendered, cfg.lori.precompute_batch, pt.pad, device, repeats=1))
+        probe = PrecomputeProbe(device)
+        c = cfg if i == 0 else pt.with_cache(folder / f"cache-round-{i}")
+        with PeakMemory(device) as mem, probe.attached(), contextlib.redirect_stdout(sys.stderr):
+            sync(device)
+            t0 = time.perf_counter()
+            precompute(c)
+            sync(device)
+            total = time.perf_counter() - t0
+        runs.append({"total": total, "load": probe.load_s, "stats": probe.stats_pass(),
+                     "calib": probe.calibration_pass(), "mem": mem.bytes})
     del teacher
     manifest = read_manifest(pt.cache_dir)
-    pre = {"total": total, "load": probe.load_s, "stats": probe.stats_pass(), "calib": probe.calibration_pass(),
-           "mem": mem.bytes, "n": manifest["n_examples"], "raw": manifest["raw_trajectory_bytes"],
-           "cache": manifest["cache_bytes"], "device": str(PartialState().device),
-           "batch": cfg.lori.precompute_batch, "bare": bare}
+    med = lambda f: statistics.median(f(r) for r in runs)  # noqa: E731
+    stats_n, tokens = runs[0]["stats"][1:]
+    pre = {"total": med(lambda r: r["total"]), "load": med(lambda r: r["load"]),
+           "stats": (med(lambda r: r["stats"][0]), stats_n, tokens),
+           "calib": (med(lambda r: r["calib"][0]), runs[0]["calib"][1]), "mem": runs[0]["mem"],
+           "n": manifest["n_examples"], "raw": manifest["raw_trajectory_bytes"], "cache": manifest["cache_bytes"],
+           "device": str(PartialState().device), "batch": cfg.lori.precompute_batch,
+           "bare": statistics.median(bares), "rounds": PRECOMPUTE_ROUNDS}
 
     # ------------------------------------------------------------------------------------------------ training
-    train_rows = {}
     labels = {"cot": "CoT-SFT (teacher format, full rationale)", "nocot": "No-CoT",
               "codi": f"CODI, K={args.latent_steps} (teacher pass + latent student + distillation)",
               "lori": f"LoRi, K={args.latent_steps} (precomputed cache)",
               "fly": f"LoRi, K={args.latent_steps} (teacher run on the fly)"}
-    for key, label in labels.items():
-        t, m, width = pt.step_time(key, args.batch, args.steps, autocast)
-        train_rows[key] = (label, width, t, m)
-    _, state = pt.student()
-    terms = loss_term_seconds(state, args.batch, args.latent_steps, device)
-    del state
+    times, terms = pt.step_times(list(labels), args.batch, args.steps, autocast, terms=True)
+    train_rows = {key: (label, times[key][2], times[key][0], times[key][1]) for key, label in labels.items()}
 
     # ----------------------------------------------------------------------------------------------- inference
     probs = train[: args.problems]
@@ -631,9 +642,8 @@ def main_run(args, device, autocast, folder: Path) -> str:
     student_new = max(len(s.answer) for s in segs)
     prompts_t = [cot_sft.prompt(ex, tok) for ex in probs]
     prompts_s = [lori_method.prompt(ex, tok) for ex in probs]
-    infer = {}
-    for key in ("teacher", "student"):
-        row = {}
+    infer = {key: {} for key in ("teacher", "student")}
+    for key in infer:  # peak memory and decoding steps: each model built and run on its own
         for mode in ("latency", "throughput"):
             with PeakMemory(device) as mem:
                 if key == "teacher":
@@ -641,15 +651,26 @@ def main_run(args, device, autocast, folder: Path) -> str:
                 else:
                     s, _ = pt.student()
                     model, kw, new, prompts = s.lm, lori_method.generation_kwargs(s, tok), student_new, prompts_s
-                value, steps = time_generation(model, prompts, pt.pad, new, device, kw, mode)
+                g = greedy_generate(model.eval(), prompts[:1] if mode == "latency" else prompts, eos_id=-1,
+                                    pad_id=pt.pad, max_new_tokens=new, **kw)
                 del model, kw
                 if key == "student":
                     del s
-            row[mode], row[mode + "_mem"], row["steps"] = value, mem.bytes, steps
-        infer[key] = row
-    teacher_lm, (student, _) = pt.lm(), pt.student()
-    per_step = {mode: per_step_costs(teacher_lm, student, prompts_t, prompts_s, pt.pad, device, mode == "batched")
-                for mode in ("batch1", "batched")}
+            infer[key][mode + "_mem"] = mem.bytes
+            infer[key]["steps"] = statistics.mean(g.steps)
+    # the times: both models loaded once, every generation taken in turn (see generation_times)
+    teacher_lm, (student, _) = pt.lm().eval(), pt.student()
+    student.lm.eval()
+    kw = student.generation_kwargs()
+    gens = {"teacher": (teacher_lm, prompts_t, {}, teacher_new), "student": (student.lm, prompts_s, kw, student_new),
+            "tok:1": (teacher_lm, prompts_t, {}, 1), f"tok:{1 + STEP_GAP}": (teacher_lm, prompts_t, {}, 1 + STEP_GAP),
+            "lat:1": (student.lm, prompts_s, kw | {"latent_steps": 1}, 1),
+            f"lat:{1 + STEP_GAP}": (student.lm, prompts_s, kw | {"latent_steps": 1 + STEP_GAP}, 1)}
+    one, batched = generation_times(gens, pt.pad, device)
+    for key in ("teacher", "student"):
+        infer[key]["latency"], infer[key]["throughput"] = one[key], len(probs) / batched[key]
+    per_step = {mode: tuple((t[f"{k}:{1 + STEP_GAP}"] - t[f"{k}:1"]) / STEP_GAP for k in ("tok", "lat"))
+                for mode, t in (("batch1", one), ("batched", batched))}
     del teacher_lm, student
 
     # -------------------------------------------------------------------------------------- cache size by width
@@ -680,23 +701,16 @@ def growth_sweep(args, device, autocast, folder: Path) -> str:
     points += [("rank", K0, r, w0) for r in args.growth_rank if r != r0]
     points += [("width", K0, r0, w) for w in args.growth_width if w != w0]
     n = args.growth_batch
-    seen: dict[tuple, tuple] = {}  # CoT-SFT depends on the width only, CODI on width and K: measured once each
     rows = []
     for i, (varied, K, r, w) in enumerate(points):
         print(f"[speed] growth point {i + 1}/{len(points)}: K={K} r={r} width={w}", file=sys.stderr, flush=True)
         pt = Point(folder / f"p{i}", args, device, hidden=w, latent_steps=K, rank=r, n_examples=n,
                    cache_dtype=args.cache_dtype, cache_steps=args.cache_steps)
         quiet_precompute(pt.cfg)
-        if ("cot", w) not in seen:
-            seen[("cot", w)] = pt.step_time("cot", n, args.growth_steps, autocast)
-        if ("codi", w, K) not in seen:
-            seen[("codi", w, K)] = pt.step_time("codi", n, args.growth_steps, autocast)
-        lori_t = pt.step_time("lori", n, args.growth_steps, autocast)
-        _, state = pt.student()
-        terms = loss_term_seconds(state, n, K, device)
-        rows.append({"varied": varied, "K": K, "r": min(r, w), "width": w, "params": pt.n_params,
-                     "cot": seen[("cot", w)], "codi": seen[("codi", w, K)], "lori": lori_t, "terms": terms})
-        del state, pt
+        times, terms = pt.step_times(["cot", "codi", "lori"], n, args.growth_steps, autocast, terms=True)
+        rows.append({"varied": varied, "K": K, "r": min(r, w), "width": w, "params": pt.n_params, **times,
+                     "terms": terms})
+        del pt
     return render_growth(args, rows)
 
 
@@ -758,7 +772,7 @@ def render_report(args, device, n_params, train_rows, terms, infer, per_step, pr
         f"{verdict(train_ratio <= TARGET_TRAIN)})",
         f"- LoRi / CoT-SFT step time: **{lori_t / cot:.2f}**",
         f"- LoRi precomputed / on-the-fly teacher step time: **{lori_t / fly_t:.2f}** "
-        f"(precomputing saves {100 * (1 - lori_t / fly_t):.0f}% of the step)",
+        f"(the teacher run in the step would add {100 * (fly_t / lori_t - 1):.0f}% to a LoRi step)",
         f"- LoRi loss terms (forward + backward, alone at this step's shapes): {1000 * terms['total']:.2f} ms = "
         f"**{100 * terms['total'] / lori_t:.1f}%** of the LoRi step (cache read {1000 * terms['read']:.2f}, "
         f"projection {1000 * terms['projection']:.2f}, moments {1000 * terms['moments']:.2f}, covariance "
@@ -788,7 +802,8 @@ def render_report(args, device, n_params, train_rows, terms, infer, per_step, pr
         f"| latency speedup (batch 1) | {lat:.2f} | >= {target:.2f}: {verdict(lat >= target)} |",
         f"| throughput speedup (batch {args.problems}) | {thr:.2f} | >= {target:.2f}: {verdict(thr >= target)} |",
         "",
-        f"One decoding step, by difference of generations {STEP_GAP} steps apart (prefill and fixed overhead cancel):",
+        f"One decoding step, by difference of generations {STEP_GAP} steps apart (prefill and fixed overhead cancel; "
+        "all generations of this section taken in turn):",
         "",
         "| one step | decoded token (teacher) ms | latent step (student: projector + forward) ms | latent / token |",
         "|---|---:|---:|---:|",
@@ -807,7 +822,8 @@ def render_report(args, device, n_params, train_rows, terms, infer, per_step, pr
     cache_ratio = pre["raw"] / max(pre["cache"], 1)
     lines += [
         f"### Precompute (`lori precompute`, {n} examples, {tokens / max(stats_n, 1):.1f} teacher tokens / example, "
-        f"batches of {pre['batch']}, on {pre['device']})",
+        f"batches of {pre['batch']}, on {pre['device']}; medians of {pre['rounds']} calls, each after one bare "
+        "forward pass)",
         "",
         "| part of the one precompute call | seconds | examples/s | tokens/s | / bare forward |",
         "|---|---:|---:|---:|---:|",
@@ -876,10 +892,10 @@ def render_growth(args, rows: list[dict]) -> str:
         f"r = {r0}, width {w0}; batch {args.growth_batch}, {args.growth_steps} timed steps after {WARMUP} warm-up, "
         "median)",
         "",
-        "CoT-SFT and CODI (same K as LoRi) at the same shapes; CoT-SFT does not depend on K or r, CODI not on r "
-        "(measured once per width / per width and K). *LoRi terms*: the loss terms' forward + backward alone at the "
-        "step's shapes (cache read, projection, moments, covariance; see `loss_term_seconds`), as a share of the "
-        "LoRi step; the model is the rest.",
+        "CoT-SFT and CODI (same K as LoRi) at the same shapes, their steps and LoRi's taken in turn at each point "
+        "(compare the ratios within a row; absolute times across rows move with the machine's load). *LoRi terms*: "
+        "the loss terms' forward + backward alone at the step's shapes (cache read, projection, moments, "
+        "covariance; `loss_term_fns`, timed in the same turns), as a share of the LoRi step; the model is the rest.",
         "",
         "| varied | K | r | width | params M | CoT-SFT ms | CODI ms | LoRi ms | LoRi / CODI | LoRi / CoT-SFT | "
         "LoRi terms ms (share) | projection | moments | covariance | cache read | peak MiB CoT-SFT / CODI / LoRi |",
