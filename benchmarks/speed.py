@@ -66,6 +66,20 @@ INFER_ROUNDS = 3  # batched generations per model and length, in turn; medians r
 # ------------------------------------------------------------------------------------------------ measurement glue
 
 
+class Clock:
+    """What every timing in the report reads: wall time (``time.perf_counter``), or on a CPU this process's CPU time
+    (``time.process_time``: the time the work takes on a core of its own, whatever else the machine runs; with one
+    thread it is the latency an unshared core would show). ``--clock auto``: CPU time on a CPU device with one
+    torch thread, wall time otherwise (a GPU's work is not CPU time)."""
+
+    fn = staticmethod(time.perf_counter)
+    name = "wall time (time.perf_counter)"
+
+
+def clock() -> float:
+    return Clock.fn()
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -156,11 +170,11 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device, reps: int,
     for i in range(warmup + reps):
         for k, fn in fns.items():
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             sync(device)
             if i >= warmup:
-                times[k].append(time.perf_counter() - t0)
+                times[k].append(clock() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -216,10 +230,10 @@ class PrecomputeProbe:
 
         def timed(fn):
             sync(self.device)
-            t0 = time.perf_counter()
+            t0 = clock()
             out = fn()
             sync(self.device)
-            return out, time.perf_counter() - t0
+            return out, clock() - t0
 
         def load(*a, **k):
             out, dt = timed(lambda: saved[0](*a, **k))
@@ -284,10 +298,10 @@ def generation_times(gens: dict[str, tuple], pad_id: int, device) -> tuple[dict[
     for i in range(n):
         for name, (_, prompts, _, _) in gens.items():
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             run(name, [prompts[i]])
             sync(device)
-            one[name].append(time.perf_counter() - t0)
+            one[name].append(clock() - t0)
     batched = interleaved_medians({name: (lambda name=name: run(name, gens[name][1])) for name in gens}, device,
                                   INFER_ROUNDS, warmup=1)
     return {k: statistics.mean(v) for k, v in one.items()}, batched
@@ -313,11 +327,11 @@ def bare_forward_seconds(lm, rendered, batch_size: int, pad_id: int, device, rep
     times = []
     for _ in range(repeats):
         sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         for ids, attn in batches:
             lm(input_ids=ids.to(device), attention_mask=attn.to(device))
         sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -558,6 +572,9 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="training autocast; auto = bf16 on a CUDA device that supports it (as lori train does)")
+    ap.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
+                    help="what the timings read: wall time, or this process's CPU time (auto: CPU time on a CPU "
+                         "device with one torch thread, e.g. OMP_NUM_THREADS=1 on a shared machine)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="also write the Markdown report to this file")
     args = ap.parse_args(argv)
@@ -576,6 +593,11 @@ def main(argv: list[str] | None = None) -> str:
     # that precompute's own PartialState() then reuses).
     PartialState(cpu=device.type == "cpu")
 
+    if args.clock == "cpu" or (args.clock == "auto" and device.type == "cpu" and torch.get_num_threads() == 1):
+        if device.type == "cuda":
+            ap.error("--clock cpu: a GPU's work is not CPU time; use --clock wall")
+        Clock.fn, Clock.name = staticmethod(time.process_time), (
+            "CPU time of this process (time.process_time): the time on an unshared core, whatever else runs")
     parts = [machine_lines(args, device, bf16)]
     with tempfile.TemporaryDirectory(prefix="lori-bench-") as tmp:
         if not args.growth_only:
@@ -610,10 +632,10 @@ def main_run(args, device, autocast, folder: Path) -> str:
         c = cfg if i == 0 else pt.with_cache(folder / f"cache-round-{i}")
         with PeakMemory(device) as mem, probe.attached(), contextlib.redirect_stdout(sys.stderr):
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             precompute(c)
             sync(device)
-            total = time.perf_counter() - t0
+            total = clock() - t0
         runs.append({"total": total, "load": probe.load_s, "stats": probe.stats_pass(),
                      "calib": probe.calibration_pass(), "mem": mem.bytes})
     del teacher
@@ -738,6 +760,7 @@ def machine_lines(args, device, bf16) -> str:
         f"| torch | {torch.__version__}; {torch.get_num_threads()} thread(s) "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}) |",
         f"| device | {dev}; training {'bf16 autocast' if bf16 else 'fp32'}, inference and precompute float32 |",
+        f"| clock | {Clock.name} |",
         f"| models | random-init {args.arch}, {args.layers} layers, {args.heads} heads, FFN 4 x width; "
         f"{args.digits[0]}x{args.digits[1]} multiplication |",
         "",
