@@ -45,7 +45,6 @@ from lori.methods.lori import render_teacher, resolve_layers  # noqa: E402
 from lori.precompute import precompute, teacher_trajectories  # noqa: E402
 from lori.subspace.cache import read_manifest  # noqa: E402
 from lori.subspace.trajectory import trajectory_statistics  # noqa: E402
-from lori.subspace.stats import masked_moments  # noqa: E402
 from lori.losses import anchor_loss, rationale_loss  # noqa: E402
 from lori.models.setup import builtin_tokenizer  # noqa: E402
 

@@ -31,7 +31,7 @@ def table_rows(text: str, heading: str) -> list[str]:
             rows.append(line)
         elif rows:
             break
-    return [r for r in rows[2:]]  # header and rule dropped
+    return rows[2:]  # header and rule dropped
 
 
 def test_speed_benchmark_prints_every_section_the_targets_and_the_growth_sweep():
