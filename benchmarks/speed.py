@@ -47,6 +47,7 @@ from lori.subspace.cache import read_manifest  # noqa: E402
 from lori.subspace.trajectory import trajectory_statistics  # noqa: E402
 from lori.losses import anchor_loss, rationale_loss  # noqa: E402
 from lori.models.setup import builtin_tokenizer  # noqa: E402
+from lori.utils import pad  # noqa: E402
 
 # Each method's protocol object (lori.methods.common.Method): render, collate, wrap, loss, prompt, ...
 cot_sft, no_cot, codi, lori_method = (METHODS[k] for k in ("cot-sft", "no-cot", "codi", "lori"))
@@ -210,7 +211,7 @@ class OnTheFlyStats:
 
 class PrecomputeProbe:
     """Times the pieces of one ``lori.precompute.precompute`` call by wrapping five of the functions it calls (in
-    its module namespace, for the duration of :meth:`attached` only): ``load_pretrained`` (model load),
+    its module namespace, for the duration of :meth:`attached` only): ``open_model`` (model load),
     ``teacher_trajectories`` (a no-grad teacher forward on one batch, with every layer's hidden states) and
     ``trajectory_statistics``, ``prefix_means``, ``step_states`` (the LoRi statistics of that batch in the subspace).
     A forward followed by statistics belongs to the statistics pass over the whole training set; a forward without
@@ -225,7 +226,7 @@ class PrecomputeProbe:
     @contextlib.contextmanager
     def attached(self):
         pc = precompute_module
-        saved = pc.load_pretrained, pc.teacher_trajectories, pc.trajectory_statistics, pc.prefix_means, pc.step_states
+        saved = pc.open_model, pc.teacher_trajectories, pc.trajectory_statistics, pc.prefix_means, pc.step_states
 
         def timed(fn):
             sync(self.device)
@@ -252,12 +253,12 @@ class PrecomputeProbe:
                 return out
             return wrapped
 
-        pc.load_pretrained, pc.teacher_trajectories = load, forward
+        pc.open_model, pc.teacher_trajectories = load, forward
         pc.trajectory_statistics, pc.prefix_means, pc.step_states = (stats_part(f) for f in saved[2:])
         try:
             yield self
         finally:
-            (pc.load_pretrained, pc.teacher_trajectories, pc.trajectory_statistics, pc.prefix_means,
+            (pc.open_model, pc.teacher_trajectories, pc.trajectory_statistics, pc.prefix_means,
              pc.step_states) = saved
 
     def stats_pass(self) -> tuple[float, int, int]:
@@ -312,16 +313,8 @@ def bare_forward_seconds(lm, rendered, batch_size: int, pad_id: int, device, rep
     batches precompute cuts (``lori.precompute_batch``, padded the same way): the median of ``repeats`` passes after
     one untimed batch. The physical limit of a precompute that runs the teacher once."""
     lm.eval()
-    batches = []
-    for s in range(0, len(rendered), batch_size):
-        chunk = rendered[s : s + batch_size]
-        width = max(len(it.input_ids) for it in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, it in enumerate(chunk):
-            ids[i, : len(it.input_ids)] = torch.tensor(it.input_ids)
-            attn[i, : len(it.input_ids)] = 1
-        batches.append((ids, attn))
+    batches = [pad([it.input_ids for it in rendered[s : s + batch_size]], pad_id)
+               for s in range(0, len(rendered), batch_size)]  # as teacher_trajectories pads them
     lm(input_ids=batches[0][0].to(device), attention_mask=batches[0][1].to(device))
     times = []
     for _ in range(repeats):
@@ -522,7 +515,7 @@ class Point:
         basis = state.basis
         fresh = OnTheFlyStats(type(basis).from_dict({k: v.to(self.device) for k, v in basis.to_dict().items()}))
         state.stats = fresh
-        rendered = [render_teacher(ex, self.tok) for ex in self.train[:n]]
+        rendered = [render_teacher(ex, self.tok, self.cfg.model.chat_template) for ex in self.train[:n]]
 
         def teacher_forward():
             with torch.no_grad():
@@ -619,7 +612,7 @@ def main_run(args, device, autocast, folder: Path) -> str:
     # ---------------------------------------------------------------------------------------------- precompute
     # Warm-up outside the timing: one teacher forward on the device (CUDA context, kernel selection).
     teacher = pt.lm().eval()
-    rendered = [render_teacher(ex, tok) for ex in train]
+    rendered = [render_teacher(ex, tok, cfg.model.chat_template) for ex in train]
     teacher_trajectories(teacher, rendered[: cfg.lori.precompute_batch], resolve_layers(cfg.lori, args.layers),
                          pt.pad)
     # PRECOMPUTE_ROUNDS rounds, each a bare forward pass then a whole precompute call into a fresh folder (the first
@@ -658,11 +651,11 @@ def main_run(args, device, autocast, folder: Path) -> str:
 
     # ----------------------------------------------------------------------------------------------- inference
     probs = train[: args.problems]
-    segs = [segments(ex, tok) for ex in probs]
+    segs = [segments(ex, tok, cfg.model.chat_template) for ex in probs]
     teacher_new = max(len(s.rationale) + len(s.answer) for s in segs)
     student_new = max(len(s.answer) for s in segs)
-    prompts_t = [cot_sft.prompt(ex, tok) for ex in probs]
-    prompts_s = [lori_method.prompt(ex, tok) for ex in probs]
+    prompts_t = [cot_sft.prompt(ex, tok, cfg) for ex in probs]
+    prompts_s = [lori_method.prompt(ex, tok, cfg) for ex in probs]
     infer = {key: {} for key in ("teacher", "student")}
     for key in infer:  # peak memory and decoding steps: each model built and run on its own
         for mode in ("latency", "throughput"):

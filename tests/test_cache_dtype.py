@@ -11,7 +11,8 @@ from safetensors import safe_open
 from lori.config import load_config
 from lori.data.splits import load_split
 from lori.errors import ConfigError, LoriError
-from lori.methods import lori as lori_method
+from lori.methods import METHODS
+from lori.methods.lori import fingerprint
 from lori.methods.common import step_norm
 from lori.models.build import load_pretrained, tiny_model
 from lori.models.setup import builtin_tokenizer
@@ -21,6 +22,7 @@ from lori.subspace.cache import CacheWriter, load_cache
 TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64"]
 DATA = ["data.digits=[3,3]", "data.train_size=48", "data.valid_size=4", "data.test_size=4"]
 STATS = ("mu", "cov", "anchor", "prefix_mu", "step_anchor")
+lori_method = METHODS["lori"]  # the method's protocol: render, collate, wrap, setup_training, loss
 
 
 def cfg_for(teacher, cache, *extra):
@@ -112,7 +114,7 @@ def test_a_low_precision_cache_moves_the_loss_by_less_than_a_bound(caches, dtype
 
 def test_cache_dtype_and_cache_steps_are_in_the_fingerprint_and_the_default_fingerprint_is_unchanged(caches):
     teacher, train, folders = caches
-    fp = lambda *extra: lori_method.fingerprint(cfg_for(teacher, "x", *extra), teacher, train, 2)  # noqa: E731
+    fp = lambda *extra: fingerprint(cfg_for(teacher, "x", *extra), teacher, train, 2)  # noqa: E731
     default = fp()
     assert "cache_dtype" not in default and "cache_steps" not in default  # caches written before keep theirs
     assert fp("lori.cache_dtype=bfloat16") == default | {"cache_dtype": "bfloat16"}
