@@ -61,8 +61,8 @@ def test_answer_length_is_set_only_when_every_answer_has_one_length():
     same = [Example("1 2 * 3 4", ("3 6",), "3 0 1 0"), Example("5 6 * 7 8", ("5 6",), "9 8 3 4")]
     other = Example("1 * 2", (), "2")
     tok = builtin_tokenizer([*same, other])
-    assert answer_length(same, tok, False) == 4
-    assert answer_length([*same, other], tok, False) is None
+    assert answer_length(same, tok) == 4
+    assert answer_length([*same, other], tok) is None
 
 
 TINY = ["data.digits=[2,2]", "data.train_size=200", "data.valid_size=8", "data.test_size=8", "model.hidden_size=32",

@@ -56,8 +56,13 @@ def segments(example: Example, tokenizer: PreTrainedTokenizerBase, chat_template
             prompt = [tokenizer.bos_token_id] + prompt
     rationale = encode(tokenizer, " " + example.rationale) if example.steps else []
     marker = encode(tokenizer, " ####")
-    answer = marker + encode(tokenizer, f" {example.answer}") + [tokenizer.eos_token_id]
+    answer = marker + answer_ids(example, tokenizer) + [tokenizer.eos_token_id]
     return Segments(prompt, rationale, answer, len(marker))
+
+
+def answer_ids(example: Example, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The answer's own tokens: ``answer`` of :func:`segments` between the ``####`` marker and ``<eos>``."""
+    return encode(tokenizer, f" {example.answer}")
 
 
 def answer_anchor(s: Segments) -> int:

@@ -66,7 +66,7 @@ def answer_token_ce(
     after = sel.flip(1).long().cumsum(1).flip(1)  # supervised positions at or after t
     pick = sel & (after >= 2) & (after <= answer_len + 1)
     rows = logits[pick].float()
-    ce = F.cross_entropy(rows, labels[pick].long(), reduction="none") if rows.numel() else rows.new_zeros(0)
+    ce = F.cross_entropy(rows, labels[pick].long(), reduction="none")
     which = answer_len + 1 - after[pick]
     out = torch.zeros(answer_len, dtype=torch.float32, device=logits.device)
     return out.index_add_(0, which, ce) / num_examples

@@ -41,7 +41,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..config import Config, dump_config, save_config
-from ..data.render import segments
+from ..data.render import answer_ids
 from ..data.schema import Example
 from ..data.splits import load_split
 from ..errors import ConfigError, LoriError
@@ -122,13 +122,12 @@ class MetricsLog:
             self.accelerator.log(values, step=record["step"])
 
 
-def answer_length(examples: list[Example], tokenizer, chat_template: bool) -> int | None:
+def answer_length(examples: list[Example], tokenizer) -> int | None:
     """The number of answer tokens (between ``####`` and ``<eos>``) when every example has the same (an NxN
     product's 2N digits), else None. Training then logs each answer token's cross-entropy (``ce_ans1..``)."""
     lengths = set()
     for ex in examples:
-        s = segments(ex, tokenizer, chat_template)
-        lengths.add(len(s.answer) - s.marker_len - 1)
+        lengths.add(len(answer_ids(ex, tokenizer)))  # the answer alone: the chat template wraps the question only
         if len(lengths) > 1:
             return None
     return lengths.pop() if lengths else None
@@ -301,7 +300,7 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     stage = clock.get("stage", cur.stage_at(step)) if adaptive else cur.stage_at(step)
     stage_start = clock.get("start", (stage - 1) * cur.steps_per_stage if cur.stages else 0)
     recent = collections.deque(clock.get("recent", []), maxlen=cur.advance_window)
-    answer_len = answer_length(train_set, tokenizer, cfg.model.chat_template)
+    answer_len = answer_length(train_set, tokenizer)
     items = render_all(method, train_set, tokenizer, cfg, stage, answer_len)
     rendered = stage
     if sharded:  # FSDP is applied above; accelerate would wrap the module in DDP
