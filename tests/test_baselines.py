@@ -192,9 +192,9 @@ def test_a_latent_method_chooses_k_and_its_projector_once(name, overrides, K, pr
 
 
 def test_explicit_methods_declare_no_thoughts_and_only_lori_a_teacher_cache():
-    assert {n for n, m in METHODS.items() if m.thoughts is None} == {"no-cot", "cot-sft", "icot-si"}
+    assert {n for n, m in METHODS.items() if m.thoughts is None} == {"no-cot", "cot-sft", "icot-si", "aux-sum"}
     assert {n for n, m in METHODS.items() if m.teacher_cache} == {"lori"}
-    assert {n for n, m in METHODS.items() if not m.curriculum} == {"no-cot", "cot-sft"}
+    assert {n for n, m in METHODS.items() if not m.curriculum} == {"no-cot", "cot-sft", "aux-sum"}
 
 
 def test_configs_without_a_curriculum_are_refused_where_meaningless():

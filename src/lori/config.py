@@ -26,7 +26,7 @@ import yaml
 
 from .errors import ConfigError, LoriError
 
-MethodName = Literal["cot-sft", "no-cot", "lori", "icot-si", "coconut", "codi"]
+MethodName = Literal["cot-sft", "no-cot", "lori", "icot-si", "coconut", "codi", "aux-sum"]
 Arch = Literal["llama", "qwen2", "gpt2"]
 
 
@@ -356,6 +356,28 @@ class CodiConfig:
 
 
 @dataclass
+class AuxSumConfig:
+    """The running-sum auxiliary head of Bai et al. 2025 (``ajyl/icot``) on a No-CoT student (``method: aux-sum``,
+    multiplication only): a linear head on the hidden state of layer ``layer`` at the position that predicts answer
+    digit k regresses the column's running sum c^_k = sum_{i+j=k} a_i b_j + floor(c^_{k-1} / 10), and
+    L = CE(answer) + weight * MSE."""
+
+    layer: int | None = None  # hidden state read (0 = embeddings, L = last block); null: the middle block, L // 2
+    weight: float = 1.0
+    # the regression target is c^_k / scale: 1 keeps the raw sums (tens to hundreds), so an error of one unit in
+    # the last digit still costs as much as a nat of cross-entropy
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.layer is not None and self.layer < 0:
+            raise ConfigError(f"aux_sum.layer must be >= 0 (0 = embeddings) or null, got {self.layer}")
+        if self.weight < 0:
+            raise ConfigError(f"aux_sum.weight must be >= 0, got {self.weight}")
+        if self.scale <= 0:
+            raise ConfigError(f"aux_sum.scale must be > 0, got {self.scale}")
+
+
+@dataclass
 class Config:
     method: MethodName = "cot-sft"
     out_dir: str = "out/run"
@@ -367,6 +389,7 @@ class Config:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     coconut: CoconutConfig = field(default_factory=CoconutConfig)
     codi: CodiConfig = field(default_factory=CodiConfig)
+    aux_sum: AuxSumConfig = field(default_factory=AuxSumConfig)
 
     def __post_init__(self) -> None:
         if self.train.sharding == "fsdp" and self.model.lora_r is not None:

@@ -55,6 +55,7 @@ METHOD_PAPERS = {
     "coconut": "Coconut, chain of continuous thought (Hao et al. 2024, arXiv 2412.06769)",
     "codi": "CODI, continuous chain of thought via self-distillation (Shen et al. 2025, arXiv 2502.21074)",
     "lori": "LoRi, low-rank distillation of chain of thought into latent reasoning (arXiv 2606.05315)",
+    "aux-sum": "direct answer with the running-sum auxiliary head of Bai et al. 2025 (ajyl/icot)",
 }
 
 

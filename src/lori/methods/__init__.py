@@ -24,6 +24,6 @@ fields are, the defaults being a plain causal-LM fine-tune's:
 ``latent.py`` holds what the latent methods (LoRi, Coconut, CODI) share: rendering, batching, the student wrapper.
 """
 
-from . import coconut, codi, cot_sft, icot_si, lori, no_cot
+from . import aux_sum, coconut, codi, cot_sft, icot_si, lori, no_cot
 
-METHODS = {m.METHOD.name: m.METHOD for m in (no_cot, cot_sft, lori, icot_si, coconut, codi)}
+METHODS = {m.METHOD.name: m.METHOD for m in (no_cot, cot_sft, lori, icot_si, coconut, codi, aux_sum)}
