@@ -116,6 +116,13 @@ def test_train_saves_the_head_resumes_it_and_evaluates_as_no_cot(tmp_path, capsy
     for name in ("model.safetensors", aux_sum.HEAD_FILE):
         a, b = load_file(str(final / name)), load_file(str(resumed / name))
         assert all(torch.equal(a[k], b[k]) for k in a), name
+    # a second phase started from the run's weights (model.init_from) starts from its head too
+    phase2 = load_config(None, [*SMOKE, f"out_dir={tmp_path / 'phase2'}", f"model.init_from={run}"])
+    tok = builtin_tokenizer(generate_multiplication(2, 2, 4, seed=0))
+    lm = tiny_model(phase2.model, tok, 64)
+    head = aux_sum.wrap(lm, tok, phase2).head.state_dict()
+    saved = load_file(str(final / aux_sum.HEAD_FILE))
+    assert all(torch.equal(head[k], saved[k]) for k in saved)
     capsys.readouterr()
     assert main(["eval", str(run), "--out", str(tmp_path / "eval"), "eval.limit=4",
                  "eval.latency_problems=1"]) == 0, capsys.readouterr().err

@@ -9,8 +9,9 @@ a No-CoT student whose hidden state is told what the chain of thought would have
 with ``h^l`` the hidden state of layer ``aux_sum.layer`` (default the middle block) at position ``p_k``, the one
 that predicts ``c_k``, and ``(w, w_0)`` a linear head trained with the model and used by training only: generation
 is No-CoT's greedy decoding, the checkpoint the language model plus the head (``aux_sum_head.safetensors``, read
-back on resume). Bai et al. show that plain fine-tuning leaves the middle product digits at chance on 4x4 while
-this head solves it; multiplication is the only task whose running sums it knows.
+back on resume and by a run whose ``model.init_from`` is an aux-sum checkpoint). Bai et al. show that plain
+fine-tuning leaves the middle product digits at chance on 4x4 while this head solves it; multiplication is the only
+task whose running sums it knows.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..data.schema import Example
 from ..errors import LoriError
 from ..losses import IGNORE_INDEX, token_cross_entropy
 from ..models.build import hidden_size, num_layers
+from ..models.checkpoint import resolve_checkpoint
 from ..utils import pad
 from . import common
 
@@ -99,8 +101,11 @@ def wrap(lm, tokenizer, cfg, checkpoint=None) -> AuxSumStudent:
     if layer > n:
         raise LoriError(f"aux_sum.layer={layer}: the model has hidden states 0 (embeddings) to {n}")
     student = AuxSumStudent(lm, layer)
-    if checkpoint is not None and (Path(checkpoint) / HEAD_FILE).is_file():
-        student.head.load_state_dict(load_file(str(Path(checkpoint) / HEAD_FILE)))
+    # the head of the run being resumed, else that of the checkpoint the weights start from (a second, lower-lr
+    # phase from an aux-sum run keeps its head; from any other checkpoint the head starts fresh)
+    source = checkpoint or (resolve_checkpoint(cfg.model.init_from) if cfg.model.init_from else None)
+    if source is not None and (Path(source) / HEAD_FILE).is_file():
+        student.head.load_state_dict(load_file(str(Path(source) / HEAD_FILE)))
     return student.to(next(lm.parameters()).device)
 
 
