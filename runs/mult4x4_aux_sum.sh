@@ -10,7 +10,14 @@ LORI=${LORI:-.venv/bin/lori}
 [ -d out/mult4x4-cot-sft/checkpoints ] || $LORI train configs/mult4x4-cot-sft.yaml
 $LORI train configs/mult4x4-aux-sum.yaml
 $LORI train configs/mult4x4-aux-sum.yaml aux_sum.weight=0 out_dir=out/mult4x4-aux-sum-w0
-$LORI eval out/mult4x4-aux-sum out/mult4x4-aux-sum-w0 --out out/mult4x4-aux-sum-eval
+# Lower-lr phases from the head run's weights and head (model.init_from), each decided on the validation score
+$LORI train configs/mult4x4-aux-sum.yaml model.init_from=out/mult4x4-aux-sum out_dir=out/mult4x4-aux-sum-p2 \
+    train.steps=14000 train.lr=2e-4
+$LORI train configs/mult4x4-aux-sum.yaml model.init_from=out/mult4x4-aux-sum-p2 out_dir=out/mult4x4-aux-sum-p3 \
+    train.steps=10000 train.lr=1e-4
+$LORI eval out/mult4x4-aux-sum out/mult4x4-aux-sum-w0 out/mult4x4-aux-sum-p2 out/mult4x4-aux-sum-p3 \
+    --out out/mult4x4-aux-sum-eval
 .venv/bin/python runs/digit_accuracy.py out/mult4x4-aux-sum-eval/predictions-*.jsonl
 .venv/bin/python runs/answer_ce_plot.py "running-sum head=out/mult4x4-aux-sum" "No-CoT control=out/mult4x4-aux-sum-w0" \
+    "head, phase 2=out/mult4x4-aux-sum-p2@36000" "head, phase 3=out/mult4x4-aux-sum-p3@50000" \
     --out docs/figures/mult4x4-aux-sum-answer-ce.png

@@ -1,6 +1,7 @@
 """runs/answer_ce_plot.py and lori.evaluation.plots.answer_token_curves: per-answer-token curves read back from
 metrics.jsonl exactly, validation lines skipped, runs without the values told apart."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -48,3 +49,18 @@ def test_the_script_writes_both_figures(tmp_path):
     missing = subprocess.run([sys.executable, str(ROOT / "runs" / "answer_ce_plot.py"), str(tmp_path), "--out",
                               str(out)], capture_output=True, text=True)
     assert missing.returncode != 0 and "no metrics.jsonl" in missing.stderr
+
+
+def test_a_continuation_is_drawn_after_the_run_it_continues(tmp_path):
+    spec = importlib.util.spec_from_file_location("answer_ce_plot", ROOT / "runs" / "answer_ce_plot.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_run("phase 2=out/a-p2@36000") == ("phase 2", Path("out/a-p2"), 36000)
+    assert mod.parse_run("out/a") == ("a", Path("out/a"), 0)
+    records = [{"step": 100, "stage": 2, "ce": 1.0}, {"step": 100, "valid_accuracy": 0.5}]
+    assert mod.validation_points(records, 36000) == ([(36100, 50.0)], [(36100, 2)])
+    # runs without a curriculum get no stage panel, and the figure is still written
+    plain = _run(tmp_path / "p2", [{"step": 50, "ce_ans1": 1.0, "ce_ans2": 1.0}, {"step": 50, "valid_accuracy": 0.1}])
+    out = tmp_path / "y.png"
+    assert mod.main([f"{plain}@1000", "--out", str(out)]) == 0
+    assert (tmp_path / "y-valid.png").stat().st_size > 1000

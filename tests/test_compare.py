@@ -12,7 +12,7 @@ from lori.evaluation.metrics import mean_ci
 from lori.evaluation.report import ResultRow, aggregate_table, read_results, write_results
 from lori.methods import METHODS
 
-SIX = ["no-cot", "cot-sft", "icot-si", "coconut", "codi", "lori"]
+SIX = ["no-cot", "cot-sft", "icot-si", "coconut", "codi", "lori", "aux-sum"]  # every method (the six and aux-sum)
 TOY = ["data.digits=[2,2]", "data.train_size=200", "data.valid_size=16", "data.test_size=16",
        "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
        "train.global_batch=16", "train.micro_batch=16", "train.eval_size=8", "train.eval_every=0",
@@ -49,8 +49,8 @@ def test_compare_configs_cover_every_method(tmp_path):
                 assert cfg.train.steps == 10 and cfg.train.lr == 1e-3 and cfg.model.init_from is None
             else:
                 assert cfg.train.steps == 8 and cfg.train.lr == 2e-4 and cfg.model.init_from == teacher_dir
-                # the student preset applies to every student, but No-CoT renders no stage (no resets)
-                assert cfg.curriculum.stages == (0 if method == "no-cot" else 2)
+                # the student preset applies to every student, but No-CoT and aux-sum render no stage (no resets)
+                assert cfg.curriculum.stages == (2 if METHODS[method].curriculum else 0)
         assert runs["lori"].lori.teacher == teacher_dir
         assert runs["lori"].lori.cache_dir == str(out / f"seed-{seed}" / "lori-cache")
         assert runs["no-cot"].lori.teacher is None and runs["codi"].lori.cache_dir is None  # no stale paths
@@ -180,6 +180,7 @@ def test_compare_end_to_end_and_reuse(tmp_path, capsys):
     # A second call reuses every finished run and evaluation and writes the same rows.
     assert main(argv) == 0
     again = capsys.readouterr().out
-    assert again.count("reusing the finished run") == 12 and again.count("reusing its evaluation") == 12
+    runs = 2 * len(SIX)  # methods x seeds
+    assert again.count("reusing the finished run") == runs and again.count("reusing its evaluation") == runs
     assert "=== seed" not in again  # nothing trained
     assert read_results(out / "results.json")[3] == rows

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lori", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="verb", required=True)
 
-    t = sub.add_parser("train", help="train a model (method: cot-sft | no-cot | lori | icot-si | coconut | codi)")
+    t = sub.add_parser("train", help="train a model (method: cot-sft | no-cot | lori | icot-si | coconut | codi | aux-sum)")
     t.add_argument("config", nargs="?", help="YAML preset (see configs/); defaults apply when omitted")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 method=no-cot")
 
