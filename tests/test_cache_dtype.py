@@ -14,8 +14,7 @@ from lori.errors import ConfigError, LoriError
 from lori.methods import METHODS
 from lori.methods.lori import fingerprint
 from lori.methods.common import step_norm
-from lori.models.build import load_pretrained, tiny_model
-from lori.models.setup import builtin_tokenizer
+from lori.models.build import load_pretrained
 from lori.precompute import precompute
 from lori.subspace.cache import CacheWriter, load_cache
 
@@ -32,16 +31,12 @@ def cfg_for(teacher, cache, *extra):
 
 
 @pytest.fixture(scope="module")
-def caches(tmp_path_factory):
+def caches(tmp_path_factory, save_random_teacher):
     """A random tiny teacher and its cache in each dtype (and one float32 cache without the per-step statistics)."""
     root = tmp_path_factory.mktemp("cache-dtype")
     cfg = load_config(None, ["method=lori", *TINY, *DATA])
     train = load_split(cfg.data, "train")
-    tok = builtin_tokenizer(train)
-    torch.manual_seed(0)
-    lm = tiny_model(cfg.model, tok, max_positions=128)
-    lm.save_pretrained(root / "teacher")
-    tok.save_pretrained(root / "teacher")
+    save_random_teacher(root / "teacher", cfg.model, train)
     out = {}
     for name, extra in (("float32", []), ("bfloat16", ["lori.cache_dtype=bfloat16"]),
                         ("float16", ["lori.cache_dtype=float16"]), ("nosteps", ["lori.cache_steps=false"])):

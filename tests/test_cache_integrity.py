@@ -153,19 +153,14 @@ TINY = [
 ]
 
 
-def test_train_on_a_flipped_shard_is_one_line_and_precompute_again_repairs_it(tmp_path, capsys, monkeypatch):
+def test_train_on_a_flipped_shard_is_one_line_and_precompute_again_repairs_it(tmp_path, capsys, monkeypatch,
+                                                                             save_random_teacher):
     from lori.data import generate_multiplication
-    from lori.models.build import tiny_model
-    from lori.models.setup import builtin_tokenizer
 
     teacher, data = tmp_path / "teacher", tmp_path / "train.txt"
     examples = generate_multiplication(2, 2, 60, seed=5)
     write_icot(examples, data)
-    tok = builtin_tokenizer(examples)
-    torch.manual_seed(0)
-    lm = tiny_model(load_config(None, TINY).model, tok, max_positions=128)
-    lm.save_pretrained(teacher)
-    tok.save_pretrained(teacher)
+    save_random_teacher(teacher, load_config(None, TINY).model, examples)
     cache = tmp_path / "cache"
     args = ["method=lori", *TINY, f"data.train_file={data}", f"lori.teacher={teacher}", f"lori.cache_dir={cache}",
             "lori.rank=4", "lori.calib_size=40", "lori.shard_size=25", "lori.precompute_batch=16",

@@ -271,22 +271,15 @@ def test_inf_in_one_term_names_it_even_without_a_checkpoint(tmp_path, monkeypatc
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> tuple[Path, Path]:
+def teacher(tmp_path_factory, save_random_teacher) -> tuple[Path, Path]:
     """A random tiny LLaMA teacher checkpoint folder and a training file of 60 problems."""
     from lori.data import generate_multiplication
-    from lori.models.build import tiny_model
-    from lori.models.setup import builtin_tokenizer
 
     folder = tmp_path_factory.mktemp("teacher")
     data = folder.parent / f"{folder.name}-train.txt"
     examples = generate_multiplication(2, 2, 60, seed=5)
     write_icot(examples, data)
-    tok = builtin_tokenizer(examples)
-    torch.manual_seed(0)
-    lm = tiny_model(load_config(None, TINY).model, tok, max_positions=128)
-    lm.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder, data
+    return save_random_teacher(folder, load_config(None, TINY).model, examples), data
 
 
 def lori_args(teacher_dir: Path, data: Path, cache_dir: Path, *extra: str) -> list[str]:

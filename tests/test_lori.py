@@ -27,19 +27,13 @@ DATA = ["data.digits=[2,2]", "data.train_size=60", "data.valid_size=10", "data.t
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
+def teacher(tmp_path_factory, save_random_teacher):
     """A random tiny LLaMA teacher saved as a checkpoint folder, and its training examples."""
-    folder = tmp_path_factory.mktemp("teacher")
     cfg = load_config(None, ["method=lori", *TINY, *DATA])
     from lori.data.splits import load_split
 
     train = load_split(cfg.data, "train")
-    tok = builtin_tokenizer(train)
-    torch.manual_seed(0)
-    lm = tiny_model(cfg.model, tok, max_positions=128)
-    lm.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder, train
+    return save_random_teacher(tmp_path_factory.mktemp("teacher"), cfg.model, train), train
 
 
 def lori_cfg(teacher_dir, cache_dir, *extra):
@@ -275,7 +269,7 @@ def test_prefix_statistics_are_the_mean_over_the_first_steps(teacher, tmp_path):
     assert "rat_prefix" not in parts and "rat_mean" not in parts
 
 
-def test_step_anchors_point_at_each_steps_handover_and_train_the_thoughts(tmp_path):
+def test_step_anchors_point_at_each_steps_handover_and_train_the_thoughts(tmp_path, save_random_teacher):
     """lori.step_anchors on chains: the teacher's hand-over of step k is the `=` that predicts its value; the cache
     holds the projected teacher state there; the loss compares the state feeding step k's thoughts with it."""
     from lori.data.splits import load_split
@@ -286,11 +280,7 @@ def test_step_anchors_point_at_each_steps_handover_and_train_the_thoughts(tmp_pa
     data = ["data.task=chains", "data.chain_steps=3", "data.train_size=40", "data.valid_size=5", "data.test_size=5"]
     cfg0 = load_config(None, ["method=lori", *TINY, *data])
     train = load_split(cfg0.data, "train")
-    tok = builtin_tokenizer(train)
-    torch.manual_seed(0)
-    folder = tmp_path / "teacher"
-    tiny_model(cfg0.model, tok, max_positions=128).save_pretrained(folder)
-    tok.save_pretrained(folder)
+    folder, tok = save_random_teacher(tmp_path / "teacher", cfg0.model, train), builtin_tokenizer(train)
     cfg = lori_cfg(folder, tmp_path / "cache", *data, "curriculum.stages=3", "lori.step_anchors=true",
                    "lori.shard_size=40")
     precompute(cfg)

@@ -120,7 +120,7 @@ def loss(module, batch: dict[str, torch.Tensor], norm,
     pos = batch["aux_pos"]
     real = pos != IGNORE_INDEX
     got = pred.gather(1, pos.clamp(min=0))
-    mse = ((got - batch["aux_target"].to(got.dtype)) ** 2 * real).sum() / max(norm.counts.get("aux", 1), 1)
+    mse = ((got - batch["aux_target"].to(got.dtype)) ** 2 * real).sum() / norm.counts["aux"]
     total = ce + state.weight * mse
     return total, {"ce": ce.detach(), "aux_mse": mse.detach(),
                    **common.answer_parts(logits[:, :-1], batch["labels"][:, 1:], batch, norm)}

@@ -1,0 +1,26 @@
+"""Fixtures several test modules share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lori.models.build import tiny_model
+from lori.models.setup import builtin_tokenizer
+
+
+@pytest.fixture(scope="session")
+def save_random_teacher():
+    """``save(folder, model_cfg, examples) -> folder``: a randomly initialised tiny model (torch seed 0) with the
+    built-in tokenizer of ``examples``, saved as a teacher checkpoint folder (LoRi's precompute reads it)."""
+
+    def save(folder: Path, model_cfg, examples) -> Path:
+        tok = builtin_tokenizer(examples)
+        torch.manual_seed(0)
+        tiny_model(model_cfg, tok, max_positions=128).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        return folder
+
+    return save
