@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from lori.subspace.basis import Basis
-from lori.subspace.cache import CacheWriter, cache_bytes, load_cache, verify_cache
+from lori.methods.lori.cache import CacheWriter, cache_bytes, load_cache, verify_cache
 
 
 def build(folder: Path, gib: float, layers: int = 12, rank: int = 16, steps: int = 4, shard_size: int = 5000) -> int:

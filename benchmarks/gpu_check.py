@@ -37,8 +37,8 @@ import torch  # noqa: E402
 from lori.config import load_config  # noqa: E402
 from lori.data.gsm8k_aug import prepare_gsm8k_aug  # noqa: E402
 from lori.data.readers import read_icot, write_icot  # noqa: E402
-from lori.evaluation.run import eval_checkpoints  # noqa: E402
-from lori.precompute import precompute  # noqa: E402
+from lori.commands.eval import eval_checkpoints  # noqa: E402
+from lori.methods.lori.teacher import precompute  # noqa: E402
 from lori.training.loop import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

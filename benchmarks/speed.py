@@ -4,7 +4,7 @@ teacher's bare forward pass; cache size per dtype and width; peak memory of each
 --growth, how a LoRi step's time and memory grow with K, the rank and the width beside CoT-SFT and CODI. One run.
 
 Everything runs on random-init tiny models built from the project's own pieces (accuracy is not the point): a tiny
-teacher checkpoint is saved to a temporary folder with the built-in tokenizer, ``lori.precompute`` writes its
+teacher checkpoint is saved to a temporary folder with the built-in tokenizer, ``lori.methods.lori.teacher`` writes its
 teacher-statistics cache (timed), and every model below starts from that checkpoint, so all methods time the same
 network on the same examples. Prints one Markdown report on stdout (library progress goes to stderr), ending with
 the targets table (and the growth sweep after it). See README.md here.
@@ -36,17 +36,18 @@ from accelerate import PartialState  # noqa: E402
 from lori.config import load_config  # noqa: E402
 from lori.data.splits import load_split  # noqa: E402
 from lori.evaluation.generate import greedy_generate  # noqa: E402
-import lori.precompute as precompute_module  # noqa: E402
+import lori.methods.lori.teacher as precompute_module  # noqa: E402
 from lori.methods import METHODS  # noqa: E402
 from lori.methods.common import step_norm  # noqa: E402
 from lori.data.render import segments  # noqa: E402
 from lori.models.build import load_pretrained, tiny_model  # noqa: E402
-from lori.methods.lori import render_teacher, resolve_layers  # noqa: E402
-from lori.precompute import precompute, teacher_trajectories  # noqa: E402
-from lori.subspace.cache import read_manifest  # noqa: E402
+from lori.methods.lori.teacher import render_teacher
+from lori.methods.lori.method import resolve_layers  # noqa: E402
+from lori.methods.lori.teacher import precompute, teacher_trajectories  # noqa: E402
+from lori.methods.lori.cache import read_manifest  # noqa: E402
 from lori.subspace.trajectory import trajectory_statistics  # noqa: E402
 from lori.losses import anchor_loss, rationale_loss  # noqa: E402
-from lori.models.setup import builtin_tokenizer  # noqa: E402
+from lori.models.loading import builtin_tokenizer  # noqa: E402
 from lori.utils import pad  # noqa: E402
 
 # Each method's protocol object (lori.methods.common.Method): render, collate, wrap, loss, prompt, ...
@@ -198,7 +199,7 @@ def training_step(module, loss_fn, batch, norm, autocast, before_step=None) -> C
 
 
 class OnTheFlyStats:
-    """Stands in for the cache (``lori.subspace.cache.TeacherStats``) in ``lori.methods.lori.loss``: ``batch`` returns
+    """Stands in for the cache (``lori.methods.lori.cache.TeacherStats``) in ``lori.methods.lori.loss``: ``batch`` returns
     the statistics of a teacher forward run in the same step instead of reading them from the cache."""
 
     def __init__(self, basis):
@@ -210,7 +211,7 @@ class OnTheFlyStats:
 
 
 class PrecomputeProbe:
-    """Times the pieces of one ``lori.precompute.precompute`` call by wrapping five of the functions it calls (in
+    """Times the pieces of one ``lori.methods.lori.teacher.precompute`` call by wrapping five of the functions it calls (in
     its module namespace, for the duration of :meth:`attached` only): ``open_model`` (model load),
     ``teacher_trajectories`` (a no-grad teacher forward on one batch, with every layer's hidden states) and
     ``trajectory_statistics``, ``prefix_means``, ``step_states`` (the LoRi statistics of that batch in the subspace).
@@ -581,7 +582,7 @@ def main(argv: list[str] | None = None) -> str:
     if bf16 and device.type != "cuda":
         ap.error("--precision bf16 is only used on CUDA (lori train autocasts on GPUs only)")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    # lori.precompute runs on accelerate's device; pin it to --device (PartialState is a process-wide singleton
+    # lori.methods.lori.teacher runs on accelerate's device; pin it to --device (PartialState is a process-wide singleton
     # that precompute's own PartialState() then reuses).
     PartialState(cpu=device.type == "cpu")
 

@@ -4,7 +4,7 @@ validation problems: the first language value after the thoughts is the one that
     python runs/first_value_probe.py out/RUN/checkpoints/step-000400 1      # stage 1
 
 Prints one line per supervised suffix position: the token, its cross-entropy and its accuracy (a position every
-problem has). Used for the "What it took" table in the README."""
+problem has). Used for the "What it took" table in docs/log.md."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from lori.config import load_config
 from lori.data.splits import load_split
 from lori.losses import IGNORE_INDEX
 from lori.methods import METHODS
-from lori.models.checkpoint import resolve_checkpoint
-from lori.models.setup import open_model
+from lori.models.checkpoint_folders import resolve_checkpoint
+from lori.models.loading import open_model
 
 
 def main(run: str, stage: int, n: int = 200) -> None:

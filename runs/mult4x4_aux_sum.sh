@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Issue 15: 4x4 multiplication without a chain of thought, with Bai et al. 2025's running-sum auxiliary head
+# 4x4 multiplication without a chain of thought, with Bai et al. 2025's running-sum auxiliary head
 # (method aux-sum, configs/mult4x4-aux-sum.yaml), and the No-CoT control with the same model, data, lr schedule and
 # budget (aux_sum.weight=0: the same pipeline, the head trains nothing). Test set:
 # ../shared/data/multiplication/4x4/test.txt (1,000 problems).
 #   bash runs/mult4x4_aux_sum.sh        # from the repository root, after `make venv`; ~1.5 h per student on a core
-# The two students are independent: run them one per core with OMP_NUM_THREADS=1 (as measured in the README).
+# The two students are independent: run them one per core with OMP_NUM_THREADS=1 (as measured in docs/results.md).
 set -euo pipefail
 LORI=${LORI:-.venv/bin/lori}
 [ -d out/mult4x4-cot-sft/checkpoints ] || $LORI train configs/mult4x4-cot-sft.yaml

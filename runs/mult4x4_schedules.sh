@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15: 4x4 multiplication with the authors' schedule shape at CPU scale. iCoT-SI removes one rationale token
+# 4x4 multiplication with the authors' schedule shape at CPU scale. iCoT-SI removes one rationale token
 # per stage (configs/mult4x4-icot-si.yaml); Coconut and LoRi get the same model (the teacher's weights), budget,
 # lr, clipping, optimizer resets and loss-driven stage rule, with their own curriculum unit (a rationale step per
 # stage, K = 4 thoughts). Test set: ../shared/data/multiplication/4x4/test.txt (1,000 problems).

@@ -21,9 +21,9 @@ import torch
 from lori.config import load_config
 from lori.data.splits import load_split
 from lori.models.build import tiny_model
-from lori.precompute import precompute
+from lori.methods.lori.teacher import precompute
 from lori.training.loop import train
-from lori.models.setup import builtin_tokenizer
+from lori.models.loading import builtin_tokenizer
 
 TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64"]
 COMMON = [

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lori.models.build import tiny_model
-from lori.models.setup import builtin_tokenizer
+from lori.models.loading import builtin_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,13 @@ import random
 import pytest
 import torch
 
-from lori.analyze import TrajectoryAccumulator, ordinary_vocabulary, randomize_rationale, shuffle_rationale
+from lori.analysis.measure import TrajectoryAccumulator, ordinary_vocabulary, randomize_rationale, shuffle_rationale
 from lori.cli import main
 from lori.config import load_config, save_config
 from lori.data.splits import load_split
 from lori.models.build import tiny_model
-from lori.models.latent import PROJECTOR_FILE
-from lori.methods.lori import render_teacher
+from lori.models.latent_student import PROJECTOR_FILE
+from lori.methods.lori.teacher import render_teacher
 from lori.subspace import SecondMomentAccumulator, fit_bases
 from lori.subspace.spectrum import (
     chance_mean_cos2,
@@ -31,7 +31,7 @@ from lori.subspace.spectrum import (
     spectrum_summary,
 )
 from lori.training.checkpoint import CONFIG_FILE
-from lori.models.setup import builtin_tokenizer
+from lori.models.loading import builtin_tokenizer
 
 
 def _orthonormal(d, r, g):
@@ -192,7 +192,7 @@ def checkpoints(tmp_path_factory):
 
     from safetensors.torch import save_file
 
-    from lori.methods import lori as lori_method
+    from lori.methods.lori import method as lori_method
     from lori.models.build import load_pretrained
 
     scfg = load_config(None, ["method=lori", *TINY, *DATA, f"lori.teacher={teacher}", "lori.rank=4",

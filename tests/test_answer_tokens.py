@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lori.config import load_config
 from lori.data.schema import Example
 from lori.losses import answer_token_ce
-from lori.models.setup import builtin_tokenizer
+from lori.models.loading import builtin_tokenizer
 from lori.training.loop import answer_length, train
 
 I = -100

@@ -18,7 +18,7 @@ from lori.errors import ConfigError, LoriError
 from lori.methods import METHODS, aux_sum
 from lori.methods.common import step_norm
 from lori.models.build import tiny_model
-from lori.models.setup import builtin_tokenizer
+from lori.models.loading import builtin_tokenizer
 from lori.training.loop import train
 
 TINY_MODEL = ModelConfig(arch="llama", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)

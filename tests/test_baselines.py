@@ -15,14 +15,14 @@ from lori.data import generate_multiplication
 from lori.errors import ConfigError
 from lori.losses import hidden_distance
 from lori.methods import METHODS, coconut, codi, icot_si, no_cot
-from lori.methods import latent
-from lori.methods import lori as lori_method
+from lori.methods import thoughts as latent_family
+from lori.methods.lori import method as lori_method
 from lori.methods.common import step_norm
 from lori.models.build import tiny_model
-from lori.models.latent import PROJECTOR_FILE
+from lori.models.latent_student import PROJECTOR_FILE
 from lori.training.checkpoint import list_checkpoints
 from lori.training.loop import train
-from lori.models.setup import builtin_tokenizer
+from lori.models.loading import builtin_tokenizer
 
 TINY_MODEL = ModelConfig(arch="llama", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
@@ -167,7 +167,7 @@ def test_coconut_renders_exactly_as_lori_and_trains_with_ce_only():
     assert module.latent_steps == 4
     _, batch, norm = batch_of("coconut", examples, tok, cfg, 1)
     loss, parts = coconut.loss(module, batch, norm, state)
-    _, ce = latent.student_ce(module, batch, norm)
+    _, ce = latent_family.student_ce(module, batch, norm)
     assert float(loss.detach()) == float(ce.detach()) and set(parts) == {"ce"}
 
 
@@ -261,7 +261,7 @@ def test_codi_distillation_gradient_flows_through_the_student_only():
                       output_hidden_states=True)
     rows = torch.arange(4)
     h_t = torch.stack([h[rows, batch["teacher_anchor"]] for h in t.hidden_states], dim=1)
-    out, _ = latent.student_ce(module, batch, norm)
+    out, _ = latent_family.student_ce(module, batch, norm)
     h_s = torch.stack([h[rows, batch["anchor"]] for h in out.suffix_states], dim=1)
     ref = hidden_distance(h_s, h_t, num_examples=4)
     torch.testing.assert_close(loss, ref)

@@ -12,11 +12,11 @@ from lori.config import load_config
 from lori.data.splits import load_split
 from lori.errors import ConfigError, LoriError
 from lori.methods import METHODS
-from lori.methods.lori import fingerprint
+from lori.methods.lori.teacher import fingerprint
 from lori.methods.common import step_norm
 from lori.models.build import load_pretrained
-from lori.precompute import precompute
-from lori.subspace.cache import CacheWriter, load_cache
+from lori.methods.lori.teacher import precompute
+from lori.methods.lori.cache import CacheWriter, load_cache
 
 TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64"]
 DATA = ["data.digits=[3,3]", "data.train_size=48", "data.valid_size=4", "data.test_size=4"]

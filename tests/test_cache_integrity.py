@@ -15,10 +15,10 @@ from lori.cli import main
 from lori.config import load_config
 from lori.data import write_icot
 from lori.errors import LoriError
-from lori.precompute import precompute
-from lori.subspace import cache as cache_mod
+from lori.methods.lori.teacher import precompute
+from lori.methods.lori import cache as cache_mod
 from lori.subspace.basis import Basis
-from lori.subspace.cache import CacheWriter, load_cache, verify_cache
+from lori.methods.lori.cache import CacheWriter, load_cache, verify_cache
 
 L, R, S, SHARD, N = 2, 4, 3, 10, 25  # layers, rank, steps, examples per shard, examples (3 shards)
 TRI = R * (R + 1) // 2

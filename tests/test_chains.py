@@ -15,11 +15,11 @@ from lori.data.chains import generate, intermediate_values
 from lori.data.schema import Example
 from lori.data.splits import load_split
 from lori.errors import ConfigError, LoriError
-from lori.methods import lori as lori_method
+from lori.methods.lori import method as lori_method
 from lori.models.build import tiny_model
-from lori.models.latent import LatentStudent, Projector
+from lori.models.latent_student import LatentStudent, Projector
 from lori.tasks import TASKS
-from lori.models.setup import builtin_tokenizer
+from lori.models.loading import builtin_tokenizer
 
 GOLDEN = [
     "a = 7 ; b = a * 7 ; c = b + 0 ; d = c - 9 ; ? d||<< b = 9 >> << c = 9 >> << d = 0 >> #### 0",
@@ -191,7 +191,7 @@ def test_missing_projector_is_refused(tmp_path):
 @pytest.mark.parametrize("offset,stride", [(0, 1), (2, 4)])
 def test_thought_positions_cached_equals_uncached_and_generation(offset, stride):
     from lori.evaluation.generate import greedy_generate
-    from lori.models.latent import thought_positions
+    from lori.models.latent_student import thought_positions
 
     t, start = thought_positions(torch.tensor([[9], [9]]), torch.tensor([3, 0]), 3, offset=2, stride=5)
     assert t.tolist() == [[12, 17, 22], [12, 17, 22]] and start.tolist() == [[23], [10]]
@@ -249,7 +249,7 @@ def test_loss_driven_curriculum_advances_and_resumes_exactly(tmp_path):
 
 
 def test_step_value_probe_counts_each_step_and_reads_the_right_states():
-    from lori.analyze import step_value_probe
+    from lori.analysis.measure import step_value_probe
     from lori.data.multiplication import make_example
 
     student, tok, exs, cfg = _student()

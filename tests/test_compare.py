@@ -6,10 +6,10 @@ import re
 import pytest
 
 from lori.cli import main
-from lori.compare import compare_configs, parse_methods, parse_seeds
+from lori.commands.compare import compare_configs, parse_methods, parse_seeds
 from lori.errors import ConfigError
 from lori.evaluation.metrics import mean_ci
-from lori.evaluation.report import ResultRow, aggregate_table, read_results, write_results
+from lori.evaluation.results import ResultRow, aggregate_table, read_results, write_results
 from lori.methods import METHODS
 
 SIX = ["no-cot", "cot-sft", "icot-si", "coconut", "codi", "lori", "aux-sum"]  # every method (the six and aux-sum)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lori.cli import _parser, main
+from lori.cli import COMMANDS, command, main, parser
 from lori.config import (Config, MethodName, absolute_paths, config_from_dict, dump_config, load_config, parse_overrides,
                          save_config)
 from lori.errors import ConfigError
@@ -219,7 +219,7 @@ def test_preset_loads_and_documents_its_command(preset):
     assert runs, f"{preset.name}: the leading comment must show the command `lori train {rel}` that runs it"
     # The documented command parses to this preset (with its overrides, if any) and those load too.
     argv = shlex.split(runs[0].split("#")[0])[1:]
-    args = _parser().parse_args(argv)
+    args = parser("train").parse_args(argv)
     assert args.verb == "train" and args.config == rel
     load_config(preset, args.overrides)
 
@@ -252,9 +252,24 @@ def test_cli_bad_method_lists_the_methods(capsys):
 
 def test_cli_method_choices_match_registry():
     assert set(typing.get_args(MethodName)) == set(METHODS)
-    train_help = next(a.help for a in _parser()._subparsers._group_actions[0]._choices_actions if a.dest == "train")
+    train_help = COMMANDS["train"]
     listed = set(re.search(r"method: ([^)]*)", train_help).group(1).replace(" ", "").split("|"))
     assert listed == set(METHODS), train_help
+
+
+def test_the_command_table_parser_and_modules_agree():
+    """Every verb of the table has its module in lori/commands/ (and every module a verb), each module has what the
+    table calls, and the parser offers exactly the table's verbs, each parsing with its own module's arguments."""
+    folder = Path(command("train").__file__).parent
+    files = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+    assert files == {v.replace("-", "_") for v in COMMANDS}
+    for verb in COMMANDS:
+        mod = command(verb)
+        assert callable(mod.add_arguments)
+        assert callable(getattr(mod, "run_argv" if getattr(mod, "PASS_THROUGH", False) else "run"))
+        verbs = parser(verb)._subparsers._group_actions[0].choices
+        assert list(verbs) == list(COMMANDS)
+    assert parser("eval").parse_args(["eval", "run", "--out", "o"]).out == "o"
 
 
 def test_cli_overrides_after_options_are_kept():

@@ -4,7 +4,7 @@ shipped teacher is installed and evaluated when the teacher's settings are the p
 import json
 
 from lori.cli import main
-from lori.evaluation.report import read_results
+from lori.evaluation.results import read_results
 
 TOY = ["data.chain_steps=2", "data.train_size=300", "data.valid_size=20", "data.test_size=24",
        "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",

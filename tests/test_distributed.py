@@ -35,8 +35,8 @@ import torch
 from safetensors.torch import load_file
 
 from lori.config import load_config
-from lori.precompute import precompute
-from lori.subspace.cache import load_cache
+from lori.methods.lori.teacher import precompute
+from lori.methods.lori.cache import load_cache
 from lori.training.loop import train
 
 pytestmark = pytest.mark.skipif(
@@ -154,7 +154,7 @@ def _teacher(folder: Path) -> Path:
     """A random tiny LLaMA saved as a checkpoint folder (the teacher of a LoRi precompute)."""
     from lori.data.splits import load_split
     from lori.models.build import tiny_model
-    from lori.models.setup import builtin_tokenizer
+    from lori.models.loading import builtin_tokenizer
 
     cfg = load_config(None, ["method=lori", *TINY[:8]])
     tok = builtin_tokenizer(load_split(cfg.data, "train"))

@@ -1,6 +1,6 @@
 """Evaluation never reports a number that does not match what was evaluated: every results row names its test set
 (task, split, n, source, a digest of the problems) and rows of different test sets never share a table or a speedup
-(`lori eval A B`, `lori compare`, every table of lori.evaluation.report); each row counts the generations that hit
+(`lori eval A B`, `lori compare`, every table of lori.evaluation.results); each row counts the generations that hit
 eval.max_new_tokens (`truncated`) and the tables flag them; `lori eval --out` somewhere unwritable fails before
 anything is evaluated."""
 
@@ -19,10 +19,10 @@ from lori.config import load_config
 from lori.data import write_icot
 from lori.data.splits import load_split
 from lori.errors import LoriError
-from lori.evaluation import run as run_mod
+from lori.evaluation import scoring
 from lori.evaluation.metrics import wilson_ci
 from lori import pipeline
-from lori.evaluation.report import (ResultRow, aggregate_table, check_one_test_set, markdown_table, read_results,
+from lori.evaluation.results import (ResultRow, aggregate_table, markdown_table, read_results,
                                     write_results)
 from lori.training.checkpoint import CONFIG_FILE
 from lori.training.loop import train
@@ -63,7 +63,7 @@ def no_evaluation(monkeypatch):
     """Fail the test if any checkpoint is evaluated (the refusals must come first)."""
     def boom(*a, **k):
         raise AssertionError("a checkpoint was evaluated before the refusal")
-    monkeypatch.setattr(run_mod, "evaluate_checkpoint", boom)
+    monkeypatch.setattr(scoring, "evaluate_checkpoint", boom)
     monkeypatch.setattr(pipeline, "evaluate_checkpoint", boom)  # lori compare / demo evaluate through the pipeline
 
 
@@ -76,7 +76,7 @@ def test_eval_row_records_its_test_set_and_truncated_count(run, tmp_path, capsys
     cfg = load_config(None, [*TINY, "method=cot-sft"])
     assert ts["task"] == "multiplication" and ts["split"] == "test" and ts["n"] == 12
     assert ts["source"] == "generated 2x2 multiplication, data.seed=0, valid_size=8, test_size=12"
-    assert ts == run_mod.test_set_identity(cfg) and len(ts["sha256"]) == 64
+    assert ts == scoring.test_set_identity(cfg) and len(ts["sha256"]) == 64
     preds = [json.loads(line) for line in next(out.glob("predictions-*.jsonl")).read_text().splitlines()]
     # 3 new tokens cannot hold a CoT rationale: every generation is cut, and each prediction says so
     assert row["truncated"] == sum(p["truncated"] for p in preds) == 12
@@ -176,7 +176,7 @@ def test_truncated_rows_are_flagged_and_roundtrip(tmp_path):
 
 
 def test_compare_refuses_rows_of_different_test_sets_and_reevaluates_stale_ones(tmp_path, monkeypatch, capsys):
-    from lori import compare
+    from lori.commands import compare
 
     teacher, student = tmp_path / "teacher.yaml", tmp_path / "student.yaml"
     teacher.write_text("method: cot-sft\ndata: {task: chains, seed: 0}\n")
@@ -186,12 +186,12 @@ def test_compare_refuses_rows_of_different_test_sets_and_reevaluates_stale_ones(
 
     def evaluate_run(cfg, seed=None, tag="", label="", reuse=True):
         calls.append((cfg.method, reuse))
-        ts = run_mod.test_set_identity(cfg)
+        ts = scoring.test_set_identity(cfg)
         ts = (reused if reuse else fresh).get(cfg.method, ts)
         row = replace(_row(cfg.method, f"{cfg.out_dir}/step-1", task="chains", seed=seed), test_set=ts)
         return row, (ts or {}).get("n", 20), tmp_path / "unused.jsonl"
 
-    monkeypatch.setattr(compare, "evaluate_run", evaluate_run)
+    monkeypatch.setattr(pipeline, "evaluate_run", evaluate_run)  # what pipeline.evaluate_current calls
     args = (teacher, student, "cot-sft,no-cot", "0")
     data = ["data.chain_steps=2", "data.test_size=20", "data.valid_size=20"]
     # an evaluation without a record of its test set, and one of a test set changed since: both run again
@@ -203,7 +203,7 @@ def test_compare_refuses_rows_of_different_test_sets_and_reevaluates_stale_ones(
     assert "cot-sft: its evaluation has no record of its test set; evaluating again" in out
     assert "no-cot: its evaluation was of another test set than the current one (n 3 vs 20" in out
     # rows that still differ after evaluating again are never tabled together
-    fresh["no-cot"] = {**run_mod.test_set_identity(compare.compare_configs(
+    fresh["no-cot"] = {**scoring.test_set_identity(compare.compare_configs(
         teacher, student, ["no-cot"], [0], tmp_path / "bad", data)[0]["no-cot"]), "sha256": "b" * 64}
     with pytest.raises(LoriError, match=r"cannot put .*cot-sft/step-1 \(cot-sft, seed 0\) and .*no-cot/step-1 "
                                         r"\(no-cot, seed 0\) in one table: .*problems sha256"):
@@ -238,7 +238,7 @@ def test_generation_marks_exactly_the_problems_cut_at_max_new_tokens():
     from lori.data import generate_multiplication
     from lori.evaluation.generate import greedy_generate
     from lori.models.build import tiny_model
-    from lori.models.setup import builtin_tokenizer
+    from lori.models.loading import builtin_tokenizer
 
     tok = builtin_tokenizer(generate_multiplication(2, 2, 20, seed=0))
     torch.manual_seed(0)

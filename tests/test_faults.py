@@ -28,9 +28,9 @@ from lori.config import load_config
 from lori.data import write_icot
 from lori.errors import LoriError
 from lori.methods import METHODS
-from lori.precompute import precompute
-from lori.subspace import cache as cache_mod
-from lori.subspace.cache import load_cache
+from lori.methods.lori.teacher import precompute
+from lori.methods.lori import cache as cache_mod
+from lori.methods.lori.cache import load_cache
 from lori.training.checkpoint import STATE_FILE, list_checkpoints, remove_partial_checkpoints, resolve_checkpoint
 from lori.training.loop import UNIFORM_WINDOW, train
 
@@ -62,7 +62,7 @@ if mode == "train":
         return real_save(obj, f, *a, **k)
     torch.save = save
 else:
-    from lori.subspace import cache
+    from lori.methods.lori import cache
     real_save_file = cache.save_file
     def save_file(tensors, path, *a, **k):
         if os.path.basename(path).startswith(f".stats-{kill_at:05d}."):

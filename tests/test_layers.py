@@ -1,21 +1,21 @@
-"""The import graph of ``src/lori`` flows one way down (issue 13).
+"""The import graph of ``src/lori`` flows one way down, and commands never import each other.
 
 Layers, lowest first (the README's layout tree states the same order). A module may import from its own layer and
 from lower ones, at module level or inside a function; never from a higher one:
 
-    0 foundation  errors, utils, tasks (the answer policy), distributed (several processes: launch checks and the
-                  few collectives training and precompute use)
+    0 foundation  errors, utils, tasks (the answer policy), distributed
     1 config      config
-    2 leaves      data (schema, the written form, readers, generators, splits), losses, subspace
-    3 models      models (building, loading, tokenizer, checkpoint folders, model setup, LoRA, the latent student)
-    4 methods     methods (one file per method: rendering, loss, setup)
-    5 evaluation  evaluation (generation, metrics, results files) but evaluation/run.py (the `lori eval` command)
-    6 training    training (the loop, checkpoint writer, sharding, trackers, run identity)
-    7 commands    the package root and its commands: cli, precompute, analyze, pipeline, demo, compare, export,
-                  harness, student (the Python API), evaluation/run.py
+    2 leaves      data, losses, subspace
+    3 models      models (building, loading, tokenizer, checkpoint folders, LoRA, the latent student)
+    4 methods     methods (one file per method; methods/lori/ holds LoRi's teacher side and cache too)
+    5 evaluation  evaluation, student (the Python API)
+    6 training    training (the loop and its parts, checkpoints, sharding, trackers, run identity)
+    7 workflows   pipeline, analysis, export, lm_eval_model
+    8 commands    commands (one module per verb, none importing another), cli
 
-The imports (module-level and function-local alike) form no cycle, and every module imports in a fresh interpreter
-in sorted and in reverse order.
+The package root holds only ``__version__`` and the lazy ``lori.load``: layer 0.
+
+The imports form no cycle, and every module imports in a fresh interpreter in sorted and in reverse order.
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ LAYERS = {
     "lori.data": 2, "lori.losses": 2, "lori.subspace": 2,
     "lori.models": 3,
     "lori.methods": 4,
-    "lori.evaluation": 5,
+    "lori.evaluation": 5, "lori.student": 5,
     "lori.training": 6,
-    "lori": 7, "lori.evaluation.run": 7,
+    "lori.pipeline": 7, "lori.analysis": 7, "lori.export": 7, "lori.lm_eval_model": 7,
+    "lori.commands": 8, "lori.cli": 8, "lori.__main__": 8,
+    "lori": 0,  # the package root: __version__ and lori.load, which imports lori.student only when called
 }
 
 # (importer, imported) pairs that run upwards, each with its reason. Keep this list short.
@@ -100,6 +102,14 @@ def test_every_module_has_a_layer_and_no_import_runs_upwards():
                 bad.append(f"{path.relative_to(SRC)}:{line}: {name} (layer {layer(name)}) imports {target} "
                            f"(layer {layer(target)})")
     assert not bad, "imports from a higher layer:\n" + "\n".join(bad)
+
+
+def test_no_command_imports_another_command():
+    bad = [f"{path.relative_to(SRC)}:{line}: {name} imports {target}"
+           for name, path in modules().items() if name.startswith("lori.commands.")
+           for target, _, line in imports(name, path)
+           if target.startswith("lori.commands.") and target != name]
+    assert not bad, "a command imports another command (move what they share into the library):\n" + "\n".join(bad)
 
 
 def test_the_allowed_upward_imports_still_exist():

@@ -18,7 +18,7 @@ from lori.cli import main
 from lori.config import load_config
 from lori.data import read_examples
 from lori.errors import LoriError
-from lori.harness import cut_at, question_of
+from lori.lm_eval_model import cut_at, question_of
 from lori.training.loop import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k-aug" / "test.txt"  # what the task reads
@@ -36,7 +36,7 @@ def test_contexts_and_stop_strings():
 
 
 def test_the_model_type_needs_lm_eval_or_names_the_install(monkeypatch):
-    import lori.harness as h
+    import lori.lm_eval_model as h
 
     monkeypatch.setattr(h, "HAVE_LM_EVAL", False)
     with pytest.raises(LoriError, match="lm-eval==0.4.13"):

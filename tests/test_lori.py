@@ -11,16 +11,16 @@ from lori.config import ModelConfig, load_config
 from lori.data import generate_multiplication
 from lori.errors import LoriError
 from lori.evaluation.generate import greedy_generate
-from lori.methods import lori as lori_method
+from lori.methods.lori import method as lori_method
 from lori.methods.common import Norm
 from lori.models.build import tiny_model
-from lori.models.latent import LatentStudent
-from lori.methods.lori import render_teacher
-from lori.precompute import precompute, teacher_trajectories
-from lori.subspace.cache import load_cache
+from lori.models.latent_student import LatentStudent
+from lori.methods.lori.teacher import render_teacher
+from lori.methods.lori.teacher import precompute, teacher_trajectories
+from lori.methods.lori.cache import load_cache
 from lori.subspace.stats import triu_unpack
 from lori.subspace.trajectory import trajectory_statistics
-from lori.models.setup import builtin_tokenizer
+from lori.models.loading import builtin_tokenizer
 
 TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64"]
 DATA = ["data.digits=[2,2]", "data.train_size=60", "data.valid_size=10", "data.test_size=10"]
@@ -142,7 +142,7 @@ def test_stale_cache_is_refused(teacher, tmp_path):
 def test_interrupted_precompute_resumes_without_redoing_shards(teacher, tmp_path, monkeypatch):
     folder, _ = teacher
     cfg = lori_cfg(folder, tmp_path / "cache")
-    from lori.subspace import cache as cache_mod
+    from lori.methods.lori import cache as cache_mod
 
     calls = []
     real = cache_mod.CacheWriter.write_shard
@@ -248,7 +248,7 @@ def test_prefix_statistics_are_the_mean_over_the_first_steps(teacher, tmp_path):
     last = torch.tensor([len(ex.steps) - 1 for ex in train])
     torch.testing.assert_close(stats.prefix_mu[torch.arange(len(train)), last], stats.mu, atol=1e-5, rtol=1e-4)
 
-    from lori.models.setup import build_model
+    from lori.models.loading import build_model
     from lori.methods import METHODS
 
     student, tok = build_model(lori_cfg(folder, tmp_path / "cache", "curriculum.stages=2",
@@ -275,7 +275,7 @@ def test_step_anchors_point_at_each_steps_handover_and_train_the_thoughts(tmp_pa
     from lori.data.splits import load_split
     from lori.models.build import load_pretrained
     from lori.methods import METHODS
-    from lori.models.setup import build_model
+    from lori.models.loading import build_model
 
     data = ["data.task=chains", "data.chain_steps=3", "data.train_size=40", "data.valid_size=5", "data.test_size=5"]
     cfg0 = load_config(None, ["method=lori", *TINY, *data])

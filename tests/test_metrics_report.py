@@ -10,7 +10,7 @@ import pytest
 
 from lori.errors import DataError, LoriError
 from lori.evaluation.metrics import mean_ci, t_ppf, wilson_ci
-from lori.evaluation.report import ResultRow, markdown_table, read_results, write_results
+from lori.evaluation.results import ResultRow, markdown_table, read_results, write_results
 
 
 # ----------------------------------------------------------------------------------------- Wilson

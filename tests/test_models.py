@@ -12,7 +12,7 @@ from lori.data import generate_multiplication
 from lori.evaluation.generate import greedy_generate
 from lori.models.build import load_pretrained, tiny_model
 from lori.models.tokenizer import BOS, BOT, EOS, EOT, PAD, UNK, build_word_tokenizer
-from lori.models.setup import builtin_tokenizer
+from lori.models.loading import builtin_tokenizer
 
 ARCHS = ["llama", "qwen2", "gpt2"]
 EXAMPLES = generate_multiplication(2, 2, 30, seed=0)

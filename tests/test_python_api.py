@@ -26,7 +26,7 @@ from lori.errors import LoriError
 from lori.methods import METHODS
 from lori.models.build import tiny_model
 from lori.training.checkpoint import save_checkpoint
-from lori.models.setup import builtin_tokenizer
+from lori.models.loading import builtin_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -21,17 +21,17 @@ from lori.config import load_config
 from lori.data.readers import read_icot
 from lori.errors import ConfigError, LoriError
 from lori.evaluation.generate import greedy_generate
-from lori.evaluation.run import eval_checkpoints
+from lori.commands.eval import eval_checkpoints
 from lori.methods import METHODS
-from lori.methods import lori as lori_method
+from lori.methods.lori import method as lori_method
 from lori.data.render import check_chat_template, segments
 from lori.models.build import load_pretrained
-from lori.models.latent import PROJECTOR_FILE
-from lori.precompute import precompute
+from lori.models.latent_student import PROJECTOR_FILE
+from lori.methods.lori.teacher import precompute
 from lori.training.checkpoint import list_checkpoints, save_checkpoint
 from lori.models.lora import ADAPTER_DIR, ADAPTER_WEIGHTS
 from lori.training.loop import train
-from lori.models.setup import build_model
+from lori.models.loading import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -418,7 +418,7 @@ def test_everything_written_is_0644_and_0755(run, tmp_path):
     assert any(p.name == "model.safetensors" for p in run.rglob("*"))  # the weights, whose writer makes 0600
     old = os.umask(0o022)
     try:
-        from lori.precompute import precompute
+        from lori.methods.lori.teacher import precompute
 
         cache = tmp_path / "cache"
         precompute(load_config(None, [*TINY, "method=lori", f"lori.teacher={run}", f"lori.cache_dir={cache}",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import lori.tasks as tasks_mod
+import lori.tasks.matching as tasks_mod
 from lori.errors import ConfigError, LoriError
 from lori.tasks import TASKS, NumericTask, Task, get_task
 

@@ -81,7 +81,7 @@ class ModelConfig:
     # Wrap the question in the tokenizer's chat template (user turn; the assistant turn starts with `||`).
     chat_template: bool = False
     # Recompute activations in the backward pass (less memory, ~30% more compute). Latent students then run their
-    # latent loop without a KV cache (lori.models.latent), which costs more per step.
+    # latent loop without a KV cache (lori.models.latent_student), which costs more per step.
     gradient_checkpointing: bool = False
     # LoRA through peft (lori.models.lora): null = full fine-tuning. The method's own modules (LoRi's projector)
     # and the <bot>/<eot> embeddings of latent students stay fully trainable; checkpoints hold merged weights.
@@ -207,7 +207,7 @@ class CurriculumConfig:
     # take); the final stage runs to train.steps. null: every stage is exactly steps_per_stage steps.
     advance_below: float | None = None
     advance_window: int = 25
-    # Where the thoughts sit (latent methods, training and generation; lori.models.latent.thought_positions):
+    # Where the thoughts sit (latent methods, training and generation; lori.models.latent_student.thought_positions):
     # thought j at position(<bot>) + 1 + thought_offset + j * thought_stride, <eot> right after the last. (0, 1):
     # consecutive. Matching the rationale's layout keeps every token after the thoughts at the position it had in the
     # teacher's rendering at every stage, so a stage change does not move the language a teacher that finds things
@@ -626,6 +626,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if path is not None:
             raise ConfigError(f"{path}: {e}") from None
         raise
+
+
+def command_line_config(words: list[str]) -> Config:
+    """``lori train|precompute [CONFIG.yaml] [key=value ...]``: the preset, when the first word is not an override,
+    with the overrides applied."""
+    if words and "=" not in words[0]:
+        return load_config(words[0], words[1:])
+    return load_config(None, words)
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:

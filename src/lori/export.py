@@ -34,10 +34,10 @@ from transformers import GenerationConfig
 
 from . import __version__
 from .errors import LoriError
-from .evaluation.report import markdown_table, read_results
-from .evaluation.run import eval_examples
+from .evaluation.results import markdown_table, read_results
+from .evaluation.scoring import eval_examples
 from .methods import METHODS
-from .models.checkpoint import CONFIG_FILE, checkpoint_config, resolve_checkpoint
+from .models.checkpoint_folders import CONFIG_FILE, checkpoint_config, resolve_checkpoint
 from .student import load
 from .utils import check_writable, share_tree, write_failed
 
@@ -66,7 +66,7 @@ def projector_kind(cfg) -> str | None:
 
 
 def is_latent(method: str) -> bool:
-    """Whether ``method`` runs latent steps (it declares :class:`lori.methods.latent.Thoughts`)."""
+    """Whether ``method`` runs latent steps (it declares :class:`lori.methods.thoughts.Thoughts`)."""
     return METHODS[method].thoughts is not None
 
 
@@ -166,10 +166,10 @@ def model_card(student, ckpt: Path, results_file: Path | None, rows: list, repo:
     if latent:
         settings += [
             f"- **Latent steps K = {K}**: after `[bos] question || <bot>` the last hidden state goes through the "
-            f"`{projector_kind(cfg)}` projector (`lori.models.latent.Projector`) and is fed back as the next input "
+            f"`{projector_kind(cfg)}` projector (`lori.models.latent_student.Projector`) and is fed back as the next input "
             f"embedding, {K} times (no tokens are sampled), then `<eot>` and greedy text `#### answer`.",
             f"- **Thought positions**: offset {cfg.curriculum.thought_offset}, stride {cfg.curriculum.thought_stride} "
-            "(`lori.models.latent.thought_positions`).",
+            "(`lori.models.latent_student.thought_positions`).",
         ]
     else:
         settings.append("- **Generation**: plain greedy decoding after `[bos] question ||`; the answer follows `####`.")

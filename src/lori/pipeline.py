@@ -20,12 +20,12 @@ from typing import Any
 
 from .config import Config, apply_overrides, config_from_dict, parse_overrides, to_dict
 from .errors import ConfigError
-from .evaluation.report import ResultRow, read_results, write_results
-from .evaluation.run import evaluate_checkpoint
+from .evaluation.results import ResultRow, read_results, test_set_difference, write_results
+from .evaluation.scoring import evaluate_checkpoint, test_set_identity
 from .methods import METHODS
-from .models.checkpoint import list_checkpoints, resolve_checkpoint
-from .models.setup import TINY_ARCH_KEYS
-from .precompute import precompute
+from .methods.lori.teacher import precompute
+from .models.checkpoint_folders import list_checkpoints, resolve_checkpoint
+from .models.loading import TINY_ARCH_KEYS
 from .training.identity import check_reuse
 from .training.loop import train
 
@@ -198,3 +198,20 @@ def evaluate_run(cfg: Config, seed: int | None = None, tag: str = "lori", label:
     write_results(folder, cfg.data.task, cfg.eval.split, len(ev.predictions), [row])
     key_file.write_text(json.dumps(key, indent=1) + "\n")
     return row, len(ev.predictions), predictions
+
+
+def evaluate_current(cfg: Config, seed: int | None = None, tag: str = "lori", label: str = ""):
+    """:func:`lori.pipeline.evaluate_run`, reusing a finished evaluation only when its row records the test set
+    ``cfg`` evaluates now; one of another test set (a data file changed since) or without that record (written by an
+    older lori) is run again. Returns ``(row, n, predictions)``."""
+    row, n, predictions = evaluate_run(cfg, seed=seed, tag=tag, label=label)
+    current = test_set_identity(cfg)
+    if row.test_set is None:
+        why = "has no record of its test set"
+    else:
+        diff = test_set_difference(row.test_set, current)
+        why = None if diff is None else f"was of another test set than the current one ({diff})"
+    if why is None:
+        return row, n, predictions
+    print(f"[{tag}] {label}{cfg.method}: its evaluation {why}; evaluating again")
+    return evaluate_run(cfg, seed=seed, tag=tag, label=label, reuse=False)

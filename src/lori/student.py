@@ -27,8 +27,8 @@ import torch
 from .data.schema import Example
 from .evaluation.generate import decode, generate_batches
 from .methods import METHODS
-from .models.checkpoint import checkpoint_config, resolve_checkpoint
-from .models.setup import open_model
+from .models.checkpoint_folders import checkpoint_config, resolve_checkpoint
+from .models.loading import open_model
 from .tasks import TASKS
 
 
@@ -59,7 +59,7 @@ class Student:
     Attributes: ``method`` (its name), ``cfg`` (the checkpoint's :class:`lori.config.Config`), ``checkpoint`` (the
     folder loaded), ``task`` (the answer policy, :mod:`lori.tasks`), ``latent_steps`` (K; 0 for explicit methods),
     ``tokenizer``, ``lm`` (the Hugging Face causal LM), ``module`` (what the method wraps around it: the
-    :class:`lori.models.latent.LatentStudent` of a latent method, else ``lm``) and ``device``."""
+    :class:`lori.models.latent_student.LatentStudent` of a latent method, else ``lm``) and ``device``."""
 
     def __init__(self, module, tokenizer, cfg, checkpoint: Path):
         self.module, self.tokenizer, self.cfg, self.checkpoint = module, tokenizer, cfg, Path(checkpoint)
@@ -138,7 +138,7 @@ def default_device() -> torch.device:
 
 def load_student(ckpt: str | Path, cfg, device=None) -> Student:
     """The student in checkpoint folder ``ckpt`` trained with ``cfg``: its weights and tokenizer and the method's
-    wrapper (e.g. a latent student's projector, read from the folder; :func:`lori.models.setup.open_model`), on
+    wrapper (e.g. a latent student's projector, read from the folder; :func:`lori.models.loading.open_model`), on
     ``device`` (default :func:`default_device`). ``lori eval`` loads with it."""
     module, tokenizer = open_model(ckpt, cfg, METHODS[cfg.method].wrap)
     module.eval()

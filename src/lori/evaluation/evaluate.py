@@ -11,7 +11,7 @@ import torch
 from ..data.schema import Example
 from .generate import decode, generate_batches, greedy_generate
 from .metrics import wilson_ci
-from .report import ResultRow
+from .results import ResultRow
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..models.latent import latent_loop, thought_positions
+from ..models.latent_student import latent_loop, thought_positions
 from ..utils import pad
 
 
@@ -44,7 +44,7 @@ def greedy_generate(
     position_stride: int = 1,
 ) -> Generation:
     """Greedy decoding of a batch of prompts; see the module docstring. ``project`` maps [B, 1, d] -> [B, 1, d];
-    the latent steps sit at the positions of ``lori.models.latent.thought_positions`` (offset, stride)."""
+    the latent steps sit at the positions of ``lori.models.latent_student.thought_positions`` (offset, stride)."""
     if latent_steps and (project is None or eot_id is None):
         raise ValueError("latent generation needs a projector and the <eot> id")
     device = next(model.parameters()).device
@@ -68,7 +68,7 @@ def greedy_generate(
     if latent_steps:
         tpos, start = thought_positions(pos[:, -1:], torch.full((batch,), latent_steps, device=device),
                                         latent_steps, position_offset, position_stride)
-        # the latent loop training runs (lori.models.latent.latent_loop), every step real for every problem
+        # the latent loop training runs (lori.models.latent_student.latent_loop), every step real for every problem
         every = torch.ones((batch, latent_steps), dtype=mask.dtype, device=device)
         out, mask, _ = latent_loop(model, project, out, mask, tpos, every, keep_states=False)
         cache = out.past_key_values

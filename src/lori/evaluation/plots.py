@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from .report import ResultRow, aggregate_rows
+from .results import ResultRow, aggregate_rows
 
 
 def _save(fig, path: Path) -> Path:

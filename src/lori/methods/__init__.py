@@ -15,13 +15,13 @@ fields are, the defaults being a plain causal-LM fine-tune's:
   ``state`` what ``setup_training`` returned;
 - ``generation_kwargs(module, tokenizer)``: extra arguments for ``greedy_generate`` (latent steps, projector);
 - ``extra_tensors(module)``: ``{file name: tensors}`` saved beside the LM in a checkpoint, or None;
-- ``thoughts``: a latent method's :class:`lori.methods.latent.Thoughts` (K and the projector, chosen once from its
+- ``thoughts``: a latent method's :class:`lori.methods.thoughts.Thoughts` (K and the projector, chosen once from its
   config section; its ``render`` and ``wrap`` are the method's), None for explicit methods;
 - ``teacher_cache``: it trains against the teacher statistics of ``lori precompute`` (``lori.teacher``,
   ``lori.cache_dir``); ``curriculum``: its rendering depends on the curriculum stage. The commands read these
   instead of branching on a method's name.
 
-``latent.py`` holds what the latent methods (LoRi, Coconut, CODI) share: rendering, batching, the student wrapper.
+``thoughts.py`` holds what the latent methods (LoRi, Coconut, CODI) share: rendering, batching, the student wrapper.
 """
 
 from . import aux_sum, coconut, codi, cot_sft, icot_si, lori, no_cot

@@ -27,7 +27,7 @@ from ..data.schema import Example
 from ..errors import LoriError
 from ..losses import IGNORE_INDEX, token_cross_entropy
 from ..models.build import hidden_size, num_layers
-from ..models.checkpoint import resolve_checkpoint
+from ..models.checkpoint_folders import resolve_checkpoint
 from ..utils import pad
 from . import common
 

@@ -9,14 +9,14 @@ identity projector by default, ``coconut.projector``) as the next input embeddin
 
 with c = ``curriculum.thoughts_per_step`` and K = ``coconut.latent_steps`` (default stages x c, Coconut's
 ``pad_latent_to_max``). Rendering, batching, the student and its checkpoint are the latent family's
-(``methods/latent.py``).
+(``methods/thoughts.py``).
 """
 
 from __future__ import annotations
 
-from . import latent
+from . import thoughts
 from .common import Method
-from .latent import Thoughts
+from .thoughts import Thoughts
 
 
 def final_thoughts(cfg) -> int:
@@ -29,10 +29,10 @@ THOUGHTS = Thoughts(latent_steps=final_thoughts, projector=lambda cfg: cfg.cocon
 
 
 def loss(module, batch, norm, state=None):
-    out, ce = latent.student_ce(module, batch, norm)
-    return ce, {"ce": ce.detach(), **latent.answer_parts(out, batch, norm)}
+    out, ce = thoughts.student_ce(module, batch, norm)
+    return ce, {"ce": ce.detach(), **thoughts.answer_parts(out, batch, norm)}
 
 
-METHOD = Method(name="coconut", render=THOUGHTS.render, prompt=latent.prompt, collate=latent.collate,
-                wrap=THOUGHTS.wrap, loss=loss, generation_kwargs=latent.generation_kwargs,
-                extra_tensors=latent.extra_tensors, thoughts=THOUGHTS)
+METHOD = Method(name="coconut", render=THOUGHTS.render, prompt=thoughts.prompt, collate=thoughts.collate,
+                wrap=THOUGHTS.wrap, loss=loss, generation_kwargs=thoughts.generation_kwargs,
+                extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS)

@@ -10,7 +10,7 @@ One model, two passes per batch::
 
 The thoughts go through CODI's projector (``codi.projector``: Linear-GELU-Linear-LayerNorm) and K =
 ``codi.latent_steps``. The student's rendering, batching and checkpoint are the latent family's
-(``methods/latent.py``; with ``curriculum.stages > 0`` the student follows the same staged curriculum, which CODI
+(``methods/thoughts.py``; with ``curriculum.stages > 0`` the student follows the same staged curriculum, which CODI
 itself does not use); the teacher's rendering is CoT-SFT's (``data.render.explicit_cot``); the distance is
 ``losses/codi.py``. Generation: K thoughts, ``<eot>``, then greedy answer tokens.
 """
@@ -26,8 +26,8 @@ from ..data.render import answer_anchor, explicit_cot, segments
 from ..data.schema import Example
 from ..errors import LoriError
 from ..losses import hidden_distance, token_cross_entropy
-from . import common, latent
-from .latent import Thoughts
+from . import common, thoughts
+from .thoughts import Thoughts
 
 THOUGHTS = Thoughts(latent_steps=lambda cfg: cfg.codi.latent_steps, projector=lambda cfg: cfg.codi.projector)
 
@@ -49,7 +49,7 @@ def render(example: Example, tokenizer, cfg, stage: int) -> dict:
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """The latent student's batch, plus the teacher batch of ``common.collate`` under ``teacher_*`` keys."""
     teacher = common.collate([it["teacher"] for it in items], pad_id)
-    return {**latent.collate(items, pad_id), **{f"teacher_{k}": v for k, v in teacher.items()}}
+    return {**thoughts.collate(items, pad_id), **{f"teacher_{k}": v for k, v in teacher.items()}}
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def setup_training(student, cfg, train_set, device=None) -> CodiState:
 def loss(module, batch: dict[str, torch.Tensor], norm,
          state: CodiState) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     cc = state.cfg
-    out, ce = latent.student_ce(module, batch, norm)
+    out, ce = thoughts.student_ce(module, batch, norm)
     # The teacher pass runs the same weights on the explicit CoT; its CE trains them, its states are detached below.
     t = state.lm(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
                    output_hidden_states=True)
@@ -79,9 +79,9 @@ def loss(module, batch: dict[str, torch.Tensor], norm,
     kd = hidden_distance(h_s, h_t, num_examples=norm.examples, kind=cc.distance)
     total = cc.alpha * ce_t + cc.beta * ce + cc.gamma * kd
     return total, {"ce": ce.detach(), "ce_teacher": ce_t.detach(), "distill": kd.detach(),
-                   **latent.answer_parts(out, batch, norm)}
+                   **thoughts.answer_parts(out, batch, norm)}
 
 
-METHOD = common.Method(name="codi", render=render, prompt=latent.prompt, collate=collate, wrap=THOUGHTS.wrap,
-                       setup_training=setup_training, loss=loss, generation_kwargs=latent.generation_kwargs,
-                       extra_tensors=latent.extra_tensors, thoughts=THOUGHTS)
+METHOD = common.Method(name="codi", render=render, prompt=thoughts.prompt, collate=collate, wrap=THOUGHTS.wrap,
+                       setup_training=setup_training, loss=loss, generation_kwargs=thoughts.generation_kwargs,
+                       extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS)

@@ -104,7 +104,7 @@ class Method:
     generation_kwargs: Callable = no_generation_kwargs
     extra_tensors: Callable = no_extra_tensors
     # What the method needs, declared here so that the commands never branch on its name:
-    # a latent method's lori.methods.latent.Thoughts (K and the projector; latent.py imports this module, so the
+    # a latent method's lori.methods.thoughts.Thoughts (K and the projector; thoughts.py imports this module, so the
     # type is named here, not imported); None: an explicit method
     thoughts: object | None = None
     # trains against the teacher statistics `lori precompute` writes (lori.teacher, lori.cache_dir): LoRi

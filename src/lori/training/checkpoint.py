@@ -25,7 +25,7 @@ from ..config import Config, save_config
 from ..errors import LoriError, WriteError
 # The folder layout and its reading live with the models (evaluation, precompute and analysis read checkpoints);
 # the writer and the resumable state stay here with the loop.
-from ..models.checkpoint import CONFIG_FILE, checkpoint_dir, list_checkpoints, resolve_checkpoint, step_dir
+from ..models.checkpoint_folders import CONFIG_FILE, checkpoint_dir, list_checkpoints, resolve_checkpoint, step_dir
 from ..utils import share_tree, write_failed
 from ..models.lora import is_peft_model, save_lora_checkpoint
 

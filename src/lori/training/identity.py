@@ -35,7 +35,7 @@ from typing import Any
 from ..config import Config, to_dict
 from ..errors import DataError, LoriError
 from ..methods import METHODS
-from ..models.checkpoint import checkpoint_dir, resolve_checkpoint
+from ..models.checkpoint_folders import checkpoint_dir, resolve_checkpoint
 from ..utils import atomic_write_text, sha256_file
 
 IDENTITY_FILE = "run_identity.json"

@@ -48,7 +48,7 @@ from ..errors import ConfigError, LoriError
 from ..evaluation.evaluate import evaluate
 from ..methods import METHODS
 from ..methods.common import step_norm
-from ..models.setup import build_model
+from ..models.loading import build_model
 from ..tasks import TASKS
 from ..utils import rng_state, seed_everything, set_rng_state
 from . import sharding as fsdp

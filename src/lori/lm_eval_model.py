@@ -7,7 +7,7 @@ student of any method with its latent loop.
 ``lori lm-eval ARGS`` is lm-eval's own command line (``lm_eval ARGS``) with this module imported first (lm-eval
 0.4.13 finds model types only in its registry and has no plugin entry point, so the bare ``lm_eval`` script cannot
 know ``lori``) and, unless ARGS give one, ``--include_path`` set to ``lori/lm_eval_tasks``: ``gsm8k_aug_test``, the
-GSM8k-Aug test set read offline from ``../shared/data/gsm8k-aug/test.txt`` and scored as lm-eval's ``gsm8k``. From Python, ``import lori.harness`` registers it for ``lm_eval.simple_evaluate(model="lori", ...)``.
+GSM8k-Aug test set read offline from ``../shared/data/gsm8k-aug/test.txt`` and scored as lm-eval's ``gsm8k``. From Python, ``import lori.lm_eval_model`` registers it for ``lm_eval.simple_evaluate(model="lori", ...)``.
 
 :class:`LoriLM` implements ``generate_until`` through :func:`lori.load` (the student's prompt, K latent steps through
 the KV cache, greedy text, the same batches as ``lori eval``) and cuts each text at the request's ``until`` strings.
@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 from pathlib import Path
 
 from .errors import LoriError
@@ -167,24 +166,4 @@ class LoriLM(LM):
             "generate_until tasks such as gsm8k")
 
 
-def cli(argv: list[str]) -> int:
-    """``lori lm-eval ARGS``: lm-eval's command line with the ``lori`` model type registered."""
-    if not HAVE_LM_EVAL:
-        raise LoriError(f"lori lm-eval needs lm-eval: {INSTALL}")
-    from lm_eval.__main__ import cli_evaluate  # lm-eval's whole command line: only `lori lm-eval` loads it
-
-    if not any(a == "--include_path" or a.startswith("--include_path=") for a in argv) and \
-            not any(a in ("-h", "--help") for a in argv[:1]) and argv[:1] not in (["ls"], ["validate"]):
-        argv = [*argv, "--include_path", str(TASKS_DIR)]  # the offline tasks shipped with lori (gsm8k_aug_test)
-    old = sys.argv
-    sys.argv = ["lm_eval", *argv]
-    try:
-        cli_evaluate()
-    except SystemExit as e:  # argparse and lm-eval exit with a status
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    return 0
-
-
-__all__ = ["HAVE_LM_EVAL", "LoriLM", "cli", "cut_at", "question_of"]
+__all__ = ["HAVE_LM_EVAL", "INSTALL", "TASKS_DIR", "LoriLM", "cut_at", "question_of"]

@@ -258,7 +258,7 @@ def _row_from_dict(d: Any, path: Path, where: str) -> ResultRow:
     try:
         return ResultRow.from_dict(d)
     except ValueError as e:
-        raise DataError(path, None, f"{where}.{e}", "expected the shape written by lori.evaluation.report") from None
+        raise DataError(path, None, f"{where}.{e}", "expected the shape written by lori.evaluation.results") from None
 
 
 def read_results(path) -> tuple[str, str, int, list[ResultRow]]:

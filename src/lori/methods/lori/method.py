@@ -1,7 +1,7 @@
 """LoRi (arXiv 2606.05315): a latent student aligned with the teacher's reasoning in a shared low-rank subspace.
 
 Rendering: ``[bos] question || <bot>`` -> K continuous thoughts -> ``<eot> #### answer <eos>`` (the latent family's,
-``methods/latent.py``, with K = ``lori.latent_steps`` and ``lori.projector``).
+``methods/thoughts.py``, with K = ``lori.latent_steps`` and ``lori.projector``).
 Loss (docs/method.md, piece 6)::
 
     L = L_task + alpha (L_rat + beta L_anc)
@@ -15,100 +15,27 @@ The teacher's statistics come from the cache written by ``lori precompute``; tra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from ..config import Config, LoRiConfig
-from ..data.render import answer_anchor, encode, explicit_cot, segments
-from ..data.schema import Example
-from ..errors import ConfigError, LoriError
-from ..losses import anchor_loss, combine, rationale_loss, standardized_loss, teacher_energy, token_cross_entropy
-from ..models.build import num_layers
-from ..models.checkpoint import resolve_checkpoint
-from ..models.latent import LatentOutput, LatentStudent
-from ..subspace.basis import Basis
-from ..subspace.cache import TeacherStats, examples_digest, load_cache, teacher_digests
-from ..subspace.stats import triu_unpack
-from ..subspace.trajectory import step_states, trajectory_statistics
-from . import latent
-from .common import Method
-from .latent import Thoughts
-
-
-# ------------------------------------------------------------------------------------------------ the teacher side
-# What ``lori precompute`` writes and training checks: the cache's identity (its fingerprint) and the teacher's
-# rendering of an example that the cached statistics are computed over. The method owns both, so that the
-# precompute command and setup_training read the same definition.
-
-RENDER_VERSION = "v3"  # bump when the rendering of teacher trajectories changes (v3: step bounds and hand-overs)
-
-
-def resolve_layers(lcfg: LoRiConfig, n_layers: int) -> list[int]:
-    layers = lcfg.layers or list(range(1, n_layers + 1))
-    bad = [l for l in layers if not 1 <= l <= n_layers]
-    if bad:
-        raise ConfigError(f"lori.layers: {bad} out of range; the teacher has layers 1..{n_layers}")
-    return layers
-
-
-def teacher_path(cfg: Config) -> Path:
-    if cfg.lori.teacher is None:
-        raise ConfigError("lori.teacher is required: the explicit-CoT (cot-sft) checkpoint to distil from")
-    return resolve_checkpoint(cfg.lori.teacher)
-
-
-def fingerprint(cfg: Config, teacher: Path, train: list[Example], n_layers: int) -> dict:
-    lc = cfg.lori
-    # lori.cache_dtype and lori.cache_steps enter only when not the default, so that a cache written before they
-    # existed (float32, with the per-step statistics) keeps its fingerprint
-    storage = ({"cache_dtype": lc.cache_dtype} if lc.cache_dtype != "float32" else {}) | (
-        {} if lc.cache_steps else {"cache_steps": False})
-    return {
-        **teacher_digests(teacher),
-        "data": examples_digest(train),
-        "layers": resolve_layers(lc, n_layers),
-        "rank": lc.rank,
-        "energy": lc.energy,
-        "shared_basis": lc.shared_basis,
-        "layer_rank": lc.layer_rank,
-        "centred": lc.centred,
-        "calib_size": lc.calib_size,
-        "render": RENDER_VERSION,
-    } | storage
-
-
-@dataclass
-class Rendered:
-    input_ids: list[int]
-    start: int  # first rationale position
-    length: int  # rationale positions
-    anchor: int  # position of the last `####` marker token
-    ends: tuple[int, ...] = ()  # end (exclusive, in rationale positions) of each step
-    # per step, the rationale position whose next token is the step's result (the `=` of `<< b = 7 >>`): where the
-    # teacher hands the step's value over (lori.step_anchors); -1 if that is before the rationale
-    handovers: tuple[int, ...] = ()
-
-
-def render_teacher(example: Example, tokenizer, chat_template: bool) -> Rendered:
-    """The teacher's explicit-CoT rendering of ``example`` (``chat_template``: ``model.chat_template``), with the
-    rationale's bounds, its steps' ends and hand-overs, and the answer anchor."""
-    s = segments(example, tokenizer, chat_template)
-    ids = explicit_cot(s)["input_ids"]
-    # Step k ends where the encoding of the first k steps ends (exact for word-level tokenizers; for BPE the
-    # boundary token may merge differently, which moves a bound by at most one position).
-    steps = example.steps
-    ends = tuple(min(len(s.rationale), len(encode(tokenizer, " " + " ".join(steps[: k + 1]))))
-                 for k in range(len(steps))) if s.rationale else ()
-    # A step's result is its last token, or the token before a closing `>>` (a calculator note).
-    close = len(encode(tokenizer, " >>"))
-    handovers = tuple(end - 1 - (close if step.rstrip().endswith(">>") else 0) - 1
-                      for end, step in zip(ends, steps))
-    return Rendered(ids, len(s.prompt), len(s.rationale), answer_anchor(s), ends, handovers)
+from ...config import LoRiConfig
+from ...data.schema import Example
+from ...errors import LoriError
+from ...losses import anchor_loss, combine, rationale_loss, standardized_loss, teacher_energy
+from ...models.build import num_layers
+from ...models.latent_student import LatentOutput, LatentStudent
+from ...subspace.basis import Basis
+from ...subspace.stats import triu_unpack
+from ...subspace.trajectory import step_states, trajectory_statistics
+from .. import thoughts
+from ..common import Method
+from ..thoughts import Thoughts
+from .cache import TeacherStats, load_cache
+from .teacher import fingerprint, resolve_layers, teacher_path
 
 
 # ------------------------------------------------------------------------------------------------ the student
-# The latent student's rendering, batching and wrapper are the latent family's (methods/latent.py), with LoRi's K and
+# The latent student's rendering, batching and wrapper are the latent family's (methods/thoughts.py), with LoRi's K and
 # projector.
 
 THOUGHTS = Thoughts(latent_steps=lambda cfg: cfg.lori.latent_steps, projector=lambda cfg: cfg.lori.projector)
@@ -166,8 +93,8 @@ def setup_training(student: LatentStudent, cfg, train_set: list[Example], device
 def loss(module, batch: dict[str, torch.Tensor], norm,
          state: LoriState) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     lc = state.cfg
-    out, ce = latent.student_ce(module, batch, norm)
-    parts = {"ce": ce.detach(), **latent.answer_parts(out, batch, norm)}
+    out, ce = thoughts.student_ce(module, batch, norm)
+    parts = {"ce": ce.detach(), **thoughts.answer_parts(out, batch, norm)}
     # (choice) The cached statistics describe the whole rationale, so L_rat applies once every step is latent (the
     # final curriculum stage); the anchor hand-over to the answer exists at every stage and L_anc applies throughout.
     use_rat = (lc.first_order or lc.second_order) and bool(batch["final"])
@@ -243,6 +170,6 @@ def step_anchor_loss(state: LoriState, out: LatentOutput, batch, t: dict, norm) 
                              example_mask=valid.reshape(-1), num_examples=norm.examples)
 
 
-METHOD = Method(name="lori", render=THOUGHTS.render, prompt=latent.prompt, collate=latent.collate, wrap=THOUGHTS.wrap,
-                setup_training=setup_training, loss=loss, generation_kwargs=latent.generation_kwargs,
-                extra_tensors=latent.extra_tensors, thoughts=THOUGHTS, teacher_cache=True)
+METHOD = Method(name="lori", render=THOUGHTS.render, prompt=thoughts.prompt, collate=thoughts.collate, wrap=THOUGHTS.wrap,
+                setup_training=setup_training, loss=loss, generation_kwargs=thoughts.generation_kwargs,
+                extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS, teacher_cache=True)

@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import LoriError
-from ..utils import atomic_target, atomic_write_text, hash_file, sha256_file
-from .basis import Basis
-from .stats import triu_unpack
+from ...errors import LoriError
+from ...utils import atomic_target, atomic_write_text, hash_file, sha256_file
+from ...subspace.basis import Basis
+from ...subspace.stats import triu_unpack
 
 MANIFEST = "manifest.json"
 BASIS_FILE = "basis.safetensors"

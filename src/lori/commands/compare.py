@@ -12,7 +12,7 @@ Writes ``OUT/results.json`` (one row per method and seed, with its ``seed``), ``
 the mean over seeds with a 95% Student-t interval, mean tokens, latency and the speedup vs cot-sft; for
 digit-string answers also the share of answer digits right, a diagnostic of :mod:`lori.evaluation.digits`),
 ``OUT/accuracy_vs_tokens.png`` and, per run, ``OUT/seed-s/METHOD/eval-SPLIT/`` (predictions and a one-row
-results.json). Every row carries the identity of its test set (lori.evaluation.report); the table refuses rows of
+results.json). Every row carries the identity of its test set (lori.evaluation.results); the table refuses rows of
 different test sets, and a reused evaluation counts only when it is of the test set the config names now.
 """
 
@@ -21,18 +21,45 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config, load_tree, to_dict
-from .errors import ConfigError, LoriError
-from .evaluation.digits import DigitShares, digit_shares, digit_table, mean_shares, read_predictions
-from .evaluation.plots import plot_accuracy_vs_tokens, plot_answer_token_ce
-from .evaluation.report import (ResultRow, aggregate_table, check_one_test_set, markdown_table, test_set_difference,
-                                write_results)
-from .evaluation.run import test_set_identity
-from .methods import METHODS
-from .pipeline import TEACHER, evaluate_run, pipeline_configs, train_runs
-from .tasks import TASKS
+from ..config import Config, load_tree, to_dict
+from ..errors import ConfigError, LoriError
+from ..evaluation.digits import DigitShares, digit_shares, digit_table, mean_shares, read_predictions
+from ..evaluation.plots import plot_accuracy_vs_tokens, plot_answer_token_ce
+from ..evaluation.results import (ResultRow, aggregate_table, check_one_test_set, markdown_table, write_results)
+from ..methods import METHODS
+from ..pipeline import TEACHER, evaluate_current, pipeline_configs, train_runs
+from ..tasks import TASKS
 
 TAG = "lori compare"
+SINGLE_PROCESS = True
+POSITIONAL = "overrides"
+EPILOG = """\
+Per seed S: the teacher trains in OUT/seed-S/cot-sft (train.seed=S); every other method trains in OUT/seed-S/METHOD
+from the student preset with method=METHOD, train.seed=S and model.init_from = that teacher (LoRi also distils from
+it through OUT/seed-S/lori-cache). The data seed stays fixed: every run sees the same problems. Finished runs and
+their evaluations are reused, so an interrupted compare continues.
+
+example (the 4x4 six-method table; hours on a CPU):
+  lori compare --teacher configs/mult4x4-cot-sft.yaml --student configs/mult4x4-lori.yaml \\
+      --methods no-cot,cot-sft,icot-si,coconut,codi,lori --seeds 0,1 --out out/compare-4x4
+"""
+
+
+def add_arguments(c) -> None:
+    c.add_argument("--teacher", required=True, help="YAML preset of the CoT-SFT teacher (the cot-sft row)")
+    c.add_argument("--student", required=True, help="YAML preset of the students (method set per run; the "
+                                                    "curriculum, budget and method sections apply to all)")
+    c.add_argument("--methods", default="no-cot,cot-sft,icot-si,coconut,codi,lori",
+                   help="comma-separated methods (default: all six: no-cot,cot-sft,icot-si,coconut,codi,lori)")
+    c.add_argument("--seeds", default="0,1", help="comma-separated training seeds (train.seed; default: 0,1)")
+    c.add_argument("--out", required=True, help="output folder: OUT/seed-S/METHOD runs, results.json, results.md, "
+                                                "accuracy_vs_tokens.png")
+    c.add_argument("overrides", nargs="*", help="dotted overrides for every run, or prefixed: teacher./student. "
+                                                "for one side, METHOD: for one method (codi:curriculum.stages=0)")
+
+
+def run(args) -> None:
+    run_compare(args.teacher, args.student, args.methods, args.seeds, Path(args.out), args.overrides)
 
 
 def parse_methods(text: str | list[str]) -> list[str]:
@@ -66,23 +93,6 @@ def _first_difference(a: dict, b: dict, prefix: str) -> tuple[str, object, objec
         if a.get(key) != b.get(key):
             return f"{prefix}.{key}", a.get(key), b.get(key)
     return None
-
-
-def evaluate_current(cfg: Config, seed: int | None = None, tag: str = TAG, label: str = ""):
-    """:func:`lori.pipeline.evaluate_run`, reusing a finished evaluation only when its row records the test set
-    ``cfg`` evaluates now; one of another test set (a data file changed since) or without that record (written by an
-    older lori) is run again. Returns ``(row, n, predictions)``."""
-    row, n, predictions = evaluate_run(cfg, seed=seed, tag=tag, label=label)
-    current = test_set_identity(cfg)
-    if row.test_set is None:
-        why = "has no record of its test set"
-    else:
-        diff = test_set_difference(row.test_set, current)
-        why = None if diff is None else f"was of another test set than the current one ({diff})"
-    if why is None:
-        return row, n, predictions
-    print(f"[{tag}] {label}{cfg.method}: its evaluation {why}; evaluating again")
-    return evaluate_run(cfg, seed=seed, tag=tag, label=label, reuse=False)
 
 
 def compare_configs(teacher: str | Path, student: str | Path, methods: list[str], seeds: list[int], out: Path,

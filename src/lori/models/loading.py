@@ -14,7 +14,7 @@ from ..data.render import check_chat_template
 from ..data.schema import Example
 from ..errors import ConfigError
 from .build import load_pretrained, tiny_model
-from .checkpoint import resolve_checkpoint
+from .checkpoint_folders import resolve_checkpoint
 from .lora import apply_lora
 from .tokenizer import build_word_tokenizer
 
@@ -54,7 +54,7 @@ def build_model(cfg: Config, method, train_set: list[Example], resume_from=None)
         lm, tokenizer = open_model(cfg.model.name, cfg)
     if cfg.model.gradient_checkpointing:
         # Non-reentrant: works with frozen inputs (LoRA) and keyword arguments. Latent students then run their
-        # latent loop without a KV cache while training (lori.models.latent).
+        # latent loop without a KV cache while training (lori.models.latent_student).
         lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     module = method.wrap(lm, tokenizer, cfg, resume_from)
     if lora:

@@ -18,49 +18,51 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .compare import evaluate_current
-from .config import Config, dump_config, load_config, save_config
-from .evaluation.plots import plot_accuracy_vs_tokens
-from .evaluation.report import ResultRow, markdown_table, write_results
-from .models.checkpoint import list_checkpoints, step_dir
-from .pipeline import TEACHER, evaluate_run, merge, pipeline_configs, train_runs
-from .subspace.cache import read_manifest
-from .training.identity import describe, differences, run_identity, write_identity
-from .utils import check_writable
+from ..config import Config, apply_overrides, dump_config, load_config, load_tree, parse_overrides, save_config
+from ..evaluation.plots import plot_accuracy_vs_tokens
+from ..evaluation.results import ResultRow, markdown_table, write_results
+from ..models.checkpoint_folders import list_checkpoints, step_dir
+from ..pipeline import TEACHER, evaluate_current, pipeline_configs, train_runs
+from ..methods.lori.cache import read_manifest
+from ..training.identity import describe, differences, run_identity, write_identity
+from ..utils import check_writable
+
+SINGLE_PROCESS = True
+POSITIONAL = "overrides"
+
+
+def add_arguments(d) -> None:
+    d.add_argument("--out", default="out/demo")
+    d.add_argument("--train-teacher", action="store_true",
+                   help="train the CoT-SFT teacher from scratch instead of using the shipped checkpoint (~5 min)")
+    d.add_argument("overrides", nargs="*", help="dotted overrides applied to every stage")
+
+
+def run(args) -> None:
+    run_demo(Path(args.out), args.overrides, train_teacher=args.train_teacher)
+
 
 TEACHER_ASSET = "chains-teacher"  # lori/assets/: the weights and tokenizer of configs/chains-cot-sft.yaml's run
 
-# The built-in task and budgets (2 CPU cores). Any key can be overridden from the command line, e.g.
-# `lori demo --out out/demo train.steps=300`; `teacher.`/`student.` prefixes target one side.
-BASE = {
-    "data": {"task": "chains", "format": "icot", "chain_steps": 6, "chain_modulus": 10, "chain_ops": "+-*",
-             "chain_back_ref": 0.0, "chain_rationale": "value", "train_size": 20_000, "valid_size": 200,
-             "test_size": 500, "seed": 0},
-    "model": {"name": "tiny", "arch": "llama", "hidden_size": 128, "num_layers": 4, "num_heads": 4,
-              "intermediate_size": 512},
-    "train": {"global_batch": 64, "micro_batch": 64, "lr": 1.0e-3, "schedule": "constant", "log_every": 50,
-              "eval_every": 0, "eval_size": 200, "save_every": 100_000},
-    "eval": {"split": "test", "batch_size": 250, "max_new_tokens": 48, "latency_problems": 16},
-}
-# The teacher jumps from ~30% to 100% on validation between steps 700 and 800 (constant lr, fresh problems); 1,000
-# steps on 60,000 problems leave a margin. The shipped checkpoint is this run's step 1000.
-TEACHER_CFG = {"method": "cot-sft", "data": {"train_size": 60_000}, "train": {"steps": 1_000}}
-# Students: the curriculum of Coconut (stage k: the first k steps are k thoughts), each stage ending once its
-# training CE is below 0.02 (at most 300 steps), thoughts where the teacher wrote each step's result (offset 2,
-# stride 5 for `<< b = 7 >>`, so the language after them keeps the teacher's positions), the identity projector
-# (the thought is the last hidden state, as in Coconut), and LoRi's step anchors (the state that feeds step k's
-# thought is pulled towards the teacher's state where it writes step k's result), on top of L_rat and L_anc.
-# Cosine decay and clipping at 1.0: with a constant lr and no clipping the all-latent stage's loss swung between 0.1
-# and 0.6 and validation reached 70% at step 1,500; with them every stage was learned by step ~500 and validation was
-# 100% (200 problems) at steps 500 and 750 (of 1,500).
-STUDENT = {"train": {"steps": 700, "schedule": "cosine", "grad_clip": 1.0},
-           "lori": {"latent_steps": 6, "rank": 16, "calib_size": 1_000, "projector": "identity",
-                    "step_anchors": True},
-           "curriculum": {"stages": 6, "steps_per_stage": 300, "advance_below": 0.02, "thought_offset": 2,
-                          "thought_stride": 5}}
+# The demo is the shipped presets (lori/presets/, linked as configs/chains-*.yaml) plus these demo-only settings:
+# no mid-run validation or intermediate checkpoints (the demo evaluates once, at the end). Command-line overrides
+# (`lori demo --out out/demo train.steps=300`; `teacher.`/`student.` prefixes target one side) come after them.
+PRESETS = {"teacher": "chains-cot-sft.yaml", "student": "chains-lori.yaml"}
+DEMO_OVERRIDES = ["train.eval_every=0", "train.save_every=100000"]
+
+
+def preset_tree(name: str) -> dict:
+    """The raw tree of a shipped preset (its relative paths resolved against the package's presets folder; the
+    pipeline sets every run's own paths)."""
+    with resources.as_file(resources.files("lori") / "presets" / name) as path:
+        return load_tree(path)
+
+
 def demo_configs(out: Path, overrides: list[str]) -> dict[str, Config]:
-    """The teacher, No-CoT and LoRi configs of the demo, with command-line overrides applied."""
-    return pipeline_configs(merge(BASE, TEACHER_CFG), merge(BASE, STUDENT), overrides, out, ("no-cot", "lori"))
+    """The teacher, No-CoT and LoRi configs of the demo: the presets, the demo-only settings, then ``overrides``."""
+    trees = {side: apply_overrides(preset_tree(name), parse_overrides(DEMO_OVERRIDES))
+             for side, name in PRESETS.items()}
+    return pipeline_configs(trees["teacher"], trees["student"], overrides, out, ("no-cot", "lori"))
 
 
 def install_teacher(cfg: Config) -> str | None:

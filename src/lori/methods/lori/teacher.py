@@ -1,4 +1,4 @@
-"""``lori precompute``: run the frozen teacher once over the training data, fit the shared low-rank subspace on a
+"""LoRi's teacher side (``lori precompute``): run the frozen teacher once over the training data, fit the shared low-rank subspace on a
 calibration subset, and write the per-example LoRi statistics (mean, covariance, anchor per layer) to a cache.
 
 Training a LoRi student then never runs the teacher. The same ``lori.subspace.trajectory.trajectory_statistics``
@@ -23,18 +23,92 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from .config import Config, check_subspace
-from .data.splits import load_split
-from .errors import ConfigError, LoriError
-from .methods.lori import Rendered, fingerprint, render_teacher, resolve_layers, teacher_path
-from .models.build import hidden_size, num_layers
-from .models.setup import open_model
-from .subspace import Basis, LayerGramAccumulator, SecondMomentAccumulator, fit_bases, fit_layer_factor
-from .subspace.cache import CacheWriter, cache_bytes
-from .subspace.stats import triu_pack
-from .subspace.trajectory import prefix_means, step_states, trajectory_statistics
-from .distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
-from .utils import check_writable, pad
+from dataclasses import dataclass
+
+from ...config import Config, LoRiConfig, check_subspace
+from ...data.render import answer_anchor, encode, explicit_cot, segments
+from ...data.schema import Example
+from ...data.splits import load_split
+from ...distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
+from ...errors import ConfigError, LoriError
+from ...models.build import hidden_size, num_layers
+from ...models.checkpoint_folders import resolve_checkpoint
+from ...models.loading import open_model
+from ...subspace import Basis, LayerGramAccumulator, SecondMomentAccumulator, fit_bases, fit_layer_factor
+from ...subspace.stats import triu_pack
+from ...subspace.trajectory import prefix_means, step_states, trajectory_statistics
+from ...utils import check_writable, pad
+from .cache import CacheWriter, cache_bytes, examples_digest, teacher_digests
+
+# ------------------------------------------------------------------------------------------------ the teacher side
+# The cache's identity (its fingerprint) and the teacher's rendering of an example, which the statistics pass
+# below and the student's setup_training (method.py) both read.
+
+RENDER_VERSION = "v3"  # bump when the rendering of teacher trajectories changes (v3: step bounds and hand-overs)
+
+
+def resolve_layers(lcfg: LoRiConfig, n_layers: int) -> list[int]:
+    layers = lcfg.layers or list(range(1, n_layers + 1))
+    bad = [l for l in layers if not 1 <= l <= n_layers]
+    if bad:
+        raise ConfigError(f"lori.layers: {bad} out of range; the teacher has layers 1..{n_layers}")
+    return layers
+
+
+def teacher_path(cfg: Config) -> Path:
+    if cfg.lori.teacher is None:
+        raise ConfigError("lori.teacher is required: the explicit-CoT (cot-sft) checkpoint to distil from")
+    return resolve_checkpoint(cfg.lori.teacher)
+
+
+def fingerprint(cfg: Config, teacher: Path, train: list[Example], n_layers: int) -> dict:
+    lc = cfg.lori
+    # lori.cache_dtype and lori.cache_steps enter only when not the default, so that a cache written before they
+    # existed (float32, with the per-step statistics) keeps its fingerprint
+    storage = ({"cache_dtype": lc.cache_dtype} if lc.cache_dtype != "float32" else {}) | (
+        {} if lc.cache_steps else {"cache_steps": False})
+    return {
+        **teacher_digests(teacher),
+        "data": examples_digest(train),
+        "layers": resolve_layers(lc, n_layers),
+        "rank": lc.rank,
+        "energy": lc.energy,
+        "shared_basis": lc.shared_basis,
+        "layer_rank": lc.layer_rank,
+        "centred": lc.centred,
+        "calib_size": lc.calib_size,
+        "render": RENDER_VERSION,
+    } | storage
+
+
+@dataclass
+class Rendered:
+    input_ids: list[int]
+    start: int  # first rationale position
+    length: int  # rationale positions
+    anchor: int  # position of the last `####` marker token
+    ends: tuple[int, ...] = ()  # end (exclusive, in rationale positions) of each step
+    # per step, the rationale position whose next token is the step's result (the `=` of `<< b = 7 >>`): where the
+    # teacher hands the step's value over (lori.step_anchors); -1 if that is before the rationale
+    handovers: tuple[int, ...] = ()
+
+
+def render_teacher(example: Example, tokenizer, chat_template: bool) -> Rendered:
+    """The teacher's explicit-CoT rendering of ``example`` (``chat_template``: ``model.chat_template``), with the
+    rationale's bounds, its steps' ends and hand-overs, and the answer anchor."""
+    s = segments(example, tokenizer, chat_template)
+    ids = explicit_cot(s)["input_ids"]
+    # Step k ends where the encoding of the first k steps ends (exact for word-level tokenizers; for BPE the
+    # boundary token may merge differently, which moves a bound by at most one position).
+    steps = example.steps
+    ends = tuple(min(len(s.rationale), len(encode(tokenizer, " " + " ".join(steps[: k + 1]))))
+                 for k in range(len(steps))) if s.rationale else ()
+    # A step's result is its last token, or the token before a closing `>>` (a calculator note).
+    close = len(encode(tokenizer, " >>"))
+    handovers = tuple(end - 1 - (close if step.rstrip().endswith(">>") else 0) - 1
+                      for end, step in zip(ends, steps))
+    return Rendered(ids, len(s.prompt), len(s.rationale), answer_anchor(s), ends, handovers)
+
 
 @torch.no_grad()
 def teacher_trajectories(lm, items: list[Rendered], layers: list[int], pad_id: int):

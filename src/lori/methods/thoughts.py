@@ -22,7 +22,7 @@ from ..config import Config
 from ..data.render import encode, segments
 from ..data.schema import Example
 from ..losses import IGNORE_INDEX, token_cross_entropy
-from ..models.latent import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
+from ..models.latent_student import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
 from ..utils import pad
 from . import common
 

@@ -41,19 +41,19 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from .config import Config, LoRiConfig
-from .data.chains import intermediate_values
-from .data.splits import SPLITS, load_split
-from .errors import ConfigError, LoriError
-from .evaluation.generate import greedy_generate
-from .methods import METHODS
-from .methods.lori import Rendered, render_teacher, resolve_layers
-from .models.build import DTYPES, hidden_size, num_layers
-from .models.checkpoint import checkpoint_config, resolve_checkpoint
-from .models.setup import open_model
-from .precompute import teacher_trajectories
-from .subspace.basis import SecondMomentAccumulator, select_rank
-from .subspace.spectrum import (
+from ..config import Config, LoRiConfig
+from ..data.chains import intermediate_values
+from ..data.splits import SPLITS, load_split
+from ..errors import ConfigError, LoriError
+from ..evaluation.generate import greedy_generate
+from ..methods import METHODS
+from ..methods.lori.teacher import Rendered, render_teacher, resolve_layers
+from ..models.build import DTYPES, hidden_size, num_layers
+from ..models.checkpoint_folders import checkpoint_config, resolve_checkpoint
+from ..models.loading import open_model
+from ..methods.lori.teacher import teacher_trajectories
+from ..subspace.basis import SecondMomentAccumulator, select_rank
+from ..subspace.spectrum import (
     ENERGY_THRESHOLDS,
     chance_mean_cos2,
     gram_singular_values,
@@ -62,8 +62,9 @@ from .subspace.spectrum import (
     spectrum_summary,
     top_subspace,
 )
-from .analysis_report import ANALYSIS_JSON, MODES, REPORT_MD, render_report, write_figures
-from .utils import atomic_write_text
+from .figures import ANALYSIS_JSON, MODES, REPORT_MD, write_figures
+from .report import render_report
+from ..utils import atomic_write_text
 
 
 CONDITIONS = {
