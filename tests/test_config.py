@@ -17,7 +17,7 @@ from lori.config import (Config, MethodName, absolute_paths, config_from_dict, d
                          save_config)
 from lori.errors import ConfigError
 from lori.methods import METHODS
-from lori.training.loop import batch_arithmetic
+from lori.training.optim import batch_arithmetic
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "configs").rglob("*.yaml"))  # configs/*.yaml and subfolders (configs/paper/)

@@ -32,7 +32,8 @@ from lori.methods.lori.teacher import precompute
 from lori.methods.lori import cache as cache_mod
 from lori.methods.lori.cache import load_cache
 from lori.training.checkpoint import STATE_FILE, list_checkpoints, remove_partial_checkpoints, resolve_checkpoint
-from lori.training.loop import UNIFORM_WINDOW, train
+from lori.training.guards import UNIFORM_WINDOW
+from lori.training.loop import train
 
 TINY = [
     "data.digits=[2,2]", "data.train_size=120", "data.valid_size=8", "data.test_size=8",

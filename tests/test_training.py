@@ -185,11 +185,11 @@ def test_resume_is_exact_with_dropout(tmp_path, monkeypatch):
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     # The masks matter: resuming without restoring the RNG state ends elsewhere.
-    import lori.training.loop as loop
+    import lori.training.checkpoint as checkpoint
 
     c = tmp_path / "c"
     _train(c, *common, "train.stop_at=3")
-    monkeypatch.setattr(loop, "set_rng_state", lambda state: None)
+    monkeypatch.setattr(checkpoint, "set_rng_state", lambda state: None)
     _train(c, *common)
     wc = load_file(str(c / "checkpoints" / "step-000006" / "model.safetensors"))
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)

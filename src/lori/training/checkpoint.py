@@ -6,7 +6,9 @@ Under ``train.sharding: fsdp`` (lori.training.sharding) the main process makes t
 (:func:`temporary_folder`), every process writes its shards of the model and optimizer state into its ``sharded/``
 (torch.distributed.checkpoint), and after a barrier the main process writes the rest with the gathered full
 weights (``save_checkpoint(..., tmp=, state_dict=)``) and renames the folder: ``model.safetensors`` is the same as
-an unsharded run's, and ``trainer_state.pt`` holds no optimizer state (it is in ``sharded/``)."""
+an unsharded run's, and ``trainer_state.pt`` holds no optimizer state (it is in ``sharded/``).
+
+The loop's side: :class:`Saver` writes a checkpoint from every process together, :func:`restore` resumes one."""
 
 from __future__ import annotations
 
@@ -15,19 +17,24 @@ import re
 import shutil
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..config import Config, save_config
+from ..distributed import all_gather, broadcast_object
 from ..errors import LoriError, WriteError
 # The folder layout and its reading live with the models (evaluation, precompute and analysis read checkpoints);
 # the writer and the resumable state stay here with the loop.
 from ..models.checkpoint_folders import CONFIG_FILE, checkpoint_dir, list_checkpoints, resolve_checkpoint, step_dir
-from ..utils import share_tree, write_failed
+from ..utils import rng_state, set_rng_state, share_tree, write_failed
 from ..models.lora import is_peft_model, save_lora_checkpoint
+from . import sharding as fsdp
+from .identity import truncate_metrics
 
 STATE_FILE = "trainer_state.pt"
 SHARDED_DIR = "sharded"  # torch.distributed.checkpoint's folder of a checkpoint written under train.sharding=fsdp
@@ -187,3 +194,134 @@ def load_state(ckpt: Path) -> dict:
     except (RuntimeError, EOFError, OSError, ValueError) as e:  # a truncated or overwritten zip archive
         raise LoriError(f"{f} is damaged or truncated ({str(e).splitlines()[0][:100]}); resume from an earlier "
                         "checkpoint (train.resume=FOLDER) or start over with train.resume=never") from None
+
+
+def resume_point(cfg: Config, out_dir: Path) -> Path | None:
+    """The checkpoint ``train.resume`` names: ``auto``, the newest in ``out_dir`` (none yet: a fresh run); ``never``,
+    None; else the folder it names."""
+    if cfg.train.resume == "auto":
+        found = list_checkpoints(out_dir)
+        return found[-1] if found else None
+    if cfg.train.resume != "never":
+        return resolve_checkpoint(cfg.train.resume)
+    return None
+
+
+def restore(resume_from: Path | None, cfg: Config, module, optimizer, scheduler, sharded: bool, accelerator,
+            out_dir: Path) -> tuple[int, int, dict]:
+    """Load the optimizer, scheduler and RNG state of ``resume_from`` (the weights were loaded with the model) and
+    return its step, data cursor and curriculum clock state; ``(0, 0, {})`` for a fresh run."""
+    if resume_from is None:
+        return 0, 0, {}
+    main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    state = load_state(resume_from)
+    clock = state.get("curriculum") or {}
+    if "optimizer" in state:
+        if sharded:  # identity refuses a changed train.sharding; this is a checkpoint from elsewhere
+            raise LoriError(f"{resume_from} was written without sharding (its optimizer state is one file); "
+                            "resume it with train.sharding=none")
+        optimizer.load_state_dict(state["optimizer"])
+    else:  # written under sharding: model and optimizer state in sharded/, resharded to this run's processes
+        fsdp.load_sharded(module, optimizer, resume_from / SHARDED_DIR)
+    scheduler.load_state_dict(state["scheduler"])
+    per_process = state.get("rng_per_process") or []
+    # Each process continues its own random stream when the run resumes with as many processes as it saved.
+    set_rng_state(per_process[rank] if len(per_process) == world else state["rng"])
+    step, cursor = state["step"], state["cursor"]
+    if step > cfg.train.steps:
+        raise LoriError(f"{resume_from} is at step {step}, past train.steps={cfg.train.steps}; set train.steps "
+                        f">= {step}, or start over with train.resume=never")
+    if main:
+        print(f"[lori] resumed from {resume_from} at step {step}")
+        dropped = truncate_metrics(out_dir / "metrics.jsonl", step)  # the steps after it are logged again
+        if dropped:
+            print(f"[lori] metrics.jsonl: dropped {dropped} line(s) after step {step}")
+    return step, cursor, clock
+
+
+@dataclass
+class Saver:
+    """The training loop's checkpoints: ``saver(step, cursor)`` writes ``step-NNNNNN`` with the weights, the method's
+    extra tensors and the resumable state (scheduler, optimizer, every process's RNG, the data cursor, the
+    curriculum clock). Every process calls it together; the main process writes (under sharding every process
+    writes its shards). A failed write closes ``bar`` and raises the same :class:`LoriError` on every process."""
+
+    cfg: Config
+    accelerator: Any
+    module: Any  # as prepared by accelerate
+    optimizer: Any
+    scheduler: Any
+    method: Any
+    tokenizer: Any
+    clock: Any  # lori.training.curriculum.CurriculumClock
+    sharded: bool
+    bar: Any
+
+    def __call__(self, at_step: int, cursor: int) -> Path:
+        cfg, accelerator, module, optimizer, method = (self.cfg, self.accelerator, self.module, self.optimizer,
+                                                       self.method)
+        out_dir, main, world = Path(cfg.out_dir), accelerator.is_main_process, accelerator.num_processes
+        unwrapped = accelerator.unwrap_model(module)
+        rngs = all_gather(rng_state(), world)
+        state = {"scheduler": self.scheduler.state_dict(), "rng": rngs[0],
+                 "rng_per_process": rngs, "step": at_step, "cursor": cursor, "curriculum": self.clock.state()}
+        lm_of = lambda m: getattr(m, "lm", m)  # noqa: E731
+        path = failed = saved = None
+        if self.sharded:  # every process writes its shards; the main process gets the gathered weights
+            saved, failed = _save_sharded(module, optimizer.optimizer, method.extra_tensors(unwrapped), out_dir,
+                                          at_step, main, world)
+        else:
+            state["optimizer"] = optimizer.state_dict()
+        if main and not failed:
+            try:
+                if self.sharded:  # the full weights of the language model (a latent student's under "lm.")
+                    tmp, full, extra = saved
+                    prefix = "lm." if lm_of(unwrapped) is not unwrapped else ""
+                    path = save_checkpoint(out_dir, at_step, lm_of(unwrapped), self.tokenizer, cfg, state,
+                                           extra_tensors=extra, keep=cfg.train.keep_checkpoints, tmp=tmp,
+                                           state_dict={k[len(prefix):]: v for k, v in full.items()
+                                                       if k.startswith(prefix)})
+                else:
+                    path = save_checkpoint(out_dir, at_step, lm_of(unwrapped), self.tokenizer, cfg, state,
+                                           extra_tensors=method.extra_tensors(unwrapped),
+                                           keep=cfg.train.keep_checkpoints)
+            except LoriError as e:  # a full disk, an unwritable folder: every process stops, none waits forever
+                failed = str(e)
+        failed = broadcast_object(failed, world)
+        if failed:
+            self.bar.close()
+            raise LoriError(failed)
+        accelerator.wait_for_everyone()
+        return path or step_dir(out_dir, at_step)
+
+
+def _save_sharded(module, optimizer, extra_tensors, out_dir: Path, step: int, main: bool, world: int):
+    """The collective part of a checkpoint under sharding: the main process makes the temporary folder, every
+    process writes its shards of the model and optimizer state into ``sharded/`` and takes part in gathering the
+    full weights (and the method's extra tensors) onto the main process. Returns ``((tmp, full weights, extra
+    tensors) on the main process, None elsewhere; the error every process stops with, or None)``."""
+    tmp = failed = None
+    if main:
+        try:
+            tmp = temporary_folder(out_dir, step)
+        except LoriError as e:
+            failed = str(e)
+    tmp, failed = broadcast_object((tmp, failed), world)
+    if failed:
+        return None, failed
+    from torch.distributed.checkpoint.api import CheckpointException  # sharded runs only (lori.training.sharding)
+
+    problem = None
+    try:
+        fsdp.save_sharded(module, optimizer, tmp / SHARDED_DIR)
+    except (Exception, CheckpointException) as e:  # raised on every process when one failed to write its part
+        err = write_error(out_dir, step, e)
+        problem = str(err) if err is not None else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    problems = [p for p in all_gather(problem, world) if p]
+    if problems:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return None, problems[0]
+    full = fsdp.full_state_dict(module)
+    extra = fsdp.full_tensors(extra_tensors, main)
+    return ((tmp, full, extra) if main else None), None

@@ -41,7 +41,6 @@ import torch
 # torch.distributed's FSDP, DTensor and checkpoint modules are imported in the functions that use them: only
 # train.sharding=fsdp calls those, and a torch built without distributed support has none of them.
 from ..errors import LoriError
-from .checkpoint import SHARDED_DIR  # noqa: F401  (the sharded state's folder in a checkpoint)
 
 
 # The root unit returns slices of the language model's outputs (a latent student's logits over the suffix); FSDP

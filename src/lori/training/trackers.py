@@ -71,6 +71,17 @@ def init_kwargs(out_dir: Path, run_id: str | None, step: int) -> dict[str, dict]
     return {"wandb": wandb, "tensorboard": {"purge_step": step + 1} if step else {}}
 
 
+def start(accelerator, cfg: Config, out_dir: Path, run_id: str | None, step: int) -> None:
+    """Start the trackers (accelerate's init_trackers runs on the main process only) and say which. The loop calls
+    this last, when the run is about to train: a run refused before has none to clean up."""
+    accelerator.init_trackers(PROJECT, config=scalar_config(cfg), init_kwargs=init_kwargs(out_dir, run_id, step))
+    if accelerator.is_main_process and accelerator.log_with:
+        print(f"[lori] trackers: {', '.join(t.name for t in accelerator.trackers)} (project {PROJECT!r}, "
+              f"run {out_dir.name!r})")
+    elif accelerator.is_main_process and "all" in cfg.train.log_with:
+        print("[lori] train.log_with=all: no tracker is installed; metrics.jsonl only")
+
+
 def finish(accelerator, failed: bool = False) -> None:
     """Finish the trackers of ``accelerator`` once (on the error paths too) without ending the process group, so
     the loop's teardown order stays its own; a wandb run of a run that ``failed`` is marked failed (exit code 1). A
