@@ -76,6 +76,10 @@ class ModelConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
+    # a tiny model's tokenizer: word (one token per whitespace-separated symbol) or bpe (a byte-level BPE of
+    # bpe_vocab_size tokens trained on the training texts: multi-token numbers, as real tokenizers write them)
+    tokenizer: Literal["word", "bpe"] = "word"
+    bpe_vocab_size: int = 320
     init_from: str | None = None  # a checkpoint folder to start from (e.g. the teacher for a student)
     dtype: Literal["float32", "bfloat16"] = "float32"
     # Wrap the question in the tokenizer's chat template (user turn; the assistant turn starts with `||`).
@@ -92,6 +96,9 @@ class ModelConfig:
     # linear layer except the output head
 
     def __post_init__(self) -> None:
+        if self.bpe_vocab_size < 300:
+            raise ConfigError(f"model.bpe_vocab_size must be >= 300 (256 bytes + specials + merges), got "
+                              f"{self.bpe_vocab_size}")
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
@@ -214,6 +221,10 @@ class CurriculumConfig:
     # by position relies on (chains, `<< b = 7 >>`: offset 2, stride 5 puts thought k where step k's result was).
     thought_offset: int = 0
     thought_stride: int = 1
+    # fixed: every stage uses that layout. aligned: before the final stage each example's thoughts sit where its own
+    # teacher rationale wrote the replaced steps' results (steps of any length; lori.data.render.step_spans); the
+    # final stage and generation, which have no rationale, use the fixed layout.
+    thought_positions: Literal["fixed", "aligned"] = "fixed"
 
     def __post_init__(self) -> None:
         if self.advance_below is not None and not self.advance_below > 0:

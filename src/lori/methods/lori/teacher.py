@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from dataclasses import dataclass
 
 from ...config import Config, LoRiConfig, check_subspace
-from ...data.render import answer_anchor, encode, explicit_cot, segments
+from ...data.render import answer_anchor, explicit_cot, segments, step_spans
 from ...data.schema import Example
 from ...data.splits import load_split
 from ...distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
@@ -44,7 +44,7 @@ from .cache import CacheWriter, cache_bytes, examples_digest, teacher_digests
 # The cache's identity (its fingerprint) and the teacher's rendering of an example, which the statistics pass
 # below and the student's setup_training (method.py) both read.
 
-RENDER_VERSION = "v3"  # bump when the rendering of teacher trajectories changes (v3: step bounds and hand-overs)
+RENDER_VERSION = "v4"  # bump when the rendering of teacher trajectories changes (v4: hand-overs from character offsets)
 
 
 def resolve_layers(lcfg: LoRiConfig, n_layers: int) -> list[int]:
@@ -91,23 +91,17 @@ class Rendered:
     # per step, the rationale position whose next token is the step's result (the `=` of `<< b = 7 >>`): where the
     # teacher hands the step's value over (lori.step_anchors); -1 if that is before the rationale
     handovers: tuple[int, ...] = ()
+    unlocated: tuple[int, ...] = ()  # steps whose result does not start at a token boundary (hand-over -1)
 
 
 def render_teacher(example: Example, tokenizer, chat_template: bool) -> Rendered:
     """The teacher's explicit-CoT rendering of ``example`` (``chat_template``: ``model.chat_template``), with the
-    rationale's bounds, its steps' ends and hand-overs, and the answer anchor."""
+    rationale's bounds, its steps' ends and hand-overs (lori.data.render.step_spans), and the answer anchor."""
     s = segments(example, tokenizer, chat_template)
-    ids = explicit_cot(s)["input_ids"]
-    # Step k ends where the encoding of the first k steps ends (exact for word-level tokenizers; for BPE the
-    # boundary token may merge differently, which moves a bound by at most one position).
-    steps = example.steps
-    ends = tuple(min(len(s.rationale), len(encode(tokenizer, " " + " ".join(steps[: k + 1]))))
-                 for k in range(len(steps))) if s.rationale else ()
-    # A step's result is its last token, or the token before a closing `>>` (a calculator note).
-    close = len(encode(tokenizer, " >>"))
-    handovers = tuple(end - 1 - (close if step.rstrip().endswith(">>") else 0) - 1
-                      for end, step in zip(ends, steps))
-    return Rendered(ids, len(s.prompt), len(s.rationale), answer_anchor(s), ends, handovers)
+    spans = step_spans(example, tokenizer)
+    ends = tuple(min(len(s.rationale), e) for e in spans.ends)
+    return Rendered(explicit_cot(s)["input_ids"], len(s.prompt), len(s.rationale), answer_anchor(s), ends,
+                    spans.handovers, spans.unlocated)
 
 
 @torch.no_grad()
@@ -156,6 +150,7 @@ def precompute(cfg: Config) -> Path:
             print(f"[lori] removed {partial}: a file an interrupted precompute did not finish writing")
     state.wait_for_everyone()
     rendered = [render_teacher(ex, tokenizer, cfg.model.chat_template) for ex in train]
+    unlocated = [(ex.source, ex.steps[k]) for ex, r in zip(train, rendered) for k in r.unlocated]
     d = hidden_size(lm)
     pad_id = tokenizer.pad_token_id
     bs = lc.precompute_batch
@@ -232,7 +227,13 @@ def precompute(cfg: Config) -> Path:
     bar.close()
     if main:
         size = cache_bytes(Path(lc.cache_dir))
-        writer.finish({"raw_trajectory_bytes": raw_bytes, "cache_bytes": size})
+        n_steps = sum(len(r.handovers) for r in rendered)
+        writer.finish({"raw_trajectory_bytes": raw_bytes, "cache_bytes": size,
+                       "handovers": {"steps": n_steps, "unlocated": len(unlocated),
+                                     "unlocated_examples": [f"{src}: {step}" for src, step in unlocated[:20]]}})
+        if unlocated:
+            print(f"[lori] hand-overs: {len(unlocated)} of {n_steps} steps have a result that does not start at a "
+                  f"token boundary (e.g. {unlocated[0][0]}: {unlocated[0][1]!r}); their step anchors are left out")
         print(f"[lori] cache: {size / 2**20:.1f} MiB ({lc.cache_dtype}) for {len(train)} examples, against {raw_bytes / 2**20:.1f} MiB "
               f"of raw fp32 teacher trajectories ({raw_bytes / max(size, 1):.1f}x smaller); "
               f"{time.perf_counter() - t0:.0f}s")
