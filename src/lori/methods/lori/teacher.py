@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -131,7 +133,21 @@ def teacher_trajectories(lm, items: list[Rendered], layers: list[int], pad_id: i
     return h, mask, anchor
 
 
-def precompute(cfg: Config) -> Path:
+Timer = Callable[[str, Sequence[Rendered]], AbstractContextManager]  # timer(stage, items) -> a context manager
+
+
+def _untimed(stage: str, items: Sequence[Rendered]) -> AbstractContextManager:
+    return nullcontext()
+
+
+def precompute(cfg: Config, timer: Timer | None = None) -> Path:
+    """Write the teacher-statistics cache of ``cfg`` (resuming what an interrupted call left) and return its folder.
+
+    ``timer(stage, items)``, if given, returns a context manager that wraps each stage (benchmarks/speed.py times
+    them); nothing computed changes. Stages: "load" (the teacher), "calibrate" / "forward" (a teacher forward on
+    ``items`` in the calibration / statistics pass), "fit" (the basis), "statistics" (of the forward just run),
+    "write" (the shard of ``items``)."""
+    span = timer or _untimed
     lc = cfg.lori
     if lc.cache_dir is None:
         raise ConfigError("lori.cache_dir is required: where to write the teacher statistics")
@@ -140,7 +156,8 @@ def precompute(cfg: Config) -> Path:
     rank, world, main, device = state.process_index, state.num_processes, state.is_main_process, state.device
     teacher = teacher_path(cfg)
     train = load_split(cfg.data, "train")
-    lm, tokenizer = open_model(teacher, cfg)
+    with span("load", ()):
+        lm, tokenizer = open_model(teacher, cfg)
     lm.eval().requires_grad_(False)
     lm.to(device)
     layers = resolve_layers(lc, num_layers(lm))
@@ -174,18 +191,24 @@ def precompute(cfg: Config) -> Path:
         batches = [calib[i : i + bs] for i in range(0, len(calib), bs)]
         mine = batches[rank::world]
         for b in tqdm(mine, desc="calibrate subspace", leave=False, disable=not main):
-            h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad_id)
+            items = [rendered[i] for i in b]
+            with span("calibrate", items):
+                h, mask, _ = teacher_trajectories(lm, items, layers, pad_id)
             acc.update(h.cpu(), mask.cpu())
         acc.load_state_dict(all_reduce_sum(acc.state_dict(), world, device))
-        basis = fit_bases(acc, rank=lc.rank, energy=lc.energy, shared=lc.shared_basis) if main else None
+        with span("fit", ()):
+            basis = fit_bases(acc, rank=lc.rank, energy=lc.energy, shared=lc.shared_basis) if main else None
         basis = Basis.from_dict(broadcast_object(basis.to_dict() if main else None, world))
         if lc.layer_rank is not None:
             gram = LayerGramAccumulator(basis)
             for b in mine:
-                h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad_id)
+                items = [rendered[i] for i in b]
+                with span("calibrate", items):
+                    h, mask, _ = teacher_trajectories(lm, items, layers, pad_id)
                 gram.update(h.cpu(), mask.cpu())
             gram.load_state_dict(all_reduce_sum(gram.state_dict(), world, device))
-            basis = fit_layer_factor(basis, gram, rank=lc.layer_rank, energy=None) if main else None
+            with span("fit", ()):
+                basis = fit_layer_factor(basis, gram, rank=lc.layer_rank, energy=None) if main else None
             basis = Basis.from_dict(broadcast_object(basis.to_dict() if main else None, world))
         if main:
             info = {"rank": basis.rank, "layer_rank": basis.layer_rank,
@@ -208,16 +231,18 @@ def precompute(cfg: Config) -> Path:
         mine = {}
         for s in chunks[rank::world]:
             chunk = rendered[s : min(s + bs, end)]
-            h, mask, anchor = teacher_trajectories(lm, chunk, layers, pad_id)
-            mu, C, a = trajectory_statistics(basis_dev, h, mask, anchor, lc.centred)
-            per_step = (None,) * 4
-            if lc.cache_steps:
-                ends, _ = pad([r.ends for r in chunk], 0, width=max_steps)
-                prefix = prefix_means(basis_dev, h, ends.to(h.device))
-                hand, _ = pad([r.handovers for r in chunk], -1, width=max_steps)
-                steps = step_states(basis_dev, h, hand.to(h.device))
-                per_step = (prefix.cpu(), (ends > 0), steps.cpu(), hand >= 0)
-            mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu(), *per_step)
+            with span("forward", chunk):
+                h, mask, anchor = teacher_trajectories(lm, chunk, layers, pad_id)
+            with span("statistics", chunk):
+                mu, C, a = trajectory_statistics(basis_dev, h, mask, anchor, lc.centred)
+                per_step = (None,) * 4
+                if lc.cache_steps:
+                    ends, _ = pad([r.ends for r in chunk], 0, width=max_steps)
+                    prefix = prefix_means(basis_dev, h, ends.to(h.device))
+                    hand, _ = pad([r.handovers for r in chunk], -1, width=max_steps)
+                    steps = step_states(basis_dev, h, hand.to(h.device))
+                    per_step = (prefix.cpu(), (ends > 0), steps.cpu(), hand >= 0)
+                mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu(), *per_step)
             if world == 1:
                 bar.update(len(chunk))
         gathered = gather_to_main(mine, world, rank)
@@ -227,8 +252,9 @@ def precompute(cfg: Config) -> Path:
             parts = {s: v for part in gathered for s, v in part.items()}
             mus, covs, anchors, valid, *per_step = zip(*(parts[s] for s in chunks))
             per_step = [torch.cat(x) if lc.cache_steps else None for x in per_step]
-            writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid),
-                               **dict(zip(("prefix_mu", "prefix_valid", "step_anchor", "step_valid"), per_step)))
+            with span("write", rendered[start:end]):
+                writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid),
+                                   **dict(zip(("prefix_mu", "prefix_valid", "step_anchor", "step_valid"), per_step)))
     bar.close()
     if main:
         size = cache_bytes(Path(lc.cache_dir))
