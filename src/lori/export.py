@@ -48,15 +48,6 @@ TASK_DATASETS = {"gsm8k": ["openai/gsm8k"], "gsm8k-hard": ["reasoning-machines/g
                  "svamp": ["ChilleD/SVAMP"], "multiarith": ["ChilleD/MultiArith"]}
 # offline aliases of lori.models.hub -> the Hub model their weights come from
 ALIAS_BASE_MODELS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-METHOD_PAPERS = {
-    "no-cot": "direct answer fine-tuning (no chain of thought)",
-    "cot-sft": "explicit chain-of-thought fine-tuning",
-    "icot-si": "iCoT stepwise internalization (Deng et al. 2024, arXiv 2405.14838)",
-    "coconut": "Coconut, chain of continuous thought (Hao et al. 2024, arXiv 2412.06769)",
-    "codi": "CODI, continuous chain of thought via self-distillation (Shen et al. 2025, arXiv 2502.21074)",
-    "lori": "LoRi, low-rank distillation of chain of thought into latent reasoning (arXiv 2606.05315)",
-    "aux-sum": "direct answer with the running-sum auxiliary head of Bai et al. 2025 (ajyl/icot)",
-}
 
 
 def projector_kind(cfg) -> str | None:
@@ -162,7 +153,7 @@ def model_card(student, ckpt: Path, results_file: Path | None, rows: list, repo:
                                                      "chain-of-thought", cfg.data.task]))), "---", ""]
     K = student.latent_steps
     has_projector = projector_kind(cfg) not in (None, "identity", "soft")
-    settings = [f"- **Method**: `{method}` — {METHOD_PAPERS[method]}."]
+    settings = [f"- **Method**: `{method}` — {METHODS[method].paper}."]
     if latent:
         settings += [
             f"- **Latent steps K = {K}**: after `[bos] question || <bot>` the last hidden state goes through the "
@@ -173,19 +164,7 @@ def model_card(student, ckpt: Path, results_file: Path | None, rows: list, repo:
         ]
     else:
         settings.append("- **Generation**: plain greedy decoding after `[bos] question ||`; the answer follows `####`.")
-    if method == "lori":
-        lc = cfg.lori
-        rank = f"rank {lc.rank}" if lc.energy is None else f"energy {lc.energy} (rank at most {lc.rank})"
-        terms = [t for t, on in (("first-order", lc.first_order), ("second-order", lc.second_order),
-                                 ("answer anchor", lc.anchor), ("step anchors", lc.step_anchors),
-                                 ("per-prefix statistics", lc.prefix_statistics)) if on]
-        teacher = Path(lc.teacher).name if lc.teacher else "?"
-        settings.append(f"- **LoRi subspace**: {rank}, layers {lc.layers or 'all'}; terms: "
-                        f"{', '.join(terms) or 'none'} (alpha {lc.alpha}, beta {lc.beta}, lambda {lc.lam}); "
-                        f"teacher `{teacher}`.")
-    if method == "codi":
-        cc = cfg.codi
-        settings.append(f"- **CODI**: alpha {cc.alpha}, beta {cc.beta}, gamma {cc.gamma}, distance {cc.distance}.")
+    settings += METHODS[method].card(cfg)
     t, cur = cfg.train, cfg.curriculum
     length = (f"each ending when its loss is below {cur.advance_below}, at most {cur.steps_per_stage} steps"
               if cur.advance_below else f"{cur.steps_per_stage} steps each")

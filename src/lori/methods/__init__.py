@@ -2,7 +2,8 @@
 
 A method module ends with ``METHOD = Method(name=..., render=..., ...)`` (``lori.methods.common.Method``), whose
 fields are, the defaults being a plain causal-LM fine-tune's:
-- ``name``; ``render(example, tokenizer, cfg, stage) -> dict`` of token lists plus ``n_target`` (supervised tokens)
+- ``name``; ``paper``: what it is in one line, with its paper (the model card's "Method" line);
+- ``render(example, tokenizer, cfg, stage) -> dict`` of token lists plus ``n_target`` (supervised tokens)
   and optionally further ``n_<name>`` counts (summed over each step into ``Norm.counts[name]``);
   ``collate(items, pad_id) -> dict of tensors``; ``prompt(example, tokenizer, cfg)`` (the generation prompt);
 - ``wrap(lm, tokenizer, cfg, checkpoint) -> module``: what is trained (the LM itself, or a wrapper holding it and
@@ -15,6 +16,7 @@ fields are, the defaults being a plain causal-LM fine-tune's:
   ``state`` what ``setup_training`` returned;
 - ``generation_kwargs(module, tokenizer)``: extra arguments for ``greedy_generate`` (latent steps, projector);
 - ``extra_tensors(module)``: ``{file name: tensors}`` saved beside the LM in a checkpoint, or None;
+- ``card(cfg)``: the method's own lines of the model card ``lori export`` writes (its settings), none by default;
 - ``thoughts``: a latent method's :class:`lori.methods.thoughts.Thoughts` (K and the projector, chosen once from its
   config section; its ``render`` and ``wrap`` are the method's), None for explicit methods;
 - ``teacher_cache``: it trains against the teacher statistics of ``lori precompute`` (``lori.teacher``,

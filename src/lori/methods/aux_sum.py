@@ -131,4 +131,5 @@ def extra_tensors(module: AuxSumStudent) -> dict:
 
 
 METHOD = common.Method(name="aux-sum", render=render, collate=collate, wrap=wrap, loss=loss,
+                       paper="direct answer with the running-sum auxiliary head of Bai et al. 2025 (ajyl/icot)",
                        setup_training=setup_training, extra_tensors=extra_tensors, curriculum=False)

@@ -33,6 +33,7 @@ def loss(module, batch, norm, state=None):
     return ce, {"ce": ce.detach(), **thoughts.answer_parts(out, batch, norm)}
 
 
-METHOD = Method(name="coconut", render=THOUGHTS.render, prompt=thoughts.prompt, collate=thoughts.collate,
+METHOD = Method(name="coconut", render=THOUGHTS.render,
+                paper="Coconut, chain of continuous thought (Hao et al. 2024, arXiv 2412.06769)", prompt=thoughts.prompt, collate=thoughts.collate,
                 wrap=THOUGHTS.wrap, loss=loss, generation_kwargs=thoughts.generation_kwargs,
                 extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS)

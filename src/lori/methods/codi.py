@@ -82,6 +82,14 @@ def loss(module, batch: dict[str, torch.Tensor], norm,
                    **thoughts.answer_parts(out, batch, norm)}
 
 
+def card(cfg) -> list[str]:
+    """The model card's CODI line (``lori export``): the loss weights and the distance."""
+    cc = cfg.codi
+    return [f"- **CODI**: alpha {cc.alpha}, beta {cc.beta}, gamma {cc.gamma}, distance {cc.distance}."]
+
+
 METHOD = common.Method(name="codi", render=render, prompt=thoughts.prompt, collate=collate, wrap=THOUGHTS.wrap,
+                       paper="CODI, continuous chain of thought via self-distillation (Shen et al. 2025, "
+                             "arXiv 2502.21074)",
                        setup_training=setup_training, loss=loss, generation_kwargs=thoughts.generation_kwargs,
-                       extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS)
+                       extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS, card=card)

@@ -44,4 +44,5 @@ def render(example: Example, tokenizer, cfg, stage: int) -> dict[str, list[int]]
     return supervised(s.prompt, s.rationale[n:] + s.answer)
 
 
-METHOD = Method(name="icot-si", render=render)
+METHOD = Method(name="icot-si", render=render,
+                paper="iCoT stepwise internalization (Deng et al. 2024, arXiv 2405.14838)")
