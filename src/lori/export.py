@@ -1,24 +1,12 @@
 """``lori export RUN --out DIR``: a self-contained folder to publish a student as is (e.g. on the Hugging Face Hub).
 
-The folder holds:
-
-- ``model.safetensors`` (the merged weights: a LoRA run's checkpoint already holds them), split into
-  ``model-0000i-of-0000n.safetensors`` with ``model.safetensors.index.json`` above ``--max-shard-size``, and
-  ``config.json``: what ``transformers.AutoModelForCausalLM.from_pretrained`` reads;
-- the tokenizer (``tokenizer.json``, ``tokenizer_config.json``), with ``<bot>``/``<eot>`` for latent students;
-- ``lori_config.yaml``, the checkpoint's training config (the method, K, the projector, the thought positions, the
-  chat-template flag, the task), and ``projector.safetensors`` when the method has one: what :func:`lori.load` needs;
-- ``lori_student.json``: the same latent settings at a glance (method, K, projector, ``<bot>``/``<eot>``, thought
-  positions, answer policy, prompt format, source checkpoint);
-- ``generation_config.json``: greedy decoding with the checkpoint's ``eval.max_new_tokens``, plus ``lori_*`` keys
-  saying that plain ``generate()`` skips a latent student's K latent steps and that ``lori.load`` generates correctly;
-- ``README.md``: a model card (YAML front matter with ``library_name``, ``base_model`` when known, ``datasets``,
-  ``metrics``, ``tags``; the method, K, rank, training data and budget, the run's evaluation table, how to load and
-  generate).
-
-No optimizer or trainer state is copied. The folder is written to a temporary one beside it and renamed, so an
-interrupted export leaves nothing half-written under its name; an existing ``--out`` is replaced only when it is an
-earlier export (it holds ``lori_student.json``). ``--push-to-hub REPO`` uploads the folder with ``huggingface_hub``.
+The folder holds the merged weights (``model.safetensors``, sharded above ``--max-shard-size``) and ``config.json``
+for ``transformers``, the tokenizer, ``lori_config.yaml`` and ``projector.safetensors`` (what :func:`lori.load`
+needs), ``lori_student.json`` (the latent settings at a glance), ``generation_config.json`` and ``README.md``, a
+model card whose method lines come from the method's record (``Method.paper``, ``Method.card``). No optimizer or
+trainer state is copied. The folder is written to a temporary one beside it and renamed; an existing ``--out`` is
+replaced only when it is an earlier export (it holds ``lori_student.json``). ``--push-to-hub REPO`` uploads it with
+``huggingface_hub``. What each file holds: docs/using-students.md (``lori export``).
 """
 
 from __future__ import annotations

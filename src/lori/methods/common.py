@@ -111,9 +111,8 @@ class Method:
     generation_kwargs: Callable = no_generation_kwargs
     extra_tensors: Callable = no_extra_tensors
     card: Callable[[Config], list[str]] = no_card_lines  # card(cfg): the method's own lines of the model card
-    # What the method needs, declared here so that the commands never branch on its name:
-    # a latent method's lori.methods.thoughts.Thoughts (K and the projector; thoughts.py imports this module, so the
-    # type is named here, not imported); None: an explicit method
+    # What the method needs, declared so the commands never branch on its name: a latent method's Thoughts (K and the
+    # projector; named, not imported, as thoughts.py imports this module); None: an explicit method
     thoughts: object | None = None
     # trains against the teacher statistics `lori precompute` writes (lori.teacher, lori.cache_dir): LoRi
     teacher_cache: bool = False

@@ -1,8 +1,7 @@
 """LoRi (arXiv 2606.05315): a latent student aligned with the teacher's reasoning in a shared low-rank subspace.
 
 Rendering: ``[bos] question || <bot>`` -> K continuous thoughts -> ``<eot> #### answer <eos>`` (the latent family's,
-``methods/thoughts.py``, with K = ``lori.latent_steps`` and ``lori.projector``).
-Loss (docs/method.md, piece 6)::
+``methods/thoughts.py``, with K = ``lori.latent_steps`` and ``lori.projector``). Loss (docs/method.md, piece 6)::
 
     L = L_task + alpha (L_rat + beta L_anc)
     L_task = CE on "#### answer <eos>" (teacher-forced)
@@ -36,8 +35,7 @@ from .teacher import fingerprint, resolve_layers, teacher_path
 
 
 # ------------------------------------------------------------------------------------------------ the student
-# The latent student's rendering, batching and wrapper are the latent family's (methods/thoughts.py), with LoRi's K and
-# projector.
+# The latent family's rendering, batching and wrapper (methods/thoughts.py), with LoRi's K and projector.
 
 THOUGHTS = Thoughts(latent_steps=lambda cfg: cfg.lori.latent_steps, projector=lambda cfg: cfg.lori.projector)
 

@@ -1,16 +1,12 @@
-"""LoRi's teacher side (``lori precompute``): run the frozen teacher once over the training data, fit the shared low-rank subspace on a
-calibration subset, and write the per-example LoRi statistics (mean, covariance, anchor per layer) to a cache.
+"""LoRi's teacher side (``lori precompute``): run the frozen teacher once over the training data, fit the shared
+low-rank subspace on a calibration subset, and write the per-example LoRi statistics (mean, covariance, anchor per
+layer) to a cache.
 
 Training a LoRi student then never runs the teacher. The same ``lori.subspace.trajectory.trajectory_statistics``
 computes the teacher's statistics here and the student's during training, so cached and on-the-fly statistics agree
-by construction.
-
-Several processes (``torchrun --nproc_per_node N -m lori precompute ...``) split the work: the calibration batches
-are dealt round-robin and the subspace accumulators summed over processes (the main process fits the basis and
-sends it to the others); every shard is cut into the same batches as on one process, the batches are dealt
-round-robin, and the main process gathers the statistics and alone writes the shard and the manifest. A cache
-written by N processes therefore holds the statistics one process computes from the same basis batch for batch,
-and an interrupted multi-process precompute resumes like a single-process one.
+by construction. Several processes (``torchrun --nproc_per_node N -m lori precompute ...``) deal the calibration and
+statistics batches round-robin and the main process alone writes, so a cache written by N processes holds, batch for
+batch, what one process writes (docs/training.md, Several processes).
 """
 
 from __future__ import annotations
@@ -43,8 +39,7 @@ from ...utils import check_writable, pad
 from .cache import CacheWriter, cache_bytes, examples_digest, teacher_digests
 
 # ------------------------------------------------------------------------------------------------ the teacher side
-# The cache's identity (its fingerprint) and the teacher's rendering of an example, which the statistics pass
-# below and the student's setup_training (method.py) both read.
+# The cache's fingerprint and the teacher's rendering, read by the statistics pass and by method.py's setup_training.
 
 RENDER_VERSION = "v3"  # bump when the rendering of teacher trajectories changes (v3: step bounds and hand-overs)
 
