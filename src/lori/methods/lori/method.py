@@ -1,8 +1,7 @@
 """LoRi (arXiv 2606.05315): a latent student aligned with the teacher's reasoning in a shared low-rank subspace.
 
 Rendering: ``[bos] question || <bot>`` -> K continuous thoughts -> ``<eot> #### answer <eos>`` (the latent family's,
-``methods/thoughts.py``, with K = ``lori.latent_steps`` and ``lori.projector``).
-Loss (docs/method.md, piece 6)::
+``methods/thoughts.py``, with K = ``lori.latent_steps`` and ``lori.projector``). Loss (docs/method.md, piece 6)::
 
     L = L_task + alpha (L_rat + beta L_anc)
     L_task = CE on "#### answer <eos>" (teacher-forced)
@@ -15,6 +14,7 @@ The teacher's statistics come from the cache written by ``lori precompute``; tra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -35,8 +35,7 @@ from .teacher import fingerprint, resolve_layers, teacher_path
 
 
 # ------------------------------------------------------------------------------------------------ the student
-# The latent student's rendering, batching and wrapper are the latent family's (methods/thoughts.py), with LoRi's K and
-# projector.
+# The latent family's rendering, batching and wrapper (methods/thoughts.py), with LoRi's K and projector.
 
 THOUGHTS = Thoughts(latent_steps=lambda cfg: cfg.lori.latent_steps, projector=lambda cfg: cfg.lori.projector)
 
@@ -186,6 +185,19 @@ def step_anchor_loss(state: LoriState, out: LatentOutput, batch, t: dict, norm) 
                              var.reshape(B * S, L, r), example_mask=valid.reshape(-1), num_examples=norm.examples)
 
 
+def card(cfg) -> list[str]:
+    """The model card's LoRi line (``lori export``): the subspace, the loss terms and their weights, the teacher."""
+    lc = cfg.lori
+    rank = f"rank {lc.rank}" if lc.energy is None else f"energy {lc.energy} (rank at most {lc.rank})"
+    terms = [t for t, on in (("first-order", lc.first_order), ("second-order", lc.second_order),
+                             ("answer anchor", lc.anchor), ("step anchors", lc.step_anchors),
+                             ("per-prefix statistics", lc.prefix_statistics)) if on]
+    teacher = Path(lc.teacher).name if lc.teacher else "?"
+    return [f"- **LoRi subspace**: {rank}, layers {lc.layers or 'all'}; terms: {', '.join(terms) or 'none'} "
+            f"(alpha {lc.alpha}, beta {lc.beta}, lambda {lc.lam}); teacher `{teacher}`."]
+
+
 METHOD = Method(name="lori", render=THOUGHTS.render, prompt=thoughts.prompt, collate=thoughts.collate, wrap=THOUGHTS.wrap,
+                paper="LoRi, low-rank distillation of chain of thought into latent reasoning (arXiv 2606.05315)",
                 setup_training=setup_training, loss=loss, generation_kwargs=thoughts.generation_kwargs,
-                extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS, teacher_cache=True)
+                extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS, teacher_cache=True, card=card)

@@ -1,22 +1,20 @@
-"""LoRi's teacher side (``lori precompute``): run the frozen teacher once over the training data, fit the shared low-rank subspace on a
-calibration subset, and write the per-example LoRi statistics (mean, covariance, anchor per layer) to a cache.
+"""LoRi's teacher side (``lori precompute``): run the frozen teacher once over the training data, fit the shared
+low-rank subspace on a calibration subset, and write the per-example LoRi statistics (mean, covariance, anchor per
+layer) to a cache.
 
 Training a LoRi student then never runs the teacher. The same ``lori.subspace.trajectory.trajectory_statistics``
 computes the teacher's statistics here and the student's during training, so cached and on-the-fly statistics agree
-by construction.
-
-Several processes (``torchrun --nproc_per_node N -m lori precompute ...``) split the work: the calibration batches
-are dealt round-robin and the subspace accumulators summed over processes (the main process fits the basis and
-sends it to the others); every shard is cut into the same batches as on one process, the batches are dealt
-round-robin, and the main process gathers the statistics and alone writes the shard and the manifest. A cache
-written by N processes therefore holds the statistics one process computes from the same basis batch for batch,
-and an interrupted multi-process precompute resumes like a single-process one.
+by construction. Several processes (``torchrun --nproc_per_node N -m lori precompute ...``) deal the calibration and
+statistics batches round-robin and the main process alone writes, so a cache written by N processes holds, batch for
+batch, what one process writes (docs/training.md, Several processes).
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -41,8 +39,7 @@ from ...utils import check_writable, pad
 from .cache import CacheWriter, cache_bytes, examples_digest, teacher_digests
 
 # ------------------------------------------------------------------------------------------------ the teacher side
-# The cache's identity (its fingerprint) and the teacher's rendering of an example, which the statistics pass
-# below and the student's setup_training (method.py) both read.
+# The cache's fingerprint and the teacher's rendering, read by the statistics pass and by method.py's setup_training.
 
 RENDER_VERSION = "v4"  # bump when the rendering of teacher trajectories changes (v4: hand-overs from character offsets)
 
@@ -125,7 +122,21 @@ def teacher_trajectories(lm, items: list[Rendered], layers: list[int], pad_id: i
     return h, mask, anchor
 
 
-def precompute(cfg: Config) -> Path:
+Timer = Callable[[str, Sequence[Rendered]], AbstractContextManager]  # timer(stage, items) -> a context manager
+
+
+def _untimed(stage: str, items: Sequence[Rendered]) -> AbstractContextManager:
+    return nullcontext()
+
+
+def precompute(cfg: Config, timer: Timer | None = None) -> Path:
+    """Write the teacher-statistics cache of ``cfg`` (resuming what an interrupted call left) and return its folder.
+
+    ``timer(stage, items)``, if given, returns a context manager that wraps each stage (benchmarks/speed.py times
+    them); nothing computed changes. Stages: "load" (the teacher), "calibrate" / "forward" (a teacher forward on
+    ``items`` in the calibration / statistics pass), "fit" (the basis), "statistics" (of the forward just run),
+    "write" (the shard of ``items``)."""
+    span = timer or _untimed
     lc = cfg.lori
     if lc.cache_dir is None:
         raise ConfigError("lori.cache_dir is required: where to write the teacher statistics")
@@ -134,7 +145,8 @@ def precompute(cfg: Config) -> Path:
     rank, world, main, device = state.process_index, state.num_processes, state.is_main_process, state.device
     teacher = teacher_path(cfg)
     train = load_split(cfg.data, "train")
-    lm, tokenizer = open_model(teacher, cfg)
+    with span("load", ()):
+        lm, tokenizer = open_model(teacher, cfg)
     lm.eval().requires_grad_(False)
     lm.to(device)
     layers = resolve_layers(lc, num_layers(lm))
@@ -169,18 +181,24 @@ def precompute(cfg: Config) -> Path:
         batches = [calib[i : i + bs] for i in range(0, len(calib), bs)]
         mine = batches[rank::world]
         for b in tqdm(mine, desc="calibrate subspace", leave=False, disable=not main):
-            h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad_id)
+            items = [rendered[i] for i in b]
+            with span("calibrate", items):
+                h, mask, _ = teacher_trajectories(lm, items, layers, pad_id)
             acc.update(h.cpu(), mask.cpu())
         acc.load_state_dict(all_reduce_sum(acc.state_dict(), world, device))
-        basis = fit_bases(acc, rank=lc.rank, energy=lc.energy, shared=lc.shared_basis) if main else None
+        with span("fit", ()):
+            basis = fit_bases(acc, rank=lc.rank, energy=lc.energy, shared=lc.shared_basis) if main else None
         basis = Basis.from_dict(broadcast_object(basis.to_dict() if main else None, world))
         if lc.layer_rank is not None:
             gram = LayerGramAccumulator(basis)
             for b in mine:
-                h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad_id)
+                items = [rendered[i] for i in b]
+                with span("calibrate", items):
+                    h, mask, _ = teacher_trajectories(lm, items, layers, pad_id)
                 gram.update(h.cpu(), mask.cpu())
             gram.load_state_dict(all_reduce_sum(gram.state_dict(), world, device))
-            basis = fit_layer_factor(basis, gram, rank=lc.layer_rank, energy=None) if main else None
+            with span("fit", ()):
+                basis = fit_layer_factor(basis, gram, rank=lc.layer_rank, energy=None) if main else None
             basis = Basis.from_dict(broadcast_object(basis.to_dict() if main else None, world))
         if main:
             info = {"rank": basis.rank, "layer_rank": basis.layer_rank,
@@ -203,16 +221,18 @@ def precompute(cfg: Config) -> Path:
         mine = {}
         for s in chunks[rank::world]:
             chunk = rendered[s : min(s + bs, end)]
-            h, mask, anchor = teacher_trajectories(lm, chunk, layers, pad_id)
-            mu, C, a = trajectory_statistics(basis_dev, h, mask, anchor, lc.centred)
-            per_step = (None,) * 4
-            if lc.cache_steps:
-                ends, _ = pad([r.ends for r in chunk], 0, width=max_steps)
-                prefix = prefix_means(basis_dev, h, ends.to(h.device))
-                hand, _ = pad([r.handovers for r in chunk], -1, width=max_steps)
-                steps = step_states(basis_dev, h, hand.to(h.device))
-                per_step = (prefix.cpu(), (ends > 0), steps.cpu(), hand >= 0)
-            mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu(), *per_step)
+            with span("forward", chunk):
+                h, mask, anchor = teacher_trajectories(lm, chunk, layers, pad_id)
+            with span("statistics", chunk):
+                mu, C, a = trajectory_statistics(basis_dev, h, mask, anchor, lc.centred)
+                per_step = (None,) * 4
+                if lc.cache_steps:
+                    ends, _ = pad([r.ends for r in chunk], 0, width=max_steps)
+                    prefix = prefix_means(basis_dev, h, ends.to(h.device))
+                    hand, _ = pad([r.handovers for r in chunk], -1, width=max_steps)
+                    steps = step_states(basis_dev, h, hand.to(h.device))
+                    per_step = (prefix.cpu(), (ends > 0), steps.cpu(), hand >= 0)
+                mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu(), *per_step)
             if world == 1:
                 bar.update(len(chunk))
         gathered = gather_to_main(mine, world, rank)
@@ -222,8 +242,9 @@ def precompute(cfg: Config) -> Path:
             parts = {s: v for part in gathered for s, v in part.items()}
             mus, covs, anchors, valid, *per_step = zip(*(parts[s] for s in chunks))
             per_step = [torch.cat(x) if lc.cache_steps else None for x in per_step]
-            writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid),
-                               **dict(zip(("prefix_mu", "prefix_valid", "step_anchor", "step_valid"), per_step)))
+            with span("write", rendered[start:end]):
+                writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid),
+                                   **dict(zip(("prefix_mu", "prefix_valid", "step_anchor", "step_valid"), per_step)))
     bar.close()
     if main:
         size = cache_bytes(Path(lc.cache_dir))
