@@ -263,6 +263,14 @@ class LoRiConfig:
     # lori.step_anchors: 2 S r values per layer beside the 2r + r(r+1)/2 of mean, covariance and anchor); false
     # leaves them out, a smaller cache for a config that reads neither. Part of the cache's fingerprint.
     cache_steps: bool = True
+    # the covariance in the cache (the upper triangle, r(r+1)/2 values per layer); false keeps only its trace (what
+    # the energy normalisers read), for a config without L_rat's second-order term. Part of the fingerprint.
+    cache_cov: bool = True
+    # (control) the subspace: "pca" the teacher's leading directions (the method); "random" a seeded random
+    # orthonormal basis of the same rank per layer (seed basis_seed); "full" no projection (the identity, rank =
+    # the hidden width: CCoT's full-width setting). Part of the fingerprint.
+    basis: Literal["pca", "random", "full"] = "pca"
+    basis_seed: int = 0
     latent_steps: int = 5  # K continuous thoughts
     # "mlp": LayerNorm then Linear-GELU-Linear (ours); "codi": Linear-GELU-Linear then LayerNorm (CODI's order);
     # "identity": the hidden state as is (Coconut); "pause": one learned embedding, nothing fed back (the control)
@@ -286,6 +294,12 @@ class LoRiConfig:
     # `=` of `<< b = 7 >>`); weight step_weight, at every stage for the steps the thoughts replace
     step_anchors: bool = False
     step_weight: float = 1.0
+    # (control) the step anchors' target: "hidden" the teacher's hand-over state (above); "token" the cross-entropy
+    # of the LM head at the fed state against the first token of step k's result (no cache statistics needed)
+    step_target: Literal["hidden", "token"] = "hidden"
+    # (control) "std" divides each direction of the hidden step target by the teacher's variance across examples;
+    # "none" the raw squared error (at lori.basis=full: the plain hidden-state MSE)
+    step_norm: Literal["std", "none"] = "std"
     # (choice) divide each term by the teacher's per-layer energy (losses/lori.py), so that layers weigh alike
     normalize: bool = True
     # (choice) the anchor term averages its layers (1/L, like L_rat, so beta balances the two); false: the literal sum
@@ -309,10 +323,18 @@ class LoRiConfig:
         for key in ("calib_size", "shard_size", "precompute_batch"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"lori.{key} must be >= 1, got {getattr(self, key)}")
-        if not self.cache_steps and (self.prefix_statistics or self.step_anchors):
-            on = [k for k in ("prefix_statistics", "step_anchors") if getattr(self, k)]
+        readers = {"prefix_statistics": self.prefix_statistics,
+                   "step_anchors": self.step_anchors and self.step_target == "hidden"}
+        if not self.cache_steps and any(readers.values()):
+            on = [k for k, v in readers.items() if v]
             raise ConfigError(f"lori.cache_steps=false leaves the per-step statistics out of the cache, but "
                               f"{' and '.join('lori.' + k for k in on)} read them; set lori.cache_steps=true")
+        if not self.cache_cov and self.second_order:
+            raise ConfigError("lori.cache_cov=false leaves the covariance out of the cache, but lori.second_order "
+                              "reads it; set lori.second_order=false or lori.cache_cov=true")
+        if self.basis == "full" and self.energy is not None:
+            raise ConfigError("lori.basis=full keeps every direction (rank = the hidden width), so lori.energy has "
+                              "no rank to choose; set lori.energy=null")
         for key in ("alpha", "beta", "lam", "step_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"lori.{key} must be >= 0, got {getattr(self, key)}")
@@ -411,7 +433,7 @@ class Config:
 def check_subspace(lori: LoRiConfig, width: int, n_layers: int, where: str) -> None:
     """Refuse a subspace the teacher's hidden states cannot hold: ``lori.rank`` over their width ``d`` (the
     subspace lies in R^d), ``lori.layers`` past the model's layers, ``lori.layer_rank`` over the layers aligned."""
-    if lori.rank is not None and lori.rank > width:
+    if lori.basis != "full" and lori.rank is not None and lori.rank > width:
         raise ConfigError(f"lori.rank={lori.rank} is larger than the hidden width {width} ({where}): a subspace of "
                           f"the hidden states has rank <= {width}; set lori.rank <= {width}")
     if lori.layers is not None and max(lori.layers) > n_layers:
