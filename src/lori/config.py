@@ -47,7 +47,7 @@ class DataConfig:
     chain_modulus: int = 10  # values are 0..m-1; the answer is uniform, chance = 1/m
     chain_ops: str = "+-*"  # a subset of "+-*" (`*` by a constant coprime with m)
     chain_back_ref: float = 0.0  # share of +/- steps whose operand is an earlier variable, not a constant
-    chain_rationale: Literal["value", "expression"] = "value"  # << c = 5 >> or << c = 2 + 3 = 5 >>
+    chain_rationale: Literal["value", "expression", "values"] = "value"  # << c = 5 >>, << c = 2 + 3 = 5 >> or 5
     max_length: int = 512  # rendered examples longer than this are an error, not silently cut
 
     def __post_init__(self) -> None:

@@ -15,7 +15,8 @@ Rule (every value is taken mod ``modulus``):
 * The **last** step always adds or subtracts a fresh uniform constant, so the answer is exactly uniform over
   ``0..m-1`` whatever the other knobs: chance is ``1/m``.
 * ``rationale``: ``value`` writes ``<< v = 7 >>`` per step; ``expression`` writes the operands' values too,
-  ``<< v = 4 + 3 = 7 >>`` (GSM8k-Aug's ``<<4+3=7>>``, more supervision per step).
+  ``<< v = 4 + 3 = 7 >>`` (GSM8k-Aug's ``<<4+3=7>>``, more supervision per step); ``values`` writes each step as its
+  bare value, ``8 4 1 5`` (one token per step: the shortest honest explicit CoT, L + 3 tokens with ``#### 5``).
 
 Why these defaults (``data.chain_*`` in the config): every step carries one small value (one token), which is where
 a latent step can do the serial work (Feng et al. 2023: CoT makes such chains easy for a small transformer while the
@@ -36,7 +37,7 @@ from lori.errors import LoriError
 
 NAMES = "abcdefghijklmnopqrstuvwxyz"
 OPS = "+-*"
-RATIONALE_FORMS = ("value", "expression")
+RATIONALE_FORMS = ("value", "expression", "values")
 MAX_STEPS = len(NAMES) - 1
 
 
@@ -79,11 +80,18 @@ def sample(rng: random.Random, steps: int, modulus: int, ops: str, back_ref: flo
             operand_text, operand = None, rng.randrange(m)
         value = _apply(op, values[-1], operand, m)
         question.append(f"{name} = {prev} {op} {operand_text if operand_text is not None else operand}")
-        notes.append(f"<< {name} = {value} >>" if rationale == "value"
+        notes.append(f"<< {name} = {value} >>" if rationale == "value" else str(value) if rationale == "values"
                      else f"<< {name} = {values[-1]} {op} {operand} = {value} >>")
         values.append(value)
     text = " ; ".join(question) + f" ; ? {NAMES[steps]}"
-    return Example(text, split_steps(" ".join(notes)), str(values[-1]), source)
+    steps_ = tuple(notes) if rationale == "values" else split_steps(" ".join(notes))
+    return Example(text, steps_, str(values[-1]), source)
+
+
+def values_steps(example: Example) -> Example:
+    """``example`` read from a file with a ``values`` rationale (``8 4 1 5``), one step per value: the line format
+    splits only calculator notes and `` + `` partial sums, so it reads such a rationale as a single step."""
+    return Example(example.question, tuple(example.rationale.split()), example.answer, example.source)
 
 
 def generate(count: int, seed: int, steps: int = 4, modulus: int = 10, ops: str = OPS, back_ref: float = 0.0,
@@ -114,11 +122,14 @@ def generate(count: int, seed: int, steps: int = 4, modulus: int = 10, ops: str 
 
 
 def intermediate_values(example: Example) -> list[int]:
-    """The value written in each rationale step (``<< v = ... = 7 >>`` -> 7), in order: the per-step targets of
-    the latent-step probe."""
+    """The value written in each rationale step (``<< v = ... = 7 >>`` or a bare ``7`` -> 7), in order: the
+    per-step targets of the latent-step probe."""
     vals = []
     for step in example.steps:
         step = step.strip()
+        if step.isdigit():
+            vals.append(int(step))
+            continue
         if not (step.startswith("<<") and step.endswith(">>")):
             raise ValueError(f"{example.source}: step {step!r} is not a << ... = v >> note")
         vals.append(int(step.removeprefix("<<").removesuffix(">>").split()[-1]))
