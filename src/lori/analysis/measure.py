@@ -23,7 +23,8 @@ function of the energies ``s²``; entropy effective rank uses ``p = s²/sum s²`
 * **Student** (``--student``): the spectra of its ``K`` latent states per layer (same layers), the principal angles
   between its top-``r`` latent subspace and the teacher's per layer (cosines, mean cos², chance level ``r/d``), the
   share of its latent energy inside the teacher's top-``r`` subspace, and a vocabulary probe: each latent step's
-  last-layer hidden state through the LM head (top-5 tokens, softmax probabilities) for a few problems.
+  last-layer hidden state through the LM head (top-5 tokens, softmax probabilities) for a few problems; and the
+  latent-necessity checks of :mod:`lori.analysis.necessity` (thoughts zeroed, noised, shuffled, swapped, per step).
 
 The rank ``r`` is what ``lori precompute`` would choose on this sample: ``select_rank`` with ``lori.rank`` /
 ``lori.energy`` (taken from the student's config when a student is given, else the teacher's; overrides win).
@@ -63,6 +64,7 @@ from ..subspace.spectrum import (
     top_subspace,
 )
 from .figures import ANALYSIS_JSON, MODES, REPORT_MD, write_figures
+from .necessity import necessity_checks
 from .report import render_report
 from ..utils import atomic_write_text
 
@@ -495,5 +497,6 @@ def _analyze_student(ckpt: Path, cfg: Config, sample, layers, teacher_M, rank, d
         info["overlap_rank"] = min(rank, K * len(sample), d)
     info["probe"] = probe_student(student, tokenizer, cfg, sample[: opts.probe_examples])
     info["step_values"] = step_value_probe(student, tokenizer, cfg, sample, opts.batch_size)
+    info["necessity"] = necessity_checks(student, tokenizer, cfg, sample, opts.batch_size, opts.seed)
     _say(opts, f"student {ckpt}: K = {K}")
     return info, acc

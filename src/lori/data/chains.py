@@ -121,6 +121,25 @@ def generate(count: int, seed: int, steps: int = 4, modulus: int = 10, ops: str 
     return out
 
 
+def answer_with_step(question: str, step: int, value: int, modulus: int) -> int:
+    """The answer of a generated chain's ``question`` had step ``step`` (1-based) written ``value``: the steps after
+    it recomputed from that value (a later step reading step ``step``'s variable reads the new value). What a
+    per-step intervention on a latent student should change its answer to."""
+    *defs, ask = [p.strip() for p in question.split(" ; ")]
+    env: dict[str, int] = {}
+    for k, d in enumerate(defs):
+        name, _, expr = d.partition(" = ")
+        tokens = expr.split()
+        if len(tokens) == 1:
+            env[name] = int(tokens[0]) % modulus
+        else:
+            x, op, y = tokens
+            env[name] = _apply(op, env[x], env[y] if y in env else int(y), modulus)
+        if k == step:
+            env[name] = value % modulus
+    return env[ask.removeprefix("? ")]
+
+
 def intermediate_values(example: Example) -> list[int]:
     """The value written in each rationale step (``<< v = ... = 7 >>`` or a bare ``7`` -> 7), in order: the
     per-step targets of the latent-step probe."""
