@@ -26,7 +26,7 @@ import yaml
 
 from .errors import ConfigError, LoriError
 
-MethodName = Literal["cot-sft", "no-cot", "lori", "icot-si", "coconut", "codi", "aux-sum"]
+MethodName = Literal["cot-sft", "no-cot", "lori", "icot-si", "coconut", "codi", "aux-sum", "sim-cot"]
 Arch = Literal["llama", "qwen2", "gpt2"]
 
 
@@ -355,6 +355,22 @@ class CoconutConfig:
 
 
 @dataclass
+class SimCotConfig:
+    """SIM-CoT (arXiv 2509.20317, InternLM/SIM-CoT) on Coconut's student and curriculum: an auxiliary decoder reads
+    each group of c thoughts and writes its rationale step (docs/methods.md); dropped at inference."""
+
+    latent_steps: int | None = None  # K of the final stage; null: curriculum.stages x curriculum.thoughts_per_step
+    projector: Literal["identity", "mlp", "codi", "soft", "pause"] = "identity"
+    weight: float = 1.0  # of the decoder's cross-entropy, averaged over the groups (the authors' 1.0)
+
+    def __post_init__(self) -> None:
+        if self.latent_steps is not None and self.latent_steps < 1:
+            raise ConfigError(f"sim_cot.latent_steps must be >= 1 or null, got {self.latent_steps}")
+        if self.weight < 0:
+            raise ConfigError(f"sim_cot.weight must be >= 0, got {self.weight}")
+
+
+@dataclass
 class CodiConfig:
     """CODI (Shen et al. 2025): L = alpha CE_teacher + beta CE_student + gamma L_distill (docs/methods.md).
     Defaults are the authors' GPT-2 script (scripts/train_gpt2_gsm8k-aug.sh); their LLaMA-3.2-1B script uses
@@ -412,6 +428,7 @@ class Config:
     coconut: CoconutConfig = field(default_factory=CoconutConfig)
     codi: CodiConfig = field(default_factory=CodiConfig)
     aux_sum: AuxSumConfig = field(default_factory=AuxSumConfig)
+    sim_cot: SimCotConfig = field(default_factory=SimCotConfig)
 
     def __post_init__(self) -> None:
         if self.train.sharding == "fsdp" and self.model.lora_r is not None:
@@ -423,6 +440,9 @@ class Config:
                               "step, which is No-CoT; set curriculum.stages >= 1 (or method: no-cot)")
         if self.method == "coconut" and self.coconut.latent_steps is None and self.curriculum.stages == 0:
             raise ConfigError("method: coconut without a curriculum (curriculum.stages=0) needs coconut.latent_steps "
+                              "(K); by default K = curriculum.stages x curriculum.thoughts_per_step")
+        if self.method == "sim-cot" and self.sim_cot.latent_steps is None and self.curriculum.stages == 0:
+            raise ConfigError("method: sim-cot without a curriculum (curriculum.stages=0) needs sim_cot.latent_steps "
                               "(K); by default K = curriculum.stages x curriculum.thoughts_per_step")
         if self.method == "lori" and self.model.name == "tiny":
             # A tiny model's width and depth are these fields (one started from a checkpoint must match it), so the

@@ -56,6 +56,7 @@ METHOD_PAPERS = {
     "codi": "CODI, continuous chain of thought via self-distillation (Shen et al. 2025, arXiv 2502.21074)",
     "lori": "LoRi, low-rank distillation of chain of thought into latent reasoning (arXiv 2606.05315)",
     "aux-sum": "direct answer with the running-sum auxiliary head of Bai et al. 2025 (ajyl/icot)",
+    "sim-cot": "SIM-CoT, step-level supervision of Coconut's thoughts by an auxiliary decoder (arXiv 2509.20317)",
 }
 
 
