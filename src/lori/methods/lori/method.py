@@ -28,11 +28,11 @@ from ...models.latent_student import LatentOutput, LatentStudent
 from ...subspace.basis import Basis
 from ...subspace.stats import triu_unpack
 from ...subspace.trajectory import step_states, trajectory_statistics
+from ...utils import pad
 from .. import thoughts
 from ..common import Method
 from ..thoughts import Thoughts
 from .cache import TeacherStats, load_cache
-from ...utils import pad
 from .teacher import fingerprint, render_teacher, resolve_layers, step_value_tokens, teacher_path
 
 
