@@ -4,7 +4,7 @@
 # the CoT-SFT teacher, a No-CoT student and the LoRi student (hand-overs and thought positions from each example's
 # text) over SEEDS seeds, with the same budget, then one evaluation table on the 500 test problems.
 #   bash runs/chainsvar.sh                           # from the repository root, after `make venv`
-# Cost on 2 cores: teacher ~15 min, ~1 min of statistics, ~6-10 min per student; finished runs are reused.
+# Cost on 2 cores: teacher ~40 min (5,000 steps), ~1 min of statistics, ~6-10 min per student; finished runs are reused.
 set -euo pipefail
 LORI=${LORI:-.venv/bin/lori}
 OUT=${OUT:-out/chainsvar}

@@ -16,7 +16,7 @@ from .errors import LoriError
 
 # verb -> help; the module is lori.commands.<verb with - as _>
 COMMANDS = {
-    "train": "train a model (method: cot-sft | no-cot | lori | icot-si | coconut | codi | aux-sum)",
+    "train": "train a model (method: cot-sft | no-cot | lori | icot-si | coconut | codi | aux-sum | sim-cot)",
     "precompute": "run the frozen teacher once; write LoRi teacher statistics (lori.cache_dir)",
     "eval": "evaluate checkpoints: accuracy with 95%% CI, tokens, latency, throughput",
     "export": "a self-contained, Hub-ready folder of a student: merged weights (sharded above --max-shard-size), "

@@ -26,7 +26,7 @@ import yaml
 
 from .errors import ConfigError, LoriError
 
-MethodName = Literal["cot-sft", "no-cot", "lori", "icot-si", "coconut", "codi", "aux-sum"]
+MethodName = Literal["cot-sft", "no-cot", "lori", "icot-si", "coconut", "codi", "aux-sum", "sim-cot"]
 Arch = Literal["llama", "qwen2", "gpt2"]
 
 
@@ -47,7 +47,7 @@ class DataConfig:
     chain_modulus: int = 10  # values are 0..m-1; the answer is uniform, chance = 1/m
     chain_ops: str = "+-*"  # a subset of "+-*" (`*` by a constant coprime with m)
     chain_back_ref: float = 0.0  # share of +/- steps whose operand is an earlier variable, not a constant
-    chain_rationale: Literal["value", "expression"] = "value"  # << c = 5 >> or << c = 2 + 3 = 5 >>
+    chain_rationale: Literal["value", "expression", "values"] = "value"  # << c = 5 >>, << c = 2 + 3 = 5 >> or 5
     max_length: int = 512  # rendered examples longer than this are an error, not silently cut
 
     def __post_init__(self) -> None:
@@ -267,6 +267,14 @@ class LoRiConfig:
     # the per-step statistics in the cache (for lori.prefix_statistics, lori.step_anchors); false leaves them out, a
     # smaller cache for a config that reads neither. Part of the cache's fingerprint.
     cache_steps: bool = True
+    # the covariance in the cache (the upper triangle, r(r+1)/2 values per layer); false keeps only its trace (what
+    # the energy normalisers read), for a config without L_rat's second-order term. Part of the fingerprint.
+    cache_cov: bool = True
+    # (control) the subspace: "pca" the teacher's leading directions (the method); "random" a seeded random
+    # orthonormal basis of the same rank per layer (seed basis_seed); "full" no projection (the identity, rank =
+    # the hidden width: CCoT's full-width setting). Part of the fingerprint.
+    basis: Literal["pca", "random", "full"] = "pca"
+    basis_seed: int = 0
     latent_steps: int = 5  # K continuous thoughts
     # "mlp": LayerNorm then Linear-GELU-Linear (ours); "codi": Linear-GELU-Linear then LayerNorm (CODI's order);
     # "identity": the hidden state as is (Coconut); "pause": one learned embedding, nothing fed back (the control)
@@ -287,6 +295,12 @@ class LoRiConfig:
     # step k's result over, in units of the teacher's spread across examples (docs/methods.md); weight step_weight
     step_anchors: bool = False
     step_weight: float = 1.0
+    # (control) the step anchors' target: "hidden" the teacher's hand-over state (above); "token" the cross-entropy
+    # of the LM head at the fed state against the first token of step k's result (no cache statistics needed)
+    step_target: Literal["hidden", "token"] = "hidden"
+    # (control) "std" divides each direction of the hidden step target by the teacher's variance across examples;
+    # "none" the raw squared error (at lori.basis=full: the plain hidden-state MSE)
+    step_norm: Literal["std", "none"] = "std"
     # (choice) divide each term by the teacher's per-layer energy (losses/lori.py), so that layers weigh alike
     normalize: bool = True
     # (choice) the anchor term averages its layers (1/L, like L_rat, so beta balances the two); false: the literal sum
@@ -310,10 +324,18 @@ class LoRiConfig:
         for key in ("calib_size", "shard_size", "precompute_batch"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"lori.{key} must be >= 1, got {getattr(self, key)}")
-        if not self.cache_steps and (self.prefix_statistics or self.step_anchors):
-            on = [k for k in ("prefix_statistics", "step_anchors") if getattr(self, k)]
+        readers = {"prefix_statistics": self.prefix_statistics,
+                   "step_anchors": self.step_anchors and self.step_target == "hidden"}
+        if not self.cache_steps and any(readers.values()):
+            on = [k for k, v in readers.items() if v]
             raise ConfigError(f"lori.cache_steps=false leaves the per-step statistics out of the cache, but "
                               f"{' and '.join('lori.' + k for k in on)} read them; set lori.cache_steps=true")
+        if not self.cache_cov and self.second_order:
+            raise ConfigError("lori.cache_cov=false leaves the covariance out of the cache, but lori.second_order "
+                              "reads it; set lori.second_order=false or lori.cache_cov=true")
+        if self.basis == "full" and self.energy is not None:
+            raise ConfigError("lori.basis=full keeps every direction (rank = the hidden width), so lori.energy has "
+                              "no rank to choose; set lori.energy=null")
         for key in ("alpha", "beta", "lam", "step_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"lori.{key} must be >= 0, got {getattr(self, key)}")
@@ -331,6 +353,22 @@ class CoconutConfig:
     def __post_init__(self) -> None:
         if self.latent_steps is not None and self.latent_steps < 1:
             raise ConfigError(f"coconut.latent_steps must be >= 1 or null, got {self.latent_steps}")
+
+
+@dataclass
+class SimCotConfig:
+    """SIM-CoT (arXiv 2509.20317, InternLM/SIM-CoT) on Coconut's student and curriculum: an auxiliary decoder reads
+    each group of c thoughts and writes its rationale step (docs/methods.md); dropped at inference."""
+
+    latent_steps: int | None = None  # K of the final stage; null: curriculum.stages x curriculum.thoughts_per_step
+    projector: Literal["identity", "mlp", "codi", "soft", "pause"] = "identity"
+    weight: float = 1.0  # of the decoder's cross-entropy, averaged over the groups (the authors' 1.0)
+
+    def __post_init__(self) -> None:
+        if self.latent_steps is not None and self.latent_steps < 1:
+            raise ConfigError(f"sim_cot.latent_steps must be >= 1 or null, got {self.latent_steps}")
+        if self.weight < 0:
+            raise ConfigError(f"sim_cot.weight must be >= 0, got {self.weight}")
 
 
 @dataclass
@@ -391,6 +429,7 @@ class Config:
     coconut: CoconutConfig = field(default_factory=CoconutConfig)
     codi: CodiConfig = field(default_factory=CodiConfig)
     aux_sum: AuxSumConfig = field(default_factory=AuxSumConfig)
+    sim_cot: SimCotConfig = field(default_factory=SimCotConfig)
 
     def __post_init__(self) -> None:
         if self.train.sharding == "fsdp" and self.model.lora_r is not None:
@@ -403,6 +442,9 @@ class Config:
         if self.method == "coconut" and self.coconut.latent_steps is None and self.curriculum.stages == 0:
             raise ConfigError("method: coconut without a curriculum (curriculum.stages=0) needs coconut.latent_steps "
                               "(K); by default K = curriculum.stages x curriculum.thoughts_per_step")
+        if self.method == "sim-cot" and self.sim_cot.latent_steps is None and self.curriculum.stages == 0:
+            raise ConfigError("method: sim-cot without a curriculum (curriculum.stages=0) needs sim_cot.latent_steps "
+                              "(K); by default K = curriculum.stages x curriculum.thoughts_per_step")
         if self.method == "lori" and self.model.name == "tiny":
             # A tiny model's width and depth are these fields (one started from a checkpoint must match it), so the
             # subspace's bounds are known before any teacher runs; other models are checked by lori precompute.
@@ -412,7 +454,7 @@ class Config:
 def check_subspace(lori: LoRiConfig, width: int, n_layers: int, where: str) -> None:
     """Refuse a subspace the teacher's hidden states cannot hold: ``lori.rank`` over their width ``d`` (the
     subspace lies in R^d), ``lori.layers`` past the model's layers, ``lori.layer_rank`` over the layers aligned."""
-    if lori.rank is not None and lori.rank > width:
+    if lori.basis != "full" and lori.rank is not None and lori.rank > width:
         raise ConfigError(f"lori.rank={lori.rank} is larger than the hidden width {width} ({where}): a subspace of "
                           f"the hidden states has rank <= {width}; set lori.rank <= {width}")
     if lori.layers is not None and max(lori.layers) > n_layers:

@@ -12,7 +12,7 @@ from lori.evaluation.metrics import mean_ci
 from lori.evaluation.results import ResultRow, aggregate_table, read_results, write_results
 from lori.methods import METHODS
 
-SIX = ["no-cot", "cot-sft", "icot-si", "coconut", "codi", "lori", "aux-sum"]  # every method (the six and aux-sum)
+SIX = ["no-cot", "cot-sft", "icot-si", "coconut", "codi", "lori", "aux-sum", "sim-cot"]  # every method
 TOY = ["data.digits=[2,2]", "data.train_size=200", "data.valid_size=16", "data.test_size=16",
        "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
        "train.global_batch=16", "train.micro_batch=16", "train.eval_size=8", "train.eval_every=0",

@@ -55,7 +55,8 @@ def test_golden_lines():
 
 
 @pytest.mark.parametrize("steps,m,ops,back_ref,form", [(1, 10, "+-*", 0.0, "value"), (6, 10, "+-*", 0.5, "value"),
-                                                         (8, 11, "+-", 1.0, "expression"), (16, 7, "*", 0.3, "value")])
+                                                         (8, 11, "+-", 1.0, "expression"), (16, 7, "*", 0.3, "value"),
+                                                         (6, 23, "+-*", 0.5, "values")])
 def test_every_line_is_right(steps, m, ops, back_ref, form):
     for ex in generate(150 if steps == 1 else 300, 3, steps=steps, modulus=m, ops=ops, back_ref=back_ref, rationale=form):
         values, answer = evaluate_question(ex.question, m)
@@ -64,6 +65,36 @@ def test_every_line_is_right(steps, m, ops, back_ref, form):
         ops_used = [d.split()[3] for d in ex.question.split(";")[1:-1]]
         assert ops_used[-1] in "+-" and set(ops_used[:-1]) <= set(ops)
         assert TASKS["chains"].is_correct(f"{ex.rationale} #### {ex.answer}", ex.answer)
+
+
+def test_values_rationale_is_one_value_token_per_step_with_the_value_form_s_problems(tmp_path, capsys):
+    """data.chain_rationale=values: the same problems as the value form (same draws), each step its bare value, one
+    word token per step; the teacher hands step k over at step k-1's value; a prepared file reads back the same."""
+    from lori.cli import main
+    from lori.methods.lori.teacher import render_teacher, step_value_tokens
+
+    value, values = generate(5, 0, steps=6), generate(5, 0, steps=6, rationale="values")
+    assert [e.question for e in value] == [e.question for e in values]
+    assert values[0].to_icot_line().endswith("||" + " ".join(map(str, intermediate_values(value[0])))
+                                             + f" #### {value[0].answer}")
+    tok = builtin_tokenizer(values)
+    for ex, ref in zip(values, value):
+        assert ex.steps == tuple(str(v) for v in intermediate_values(ref)) and intermediate_values(ex) == \
+            intermediate_values(ref)
+        r = render_teacher(ex, tok, False)
+        rationale = tok.convert_ids_to_tokens(r.input_ids[r.start : r.start + r.length])
+        assert rationale == list(ex.steps)  # one token per step
+        assert r.ends == tuple(range(1, 7))
+        # step k's result is rationale token k-1; its hand-over the token before (step 1's: the question's end)
+        assert r.handovers == tuple(range(-1, 5))
+        assert tok.convert_ids_to_tokens(step_value_tokens(r)) == list(ex.steps)
+    out = tmp_path / "values.txt"
+    assert main(["prepare", "chains", "--steps", "6", "--count", "5", "--rationale", "values", "--out", str(out)]) == 0
+    assert out.read_text().splitlines() == [e.to_icot_line() for e in values]
+    cfg = load_config(None, ["data.task=chains", "data.chain_steps=6", "data.chain_rationale=values",
+                             f"data.train_file={out}", "data.valid_size=5", "data.test_size=5"])
+    assert list(load_split(cfg.data, "train")) == [
+        Example(e.question, e.steps, e.answer, f"{out}:{i + 1}") for i, e in enumerate(values)]
 
 
 def test_back_references_reach_past_the_previous_variable():

@@ -6,8 +6,9 @@ Measured (conventions of :mod:`lori.subspace.spectrum`): per layer, the spectrum
 every rationale position (the matrix whose top-``r`` eigenvectors are LoRi's basis) and of the centred covariance;
 the mode spectra of the trajectory tensor ``X [N, L, T, d]``, every rationale truncated to the shortest one's ``T``;
 the same for three controls (random weights, permuted rationale tokens, random rationale tokens); with ``--student``,
-its latent spectra, principal angles to the teacher's subspace and a vocabulary probe. The rank ``r`` is what
-``lori precompute`` would choose on this sample. Definitions and choices: docs/evaluation.md (``lori analyze``).
+its latent spectra, principal angles to the teacher's subspace, a vocabulary probe and the latent-necessity checks
+of :mod:`lori.analysis.necessity`. The rank ``r`` is what ``lori precompute`` would choose on this sample.
+Definitions and choices: docs/evaluation.md (``lori analyze``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ..subspace.spectrum import (
     top_subspace,
 )
 from .figures import ANALYSIS_JSON, MODES, REPORT_MD, write_figures
+from .necessity import necessity_checks
 from .report import render_report
 from ..utils import atomic_write_text
 
@@ -476,5 +478,6 @@ def _analyze_student(ckpt: Path, cfg: Config, sample, layers, teacher_M, rank, d
         info["overlap_rank"] = min(rank, K * len(sample), d)
     info["probe"] = probe_student(student, tokenizer, cfg, sample[: opts.probe_examples])
     info["step_values"] = step_value_probe(student, tokenizer, cfg, sample, opts.batch_size)
+    info["necessity"] = necessity_checks(student, tokenizer, cfg, sample, opts.batch_size, opts.seed)
     _say(opts, f"student {ckpt}: K = {K}")
     return info, acc

@@ -31,6 +31,33 @@ def _mean(values) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
+def _necessity_lines(nc: dict) -> list[str]:
+    """The latent-necessity checks (lori.analysis.necessity) as a section of the report."""
+    sw = nc["swapped"]
+    lines = ["### Are the thoughts necessary?", "",
+             f"Greedy answers on the {nc['n']} sampled problems with the {nc['latent_steps']} thoughts (the embeddings "
+             f"fed at the latent steps) replaced (seed {nc['seed']}). *changed*: the share whose answer differs from "
+             "the student's own. A student whose accuracy does not fall here is not reasoning in its thoughts.", "",
+             "| thoughts | accuracy | answer changed |", "|---|---:|---:|"]
+    names = {"clean": "the student's own", "zeroed": "zeroed", "noise": "noise of the same norm",
+             "shuffled": "another problem's (shuffled)", "swapped": "swapped between pairs of problems"}
+    lines += [f"| {label} | {_pct(nc[k]['accuracy'])} | {_pct(nc[k]['changed'])} |" for k, label in names.items()]
+    lines += ["", f"Swapped ({sw['pairs']} pairs): {_pct(sw['follows_partner'])} of the answers are the partner's "
+              f"gold answer (the answer follows the thoughts; by coincidence {_pct(sw['partner_gold_is_own'])} of the "
+              "partners share the gold answer).", ""]
+    if nc["per_step"]:
+        lines += ["Per step k: only the thought that carries step k set to another problem's, the later thoughts "
+                  "computed by the student. *follows*: among the problems whose answer the new value of step k "
+                  "changes, the share answering what it implies (chains: the later steps recomputed from it).", "",
+                  "| step | thought | answer changed | accuracy | problems moved | follows |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['step']} | {r['thought']} | {_pct(r['changed'])} | {_pct(r['accuracy'])} | "
+                  f"{'—' if r['implied'] is None else r['implied']} | "
+                  f"{'—' if r['follows_implied'] is None else _pct(r['follows_implied'])} |" for r in nc["per_step"]]
+        lines.append("")
+    return lines
+
+
 def render_report(res: dict) -> str:
     conds = res["conditions"]
     names = list(conds)
@@ -173,6 +200,8 @@ def render_report(res: dict) -> str:
                       "| step | problems | the state says v_k |", "|---:|---:|---:|"]
             lines += [f"| {r['step']} | {r['n']} | {_pct(r['share'])} |" for r in st["step_values"]]
             lines.append("")
+        if st.get("necessity"):
+            lines += _necessity_lines(st["necessity"])
         if st["probe"]:
             lines += ["### What the latent steps say", "",
                       "Each latent step's last-layer hidden state decoded through the LM head: the five most likely "

@@ -21,7 +21,8 @@ def add_arguments(pr) -> None:
     ch.add_argument("--modulus", type=int, default=10)
     ch.add_argument("--ops", default="+-*", help="a subset of +-* (default +-*)")
     ch.add_argument("--back-ref", type=float, default=0.0, help="share of +/- steps using an earlier variable")
-    ch.add_argument("--rationale", choices=["value", "expression"], default="value")
+    ch.add_argument("--rationale", choices=["value", "expression", "values"], default="value",
+                    help="<< c = 5 >> per step (default), << c = 2 + 3 = 5 >>, or the bare value 5")
     ch.add_argument("--count", type=int, required=True)
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--exclude", action="append", default=[], help="iCoT file whose questions must not be emitted")

@@ -7,8 +7,9 @@ One problem, L = 4 steps, modulus 10, value-only rationale::
 Every value is taken mod ``modulus``; step k defines the next letter from the previous variable (``v_k = v_(k-1) op
 x``, so the answer needs all L steps in order), ``+``/``-`` may look back to an earlier variable (``back_ref``),
 ``*`` multiplies by a constant coprime with the modulus, and the last step adds a fresh constant, so the answer is
-exactly uniform (chance ``1/m``). The rule and why these defaults: docs/data.md (Generators). :func:`generate` is
-deterministic for its seed, never repeats a question and never emits an excluded one.
+exactly uniform (chance ``1/m``). Rationales: ``value`` (``<< v = 7 >>``), ``expression`` (``<< v = 4 + 3 = 7 >>``)
+or ``values`` (each step its bare value). The rule and why these defaults: docs/data.md (Generators).
+:func:`generate` is deterministic for its seed, never repeats a question and never emits an excluded one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from lori.errors import LoriError
 
 NAMES = "abcdefghijklmnopqrstuvwxyz"
 OPS = "+-*"
-RATIONALE_FORMS = ("value", "expression")
+RATIONALE_FORMS = ("value", "expression", "values")
 MAX_STEPS = len(NAMES) - 1
 
 
@@ -65,11 +66,18 @@ def sample(rng: random.Random, steps: int, modulus: int, ops: str, back_ref: flo
             operand_text, operand = None, rng.randrange(m)
         value = _apply(op, values[-1], operand, m)
         question.append(f"{name} = {prev} {op} {operand_text if operand_text is not None else operand}")
-        notes.append(f"<< {name} = {value} >>" if rationale == "value"
+        notes.append(f"<< {name} = {value} >>" if rationale == "value" else str(value) if rationale == "values"
                      else f"<< {name} = {values[-1]} {op} {operand} = {value} >>")
         values.append(value)
     text = " ; ".join(question) + f" ; ? {NAMES[steps]}"
-    return Example(text, split_steps(" ".join(notes)), str(values[-1]), source)
+    steps_ = tuple(notes) if rationale == "values" else split_steps(" ".join(notes))
+    return Example(text, steps_, str(values[-1]), source)
+
+
+def values_steps(example: Example) -> Example:
+    """``example`` read from a file with a ``values`` rationale (``8 4 1 5``), one step per value: the line format
+    splits only calculator notes and `` + `` partial sums, so it reads such a rationale as a single step."""
+    return Example(example.question, tuple(example.rationale.split()), example.answer, example.source)
 
 
 def generate(count: int, seed: int, steps: int = 4, modulus: int = 10, ops: str = OPS, back_ref: float = 0.0,
@@ -99,12 +107,34 @@ def generate(count: int, seed: int, steps: int = 4, modulus: int = 10, ops: str 
     return out
 
 
+def answer_with_step(question: str, step: int, value: int, modulus: int) -> int:
+    """The answer of a generated chain's ``question`` had step ``step`` (1-based) written ``value``: the steps after
+    it recomputed from that value (a later step reading step ``step``'s variable reads the new value). What a
+    per-step intervention on a latent student should change its answer to."""
+    *defs, ask = [p.strip() for p in question.split(" ; ")]
+    env: dict[str, int] = {}
+    for k, d in enumerate(defs):
+        name, _, expr = d.partition(" = ")
+        tokens = expr.split()
+        if len(tokens) == 1:
+            env[name] = int(tokens[0]) % modulus
+        else:
+            x, op, y = tokens
+            env[name] = _apply(op, env[x], env[y] if y in env else int(y), modulus)
+        if k == step:
+            env[name] = value % modulus
+    return env[ask.removeprefix("? ")]
+
+
 def intermediate_values(example: Example) -> list[int]:
-    """The value written in each rationale step (``<< v = ... = 7 >>`` -> 7), in order: the per-step targets of
-    the latent-step probe."""
+    """The value written in each rationale step (``<< v = ... = 7 >>`` or a bare ``7`` -> 7), in order: the
+    per-step targets of the latent-step probe."""
     vals = []
     for step in example.steps:
         step = step.strip()
+        if step.isdigit():
+            vals.append(int(step))
+            continue
         if not (step.startswith("<<") and step.endswith(">>")):
             raise ValueError(f"{example.source}: step {step!r} is not a << ... = v >> note")
         vals.append(int(step.removeprefix("<<").removesuffix(">>").split()[-1]))

@@ -109,6 +109,8 @@ def _load(key: tuple, split: str) -> tuple[Example, ...]:
     path = {"train": train_file, "valid": valid_file, "test": test_file}[split]
     if path is not None:
         examples = tuple(read_examples(path, fmt))
+        if task == "chains" and chain[4] == "values":
+            examples = tuple(chains.values_steps(ex) for ex in examples)
         if not examples:  # a JSON list with no items (line formats are caught by _check_file)
             raise DataError(path, None, "no problems in the file", f"data.{split}_file must name a file with at "
                             "least one problem")

@@ -42,9 +42,12 @@ def greedy_generate(
     eot_id: int | None = None,
     position_offset: int = 0,
     position_stride: int = 1,
+    replace_thoughts: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> Generation:
     """Greedy decoding of a batch of prompts; see the module docstring. ``project`` maps [B, 1, d] -> [B, 1, d];
-    the latent steps sit at the positions of ``lori.models.latent_student.thought_positions`` (offset, stride)."""
+    the latent steps sit at the positions of ``lori.models.latent_student.thought_positions`` (offset, stride).
+    ``replace_thoughts(j, thought [B, 1, d])`` returns the thought fed at latent step j instead of the student's
+    own (``latent_loop``'s ``replace``; the interventions of ``lori.analysis.necessity``)."""
     if latent_steps and (project is None or eot_id is None):
         raise ValueError("latent generation needs a projector and the <eot> id")
     device = next(model.parameters()).device
@@ -70,7 +73,7 @@ def greedy_generate(
                                         latent_steps, position_offset, position_stride)
         # the latent loop training runs (lori.models.latent_student.latent_loop), every step real for every problem
         every = torch.ones((batch, latent_steps), dtype=mask.dtype, device=device)
-        out, mask, _ = latent_loop(model, project, out, mask, tpos, every, keep_states=False)
+        out, mask, _ = latent_loop(model, project, out, mask, tpos, every, keep_states=False, replace=replace_thoughts)
         cache = out.past_key_values
         next_pos = start  # <eot> right after the last thought
         out = step(input_ids=torch.full((batch, 1), eot_id, dtype=torch.long, device=device))

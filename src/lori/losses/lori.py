@@ -74,13 +74,18 @@ def _masked_layer_mean(x: Tensor, valid: Tensor) -> Tensor:
     return s / valid.sum().clamp_min(1).to(x.dtype)
 
 
-def teacher_energy(mu_t: Tensor, C_t: Tensor, centred: bool = True, example_mask: Tensor | None = None) -> Tensor:
+def teacher_energy(mu_t: Tensor, C_t: Tensor | None, centred: bool = True, example_mask: Tensor | None = None,
+                   *, trace: Tensor | None = None) -> Tensor:
     """Per-layer teacher energy ``e_l`` (``[L]``, float32) used by ``rationale_loss(normalize=True)``:
     ``mean_b (||mu_T||^2 + tr C_T)`` for centred ``C``, ``mean_b tr C_T`` for uncentred (see module docstring).
-    ``mu_t [B, L, r]``, ``C_t [B, L, r, r]``; ``example_mask [B]`` bool selects the examples averaged."""
-    mu_t, C_t = _f32(mu_t.detach()), _f32(C_t.detach())
+    ``mu_t [B, L, r]``, ``C_t [B, L, r, r]`` or, with ``C_t`` None, its ``trace [B, L]``; ``example_mask [B]`` bool
+    selects the examples averaged."""
+    mu_t = _f32(mu_t.detach())
     valid = _example_mask(example_mask, mu_t.shape[0], mu_t.device)
-    per = torch.diagonal(C_t, dim1=-2, dim2=-1).sum(-1)  # [B, L]
+    if C_t is None:
+        per = _f32(trace.detach()).to(mu_t.device)
+    else:
+        per = torch.diagonal(_f32(C_t.detach()), dim1=-2, dim2=-1).sum(-1)  # [B, L]
     if centred:
         per = per + mu_t.pow(2).sum(-1)
     return _masked_layer_mean(per, valid)
@@ -212,7 +217,7 @@ def anchor_loss(
 def standardized_loss(
     x_s: Tensor,
     x_t: Tensor,
-    var_t: Tensor,
+    var_t: Tensor | None,
     eps: float = 1e-6,
     *,
     layer_weights: Tensor | Sequence[float] | None = None,
@@ -228,14 +233,18 @@ def standardized_loss(
 
     Args:
         x_s, x_t: ``[B, L, r]`` student / teacher statistics (e.g. a thought mean and the teacher's prefix mean).
-        var_t: ``[B, L, r]`` (or broadcastable) the teacher's variance of ``x_t`` across examples, a constant.
+        var_t: ``[B, L, r]`` (or broadcastable) the teacher's variance of ``x_t`` across examples, a constant;
+            None: no division (the raw mean squared error, lori.step_norm=none).
         layer_weights, example_mask, num_examples: as in ``rationale_loss``.
     Returns: float32 scalar.
     """
     x_s, x_t, valid, w = _student_teacher(x_s, x_t, "x_s / x_t", example_mask, layer_weights)
-    var = _f32(torch.as_tensor(var_t).detach()).to(x_s.device)
     d = torch.where(valid[:, None, None], x_s - x_t, x_s.new_zeros(()))
-    per_example = ((d.pow(2) / (var + eps)).mean(-1) * w).sum(-1)
+    if var_t is None:
+        per_example = (d.pow(2).mean(-1) * w).sum(-1)
+    else:
+        var = _f32(torch.as_tensor(var_t).detach()).to(x_s.device)
+        per_example = ((d.pow(2) / (var + eps)).mean(-1) * w).sum(-1)
     return _batch_reduce(per_example, valid, num_examples)
 
 

@@ -9,6 +9,7 @@ instead of branching on a method's name; docs/methods.md (The Method record) lis
 ``thoughts.py`` holds what the latent methods (LoRi, Coconut, CODI) share: rendering, batching, the student wrapper.
 """
 
-from . import aux_sum, coconut, codi, cot_sft, icot_si, lori, no_cot
+from . import aux_sum, coconut, codi, cot_sft, icot_si, lori, no_cot, sim_cot
 
-METHODS = {m.METHOD.name: m.METHOD for m in (no_cot, cot_sft, lori, icot_si, coconut, codi, aux_sum)}
+METHODS = {m.METHOD.name: m.METHOD for m in (no_cot, cot_sft, lori, icot_si, coconut, codi, aux_sum,
+                                                 sim_cot)}

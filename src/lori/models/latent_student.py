@@ -79,11 +79,13 @@ def thought_positions(last: torch.Tensor, counts: torch.Tensor, K: int, offset: 
 
 
 def latent_loop(lm, project, out, mask: torch.Tensor, positions: torch.Tensor, step_mask: torch.Tensor,
-                keep_states: bool = True):
+                keep_states: bool = True, replace=None):
     """The latent loop through the KV cache, one for training (:meth:`LatentStudent.forward`) and generation
     (:func:`lori.evaluation.generate.greedy_generate`). ``out`` is the cached forward (with hidden states) whose last
     position feeds the first thought; step j feeds ``project(last hidden state)`` back as the next input embedding at
-    ``positions[:, j]`` (:func:`thought_positions`), attended to where ``step_mask [B, K]`` is 1.
+    ``positions[:, j]`` (:func:`thought_positions`), attended to where ``step_mask [B, K]`` is 1. ``replace(j,
+    thought [B, 1, d])``, when given, returns the thought to feed instead (the latent-necessity interventions of
+    ``lori analyze``; None feeds the student's own).
 
     Returns ``(out, mask, states)``: the last step's output (its ``past_key_values`` hold every step), ``mask``
     extended by the K steps, and per step the hidden states of every layer at it, ``[B, L+1, d]`` each (none without
@@ -91,7 +93,10 @@ def latent_loop(lm, project, out, mask: torch.Tensor, positions: torch.Tensor, s
     states = []
     for j in range(step_mask.shape[1]):
         mask = torch.cat([mask, step_mask[:, j : j + 1]], dim=1)
-        out = lm(inputs_embeds=project(out.hidden_states[-1][:, -1:]), attention_mask=mask,
+        thought = project(out.hidden_states[-1][:, -1:])
+        if replace is not None:
+            thought = replace(j, thought)
+        out = lm(inputs_embeds=thought, attention_mask=mask,
                  position_ids=positions[:, j : j + 1], past_key_values=out.past_key_values, use_cache=True,
                  output_hidden_states=True)
         if keep_states:

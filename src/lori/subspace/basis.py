@@ -26,6 +26,7 @@ __all__ = [
     "SecondMomentAccumulator",
     "fit_bases",
     "fit_layer_factor",
+    "random_orthonormal",
     "select_rank",
 ]
 
@@ -287,13 +288,27 @@ class Basis:
         )
 
 
+def random_orthonormal(n: int, d: int, r: int, seed: int) -> Tensor:
+    """``n`` matrices ``[d, r]`` (float64) with orthonormal columns, uniform (Haar) on the Stiefel manifold: the Q
+    of a Gaussian's QR with the signs of R's diagonal moved into Q. The same ``seed`` gives the same bases."""
+    g = torch.Generator().manual_seed(int(seed))
+    q, rr = torch.linalg.qr(torch.randn(n, d, r, dtype=torch.float64, generator=g))
+    return q * torch.sign(torch.diagonal(rr, dim1=-2, dim2=-1))[:, None, :]
+
+
 def fit_bases(
     acc: SecondMomentAccumulator,
     rank: int | None = 16,
     energy: float | None = None,
     shared: bool = False,
+    kind: str = "pca",
+    seed: int = 0,
 ) -> Basis:
     """Fit the hidden-mode factor(s) from accumulated second moments.
+
+    ``kind`` (lori.basis): "pca" the leading eigenvectors (below); "random" a uniformly random orthonormal basis of
+    the rank PCA selects, seeded by ``seed`` (one per layer, or one for all when ``shared``), the control for
+    "does the teacher's subspace matter"; "full" the identity (rank ``d``, no projection).
 
     Per layer (default): eigendecomposition (``torch.linalg.eigh``, float64) of ``M_l = S_l / n_l`` — uncentred, so
     the mean direction is part of the subspace. ``shared=True``: of the pooled ``sum_l S_l / sum_l n_l`` (each layer
@@ -308,13 +323,19 @@ def fit_bases(
     if shared:
         pooled = acc.second_moment.sum(0) / acc.count.sum().to(torch.float64)
         ev, vecs = _eigh_desc(pooled)  # [d], [d, d]
-        r = select_rank(ev[None], rank, energy)
+        r = select_rank(ev[None], rank, energy) if kind != "full" else d
         U64 = vecs[:, :r].unsqueeze(0).expand(L, d, r).contiguous()
         evals = ev.unsqueeze(0).expand(L, d).contiguous()
     else:
         evals, vecs = _eigh_desc(M)  # [L, d], [L, d, d]
-        r = select_rank(evals, rank, energy)
+        r = select_rank(evals, rank, energy) if kind != "full" else d
         U64 = vecs[:, :, :r].contiguous()
+    if kind == "full":
+        U64 = torch.eye(d, dtype=torch.float64).expand(L, d, d).contiguous()
+    elif kind == "random":
+        U64 = random_orthonormal(1 if shared else L, d, U64.shape[-1], seed).expand(L, d, -1).contiguous()
+    elif kind != "pca":
+        raise ValueError(f"unknown basis kind {kind!r}; choose pca, random or full")
     captured = torch.einsum("ldr,lde,ler->l", U64, M, U64)
     trace = torch.diagonal(M, dim1=-2, dim2=-1).sum(-1)
     energy_captured = torch.where(trace > 0, captured / trace.clamp_min(torch.finfo(torch.float64).tiny),

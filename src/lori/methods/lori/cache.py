@@ -2,8 +2,11 @@
 
     manifest.json            fingerprint, options, shard list (only finished shards), sizes and sha256s
     basis.safetensors        the fitted subspace (lori.subspace.Basis.to_dict())
-    stats-00000.safetensors  mu [n, L, r], cov [n, L, r(r+1)/2] (upper triangle), anchor [n, L, r], valid [n],
-                             with lori.cache_steps: prefix_mu, step_anchor [n, S, L, r], prefix_valid, step_valid [n, S]
+    stats-00000.safetensors  mu [n, L, r], cov [n, L, r(r+1)/2] (upper triangle; with lori.cache_cov=false its
+                             trace cov_trace [n, L] instead), anchor [n, L, r], valid [n],
+                             prefix_mu [n, S, L, r] (mean over the first k steps, row k-1), prefix_valid [n, S],
+                             step_anchor [n, S, L, r] (the state handing each step's result over), step_valid [n, S]
+                             (the four per-step tensors only with lori.cache_steps)
 
 Stored in ``lori.cache_dtype``, loaded as float32. Files are written atomically and a shard enters the manifest
 only when complete (a precompute resumes at the first missing one); :func:`load_cache` checks every file's sha256
@@ -71,7 +74,7 @@ class TeacherStats:
     """All cached statistics in memory. ``mu``/``anchor`` [N, L, r]; ``cov`` packed [N, L, r(r+1)/2]."""
 
     mu: torch.Tensor
-    cov: torch.Tensor
+    cov: torch.Tensor | None  # None in a cache written with lori.cache_cov=false, which keeps cov_trace
     anchor: torch.Tensor
     valid: torch.Tensor  # [N] bool: examples with at least one rationale position
     basis: Basis
@@ -80,14 +83,16 @@ class TeacherStats:
     prefix_valid: torch.Tensor | None = None  # [N, S] bool
     step_anchor: torch.Tensor | None = None  # [N, S, L, r]: the teacher's hand-over state of each step
     step_valid: torch.Tensor | None = None  # [N, S] bool
+    cov_trace: torch.Tensor | None = None  # [N, L]: the covariance's trace, stored instead of it (cache_cov=false)
 
     def batch(self, index: torch.Tensor, device) -> dict[str, torch.Tensor]:
         out = {
             "mu": self.mu[index].to(device),
-            "cov": triu_unpack(self.cov[index].to(device)),
             "anchor": self.anchor[index].to(device),
             "valid": self.valid[index].to(device),
         }
+        if self.cov is not None:
+            out["cov"] = triu_unpack(self.cov[index].to(device))
         for name in ("prefix_mu", "prefix_valid", "step_anchor", "step_valid"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)[index].to(device)
@@ -157,11 +162,14 @@ class CacheWriter:
         self._flush()
 
     def write_shard(self, i: int, mu, cov, anchor, valid, prefix_mu=None, prefix_valid=None, step_anchor=None,
-                    step_valid=None) -> None:
+                    step_valid=None, cov_trace=None) -> None:
         start, end = self.shard_range(i)
         if mu.shape[0] != end - start:
             raise ValueError(f"shard {i} expects {end - start} examples, got {mu.shape[0]}")
-        stats = {"mu": mu, "cov": cov, "anchor": anchor}
+        if (cov is None) == (cov_trace is None):
+            raise ValueError("write_shard takes the covariance (cov) or its trace (cov_trace), exactly one")
+        stats = {"mu": mu, "cov": cov, "anchor": anchor} if cov is not None else \
+            {"mu": mu, "cov_trace": cov_trace, "anchor": anchor}
         masks = {"valid": valid}
         if prefix_mu is not None:
             stats["prefix_mu"], masks["prefix_valid"] = prefix_mu, prefix_valid
@@ -296,8 +304,9 @@ def load_cache(folder: str | Path, expected_fingerprint: dict | None = None) -> 
     cat = lambda k: torch.cat([p[k] for p in parts]).float()  # noqa: E731
     opt = lambda k, f=lambda x: x: f(cat(k)) if all(k in p for p in parts) else None  # noqa: E731
     as_bool = lambda x: x.bool()  # noqa: E731
-    return TeacherStats(cat("mu"), cat("cov"), cat("anchor"), cat("valid").bool(), basis, manifest,
-                        opt("prefix_mu"), opt("prefix_valid", as_bool), opt("step_anchor"), opt("step_valid", as_bool))
+    return TeacherStats(cat("mu"), opt("cov"), cat("anchor"), cat("valid").bool(), basis, manifest,
+                        opt("prefix_mu"), opt("prefix_valid", as_bool), opt("step_anchor"), opt("step_valid", as_bool),
+                        opt("cov_trace"))
 
 
 def cache_bytes(folder: Path) -> int:

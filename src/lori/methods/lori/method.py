@@ -17,21 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ...config import LoRiConfig
 from ...data.schema import Example
 from ...errors import LoriError
-from ...losses import anchor_loss, combine, rationale_loss, standardized_loss, teacher_energy
+from ...losses import IGNORE_INDEX, anchor_loss, combine, rationale_loss, standardized_loss, teacher_energy
 from ...models.build import num_layers
 from ...models.latent_student import LatentOutput, LatentStudent
 from ...subspace.basis import Basis
 from ...subspace.stats import triu_unpack
 from ...subspace.trajectory import step_states, trajectory_statistics
+from ...utils import pad
 from .. import thoughts
 from ..common import Method
 from ..thoughts import Thoughts
 from .cache import TeacherStats, load_cache
-from .teacher import fingerprint, resolve_layers, teacher_path
+from .teacher import fingerprint, render_teacher, resolve_layers, step_value_tokens, teacher_path
 
 
 # ------------------------------------------------------------------------------------------------ the student
@@ -76,7 +78,11 @@ def setup_training(student: LatentStudent, cfg, train_set: list[Example], device
                         "examples; run `lori precompute` again")
     device = torch.device("cpu") if device is None else torch.device(device)
     # Fixed normalisers over the whole cache, so micro-batching never changes the loss.
-    scale = teacher_energy(stats.mu, triu_unpack(stats.cov), centred=cfg.lori.centred, example_mask=stats.valid)
+    if stats.cov is not None:
+        scale = teacher_energy(stats.mu, triu_unpack(stats.cov), centred=cfg.lori.centred, example_mask=stats.valid)
+    else:  # a cache written with lori.cache_cov=false keeps the covariance's trace
+        scale = teacher_energy(stats.mu, None, centred=cfg.lori.centred, example_mask=stats.valid,
+                               trace=stats.cov_trace)
     anchor_scale = (stats.anchor[stats.valid] ** 2).sum(-1).mean(0)
     prefix_var = None if stats.prefix_mu is None else _variance_across_examples(stats.prefix_mu, stats.prefix_valid)
     step_var = None if stats.step_anchor is None else _variance_across_examples(stats.step_anchor, stats.step_valid)
@@ -129,7 +135,11 @@ def loss(module, batch: dict[str, torch.Tensor], norm,
         parts["rat_prefix"] = rat.detach()
         use_rat = True
     elif use_rat:
-        rat, rparts = rationale_loss(mu_s, C_s, t["mu"], t["cov"], lam=lc.lam, first_order=lc.first_order,
+        if lc.second_order and "cov" not in t:
+            raise LoriError(f"{lc.cache_dir}: the cache has no covariance (written with lori.cache_cov=false) but "
+                            "lori.second_order reads it; run `lori precompute` into another lori.cache_dir")
+        C_s, C_t = (C_s, t["cov"]) if lc.second_order else (None, None)
+        rat, rparts = rationale_loss(mu_s, C_s, t["mu"], C_t, lam=lc.lam, first_order=lc.first_order,
                                      second_order=lc.second_order, normalize=lc.normalize, centred=lc.centred,
                                      example_mask=t["valid"], num_examples=norm.examples,
                                      scale=state.scale)
@@ -142,7 +152,8 @@ def loss(module, batch: dict[str, torch.Tensor], norm,
     total = ce if not (use_rat or lc.anchor) else combine(ce, rat, anc, alpha=lc.alpha, beta=lc.beta,
                                                           use_anchor=lc.anchor, use_rationale=use_rat)
     if lc.step_anchors:
-        st = step_anchor_loss(state, out, batch, t, norm)
+        st = step_anchor_loss(state, out, batch, t, norm) if lc.step_target == "hidden" else \
+            step_token_loss(module, state, out, batch, norm)
         parts["step_anc"] = st.detach()
         total = total + lc.alpha * lc.step_weight * st
     return total, parts
@@ -180,9 +191,10 @@ def step_anchor_loss(state: LoriState, out: LatentOutput, batch, t: dict, norm) 
     rows = torch.arange(target.shape[0], device=device)[:, None]
     valid = (steps[None] < groups[:, None]) & t["step_valid"][rows, target] & t["valid"][:, None]
     B, _, L, r = z.shape
-    var = state.step_var[target]  # [B, S, L, r]
-    return standardized_loss(z.reshape(B * S, L, r), t["step_anchor"][rows, target].reshape(B * S, L, r),
-                             var.reshape(B * S, L, r), example_mask=valid.reshape(-1), num_examples=norm.examples)
+    # lori.step_norm: per direction in units of the teacher's variance across examples, or the raw squared error
+    var = None if state.cfg.step_norm == "none" else state.step_var[target].reshape(B * S, L, r)
+    return standardized_loss(z.reshape(B * S, L, r), t["step_anchor"][rows, target].reshape(B * S, L, r), var,
+                             example_mask=valid.reshape(-1), num_examples=norm.examples)
 
 
 def card(cfg) -> list[str]:
@@ -197,7 +209,42 @@ def card(cfg) -> list[str]:
             f"(alpha {lc.alpha}, beta {lc.beta}, lambda {lc.lam}); teacher `{teacher}`."]
 
 
-METHOD = Method(name="lori", render=THOUGHTS.render, prompt=thoughts.prompt, collate=thoughts.collate, wrap=THOUGHTS.wrap,
+def step_token_loss(module, state: LoriState, out: LatentOutput, batch, norm) -> torch.Tensor:
+    """lori.step_target=token: for each thought group, the cross-entropy of the LM head at the last-layer state that
+    feeds its first thought (as in :func:`step_anchor_loss`) against the first token of its step's result in the
+    teacher's rationale (``batch["step_tokens"]``); summed over groups, averaged over examples."""
+    head = getattr(module, "module", module).lm.get_output_embeddings()
+    targets = batch["step_tokens"].to(out.latent_states.device)  # [B, S], IGNORE_INDEX where there is no step
+    c, S = state.thoughts_per_step, targets.shape[1]
+    feed = torch.cat([out.prompt_states[:, -1, None], out.latent_states[:, -1, :-1]], dim=1)  # [B, K, d]
+    steps = torch.arange(S, device=feed.device)
+    pos = (steps * c).clamp(max=feed.shape[1] - 1)
+    logits = head(feed[:, pos]).float()  # [B, S, V]
+    groups = batch["replaced_steps"].to(feed.device)
+    carried = batch["n_steps"].to(feed.device).clamp(max=S) if batch["final"] else groups
+    targets = targets.gather(1, step_targets(groups, carried, S))  # each group's step (as the step anchors)
+    valid = (steps[None] < groups[:, None]) & (targets != IGNORE_INDEX)
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.clamp(min=0).flatten(), reduction="none").view_as(valid)
+    return torch.where(valid, ce, ce.new_zeros(())).sum() / norm.examples
+
+
+def render(example: Example, tokenizer, cfg, stage: int) -> dict:
+    """The latent family's rendering; with lori.step_target=token also ``step_tokens``, the first token of each
+    step's result in the teacher's rationale (what the step-token loss predicts)."""
+    item = THOUGHTS.render(example, tokenizer, cfg, stage)
+    if cfg.lori.step_anchors and cfg.lori.step_target == "token":
+        item["step_tokens"] = step_value_tokens(render_teacher(example, tokenizer, cfg.model.chat_template))
+    return item
+
+
+def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    batch = thoughts.collate(items, pad_id)
+    if "step_tokens" in items[0]:
+        batch["step_tokens"] = pad([it["step_tokens"] for it in items], IGNORE_INDEX)[0]
+    return batch
+
+
+METHOD = Method(name="lori", render=render, prompt=thoughts.prompt, collate=collate, wrap=THOUGHTS.wrap,
                 paper="LoRi, low-rank distillation of chain of thought into latent reasoning (arXiv 2606.05315)",
                 setup_training=setup_training, loss=loss, generation_kwargs=thoughts.generation_kwargs,
                 extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS, teacher_cache=True, card=card)

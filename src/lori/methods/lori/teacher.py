@@ -29,6 +29,7 @@ from ...data.schema import Example
 from ...data.splits import load_split
 from ...distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
 from ...errors import ConfigError, LoriError
+from ...losses.task import IGNORE_INDEX
 from ...models.build import hidden_size, num_layers
 from ...models.checkpoint_folders import resolve_checkpoint
 from ...models.loading import open_model
@@ -60,10 +61,12 @@ def teacher_path(cfg: Config) -> Path:
 
 def fingerprint(cfg: Config, teacher: Path, train: list[Example], n_layers: int) -> dict:
     lc = cfg.lori
-    # lori.cache_dtype and lori.cache_steps enter only when not the default, so that a cache written before they
-    # existed (float32, with the per-step statistics) keeps its fingerprint
+    # lori.cache_dtype, cache_steps, cache_cov and basis enter only when not the default, so that a cache written
+    # before they existed (float32, with the per-step statistics and the covariance, PCA basis) keeps its fingerprint
     storage = ({"cache_dtype": lc.cache_dtype} if lc.cache_dtype != "float32" else {}) | (
-        {} if lc.cache_steps else {"cache_steps": False})
+        {} if lc.cache_steps else {"cache_steps": False}) | ({} if lc.cache_cov else {"cache_cov": False}) | (
+        {} if lc.basis == "pca" else {"basis": lc.basis}) | (
+        {"basis_seed": lc.basis_seed} if lc.basis == "random" else {})
     return {
         **teacher_digests(teacher),
         "data": examples_digest(train),
@@ -99,6 +102,12 @@ def render_teacher(example: Example, tokenizer, chat_template: bool) -> Rendered
     ends = tuple(min(len(s.rationale), e) for e in spans.ends)
     return Rendered(explicit_cot(s)["input_ids"], len(s.prompt), len(s.rationale), answer_anchor(s), ends,
                     spans.handovers, spans.unlocated)
+
+
+def step_value_tokens(r: Rendered) -> list[int]:
+    """Per step, the first token of its result in the teacher's rationale: the token after the hand-over position
+    (``IGNORE_INDEX`` for a step whose result lies outside the rationale)."""
+    return [r.input_ids[r.start + h + 1] if 0 <= h + 1 < r.length else IGNORE_INDEX for h in r.handovers]
 
 
 @torch.no_grad()
@@ -187,7 +196,8 @@ def precompute(cfg: Config, timer: Timer | None = None) -> Path:
             acc.update(h.cpu(), mask.cpu())
         acc.load_state_dict(all_reduce_sum(acc.state_dict(), world, device))
         with span("fit", ()):
-            basis = fit_bases(acc, rank=lc.rank, energy=lc.energy, shared=lc.shared_basis) if main else None
+            basis = fit_bases(acc, rank=lc.rank, energy=lc.energy, shared=lc.shared_basis, kind=lc.basis,
+                              seed=lc.basis_seed) if main else None
         basis = Basis.from_dict(broadcast_object(basis.to_dict() if main else None, world))
         if lc.layer_rank is not None:
             gram = LayerGramAccumulator(basis)
@@ -201,10 +211,10 @@ def precompute(cfg: Config, timer: Timer | None = None) -> Path:
                 basis = fit_layer_factor(basis, gram, rank=lc.layer_rank, energy=None) if main else None
             basis = Basis.from_dict(broadcast_object(basis.to_dict() if main else None, world))
         if main:
-            info = {"rank": basis.rank, "layer_rank": basis.layer_rank,
+            info = {"kind": lc.basis, "rank": basis.rank, "layer_rank": basis.layer_rank,
                     "energy_captured": [round(float(e), 4) for e in basis.energy_captured]}
             writer.write_basis(basis, info)
-            print(f"[lori] subspace: rank {basis.rank}; energy captured per layer "
+            print(f"[lori] subspace: {lc.basis} basis of rank {basis.rank}; energy captured per layer "
                   f"{', '.join(f'{e:.3f}' for e in info['energy_captured'])}")
 
     basis_dev = Basis.from_dict({k: v.to(device) for k, v in basis.to_dict().items()})
@@ -232,7 +242,9 @@ def precompute(cfg: Config, timer: Timer | None = None) -> Path:
                     hand, _ = pad([r.handovers for r in chunk], -1, width=max_steps)
                     steps = step_states(basis_dev, h, hand.to(h.device))
                     per_step = (prefix.cpu(), (ends > 0), steps.cpu(), hand >= 0)
-                mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu(), *per_step)
+                # without lori.cache_cov only the covariance's trace, what the energy normalisers read
+                cov = triu_pack(C) if lc.cache_cov else torch.diagonal(C, dim1=-2, dim2=-1).sum(-1)
+                mine[s] = (mu.cpu(), cov.cpu(), a.cpu(), mask.any(-1).cpu(), *per_step)
             if world == 1:
                 bar.update(len(chunk))
         gathered = gather_to_main(mine, world, rank)
@@ -242,8 +254,10 @@ def precompute(cfg: Config, timer: Timer | None = None) -> Path:
             parts = {s: v for part in gathered for s, v in part.items()}
             mus, covs, anchors, valid, *per_step = zip(*(parts[s] for s in chunks))
             per_step = [torch.cat(x) if lc.cache_steps else None for x in per_step]
+            cov = torch.cat(covs)
             with span("write", rendered[start:end]):
-                writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid),
+                writer.write_shard(i, torch.cat(mus), cov if lc.cache_cov else None, torch.cat(anchors),
+                                   torch.cat(valid), cov_trace=None if lc.cache_cov else cov,
                                    **dict(zip(("prefix_mu", "prefix_valid", "step_anchor", "step_valid"), per_step)))
     bar.close()
     if main:
@@ -255,7 +269,9 @@ def precompute(cfg: Config, timer: Timer | None = None) -> Path:
         if unlocated:
             print(f"[lori] hand-overs: {len(unlocated)} of {n_steps} steps have a result that does not start at a "
                   f"token boundary (e.g. {unlocated[0][0]}: {unlocated[0][1]!r}); their step anchors are left out")
-        print(f"[lori] cache: {size / 2**20:.1f} MiB ({lc.cache_dtype}) for {len(train)} examples, against {raw_bytes / 2**20:.1f} MiB "
+        print(f"[lori] cache: {size / 2**20:.1f} MiB ({lc.cache_dtype}, {lc.basis} basis of rank {basis.rank}"
+              f"{'' if lc.cache_cov else ', no covariance'}{'' if lc.cache_steps else ', no per-step statistics'}) "
+              f"for {len(train)} examples, against {raw_bytes / 2**20:.1f} MiB "
               f"of raw fp32 teacher trajectories ({raw_bytes / max(size, 1):.1f}x smaller); "
               f"{time.perf_counter() - t0:.0f}s")
         if not writer.manifest["complete"]:  # pragma: no cover - every shard was just written
