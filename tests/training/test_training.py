@@ -193,3 +193,20 @@ def test_resume_is_exact_with_dropout(tmp_path, monkeypatch):
     _train(c, *common)
     wc = load_file(str(c / "checkpoints" / "step-000006" / "model.safetensors"))
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+@pytest.mark.parametrize("advance", ["clock", "loss"])
+def test_resume_right_at_a_stage_change_resets_the_optimizer_as_the_uninterrupted_run(tmp_path, advance):
+    """A checkpoint saved at the step where a curriculum stage ends holds the old stage's optimizer state; the
+    uninterrupted run resets it at the change, and so must the resumed one (weights bit-identical)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ("method=coconut", "train.steps=5", "curriculum.stages=3", "curriculum.steps_per_stage=2",
+              "coconut.latent_steps=3", "train.save_every=100",
+              *(["curriculum.advance_below=1e-9", "curriculum.advance_window=1"] if advance == "loss" else []))
+    _train(a, *common)
+    _train(b, *common, "train.stop_at=2")  # step 2 is where stage 1 ends
+    _train(b, *common)
+    wa = load_file(str(a / "checkpoints" / "step-000005" / "model.safetensors"))
+    wb = load_file(str(b / "checkpoints" / "step-000005" / "model.safetensors"))
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k

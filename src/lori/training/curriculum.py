@@ -24,11 +24,14 @@ class CurriculumClock:
         self.stage = saved.get("stage", cur.stage_at(step)) if self.adaptive else cur.stage_at(step)
         self.start = saved.get("start", (self.stage - 1) * cur.steps_per_stage if cur.stages else 0)
         self.recent = collections.deque(saved.get("recent", []), maxlen=cur.advance_window)
+        # the stage of the last step trained: the optimizer state restored with a checkpoint belongs to it
+        self.trained = saved.get("trained", self.stage)
 
     def at(self, step: int) -> int:
         """The stage optimizer step ``step`` trains in."""
         if not self.adaptive:
             self.stage = self.cur.stage_at(step)
+        self.trained = self.stage
         return self.stage
 
     def advance(self, step: int, totals: dict[str, float], say: Callable[[str], None] | None) -> None:
@@ -48,4 +51,4 @@ class CurriculumClock:
 
     def state(self) -> dict:
         """What a checkpoint saves (``saved`` of a resumed run)."""
-        return {"stage": self.stage, "start": self.start, "recent": list(self.recent)}
+        return {"stage": self.stage, "start": self.start, "recent": list(self.recent), "trained": self.trained}

@@ -230,8 +230,7 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     step, cursor, saved_clock = restore(resume_from, cfg, module, optimizer, scheduler, sharded, accelerator, out_dir)
     clock = CurriculumClock(cfg.curriculum, step, saved_clock)
     answer_len = answer_length(train_set, tokenizer)
-    items = render_all(method, train_set, tokenizer, cfg, clock.stage, answer_len)
-    rendered = clock.stage
+    rendered, items = clock.trained, None  # the optimizer state's stage: a resume at a stage change resets it too
     # Sharded, FSDP is applied above and accelerate would wrap the module in DDP: it prepares the optimizer only.
     module, optimizer = (module, accelerator.prepare(optimizer)) if sharded else accelerator.prepare(module, optimizer)
     module.train()
@@ -246,8 +245,9 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
 
     while step < stop:
         stage = clock.at(step)
-        if stage != rendered:
+        if items is None or stage != rendered:
             items = render_all(method, train_set, tokenizer, cfg, stage, answer_len)
+        if stage != rendered:
             rendered = stage
             if cfg.curriculum.reset_optimizer:
                 getattr(optimizer, "optimizer", optimizer).state.clear()
