@@ -42,9 +42,12 @@ def greedy_generate(
     eot_id: int | None = None,
     position_offset: int = 0,
     position_stride: int = 1,
+    answer_gap: int = 0,
 ) -> Generation:
     """Greedy decoding of a batch of prompts; see the module docstring. ``project`` maps [B, 1, d] -> [B, 1, d];
-    the latent steps sit at the positions of ``lori.models.latent_student.thought_positions`` (offset, stride)."""
+    the latent steps sit at the positions of ``lori.models.latent_student.thought_positions`` (offset, stride).
+    ``answer_gap``: the generated tokens of an explicit student start that many positions after the prompt's end
+    (iCoT-SI under ``curriculum.keep_positions``: where its teacher's rationale was)."""
     if latent_steps and (project is None or eot_id is None):
         raise ValueError("latent generation needs a projector and the <eot> id")
     device = next(model.parameters()).device
@@ -53,7 +56,7 @@ def greedy_generate(
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                 output_hidden_states=latent_steps > 0)
     cache = out.past_key_values
-    next_pos = pos[:, -1:] + 1
+    next_pos = pos[:, -1:] + 1 + answer_gap
     batch = len(prompts)
     ones = torch.ones((batch, 1), dtype=mask.dtype, device=device)
 

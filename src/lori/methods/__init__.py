@@ -13,7 +13,8 @@ fields are, the defaults being a plain causal-LM fine-tune's:
 - ``loss(module, batch, norm, state) -> (loss, parts)``: the loss normalised by the step's global counts, and its
   detached parts for logging; ``module`` is what the loop trains (DDP-wrapped or not: the forward goes through it),
   ``state`` what ``setup_training`` returned;
-- ``generation_kwargs(module, tokenizer)``: extra arguments for ``greedy_generate`` (latent steps, projector);
+- ``generation_kwargs(module, tokenizer, cfg)``: extra arguments for ``greedy_generate`` (latent steps, projector;
+  iCoT-SI's answer position under ``curriculum.keep_positions``);
 - ``extra_tensors(module)``: ``{file name: tensors}`` saved beside the LM in a checkpoint, or None;
 - ``thoughts``: a latent method's :class:`lori.methods.thoughts.Thoughts` (K and the projector, chosen once from its
   config section; its ``render`` and ``wrap`` are the method's), None for explicit methods;

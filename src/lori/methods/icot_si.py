@@ -6,6 +6,11 @@ Plain causal-LM fine-tuning whose rendering loses rationale tokens from the left
     r_k = min(|rationale|, k * remove_per_stage + o),  P(o) = (1 - e^-lambda) e^(-lambda o)   ("removal smoothing")
     final stage:          [bos] question || #### answer <eos>                      (the No-CoT rendering)
 
+With ``curriculum.keep_positions`` the text left keeps the position ids it had in the teacher's rendering (the
+removed tokens leave a gap of positions); at the final stage, and in generation, the answer starts ``stages x
+remove_per_stage`` positions after the prompt (where the last scheduled removal leaves it; the teacher's own position
+when the rationale has that many tokens, e.g. chains with ``remove_per_stage`` = the 5 tokens of a step).
+
 The optimizer state is reset at every stage change (``curriculum.reset_optimizer``, done by the loop). The offset
 ``o`` is drawn per example and stage from a generator seeded by (train.seed, stage, the example itself), so a stage
 renders the same way whenever it is rendered, and a resumed run matches an uninterrupted one. Generation writes the
@@ -19,7 +24,7 @@ import random
 
 from ..data.render import segments, supervised
 from ..data.schema import Example
-from .common import Method
+from .common import Method, no_generation_kwargs
 
 
 def removal_offset(example: Example, cfg, stage: int) -> int:
@@ -41,7 +46,21 @@ def removed_tokens(example: Example, cfg, stage: int, rationale_len: int) -> int
 def render(example: Example, tokenizer, cfg, stage: int) -> dict[str, list[int]]:
     s = segments(example, tokenizer, cfg.model.chat_template)
     n = removed_tokens(example, cfg, stage, len(s.rationale))
-    return supervised(s.prompt, s.rationale[n:] + s.answer)
+    item = supervised(s.prompt, s.rationale[n:] + s.answer)
+    if cfg.curriculum.keep_positions:
+        gap = answer_gap(cfg) if cfg.curriculum.is_final(stage) else n
+        item["positions"] = list(range(len(s.prompt))) + [len(s.prompt) + gap + i for i in range(item["n_target"])]
+    return item
 
 
-METHOD = Method(name="icot-si", render=render)
+def answer_gap(cfg) -> int:
+    """Positions skipped after the prompt at the final stage under ``curriculum.keep_positions`` (else 0)."""
+    return cfg.curriculum.stages * cfg.curriculum.remove_per_stage if cfg.curriculum.keep_positions else 0
+
+
+def generation_kwargs(module, tokenizer, cfg) -> dict:
+    gap = answer_gap(cfg)
+    return {"answer_gap": gap} if gap else no_generation_kwargs(module, tokenizer, cfg)
+
+
+METHOD = Method(name="icot-si", render=render, generation_kwargs=generation_kwargs)

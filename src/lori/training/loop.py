@@ -47,8 +47,8 @@ from ..tasks import TASKS
 from ..utils import seed_everything
 from . import sharding as fsdp
 from . import trackers
-from .checkpoint import Saver, remove_partial_checkpoints, restore, resume_point
-from .curriculum import CurriculumClock
+from .checkpoint import Saver, drop_best, keep_best, read_best, remove_partial_checkpoints, restore, resume_point
+from .curriculum import CurriculumClock, schedule
 from ..distributed import broadcast_object, check_strategy, check_world, force_cpu
 from .guards import Guards
 from .identity import acquire_lock, release_lock, start_run
@@ -136,7 +136,7 @@ def validate(cfg: Config, method, module, tokenizer, valid: list[Example], accel
     ev = evaluate(
         lm, tokenizer, [method.prompt(ex, tokenizer, cfg) for ex in mine], mine, TASKS[cfg.data.task],
         method=cfg.method, checkpoint="", batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-        latency_problems=0, **method.generation_kwargs(module, tokenizer), progress=False,
+        latency_problems=0, **method.generation_kwargs(module, tokenizer, cfg), progress=False,
     )
     counts = torch.tensor([sum(p["correct"] for p in ev.predictions), sum(p["steps"] for p in ev.predictions),
                            len(ev.predictions)], dtype=torch.float64, device=accelerator.device)
@@ -182,11 +182,21 @@ def _set_up_folder(cfg: Config, out_dir: Path, module, n_train: int, n_valid: in
           f"trainable_params={n_params:,}")
     print(f"[lori] global batch {cfg.train.global_batch} = micro batch {cfg.train.micro_batch} x "
           f"{world} process(es) x {accum} accumulation step(s); mixed precision: {mixed}")
+    print(f"[lori] {schedule(cfg)}")
     if sharded:
         print(f"[lori] sharding: FSDP over {world} processes (weights, gradients and optimizer state; "
               f"{'bf16 compute, fp32 reduction' if mixed == 'bf16' else 'float32'})")
     elif cfg.train.sharding == "fsdp":
         print("[lori] sharding: train.sharding=fsdp with one process: nothing to shard over, training unsharded")
+
+
+def _best_so_far(cfg: Config, out_dir: Path, step: int, resume_from: Path | None) -> dict | None:
+    """The ``OUT/checkpoints/best`` a resumed run keeps (kept at or before the step it resumes from); otherwise it is removed."""
+    best = read_best(out_dir) if resume_from is not None and cfg.train.keep_best else None
+    if best is None or best["step"] > step:
+        drop_best(out_dir)
+        return None
+    return best
 
 
 def train(cfg: Config) -> Path:
@@ -238,8 +248,10 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
         fsdp.shard(module, world, accelerator.device, bf16=mixed == "bf16")
 
     optimizer, scheduler = build_optimizer(module, cfg)
-    step, cursor, saved_clock = restore(resume_from, cfg, module, optimizer, scheduler, sharded, accelerator, out_dir)
-    clock = CurriculumClock(cfg.curriculum, step, saved_clock)
+    step, cursor, saved_clock, wall_before = restore(resume_from, cfg, module, optimizer, scheduler, sharded,
+                                                     accelerator, out_dir)
+    clock = CurriculumClock(cfg.curriculum, cfg.train.steps, step, saved_clock)
+    best = broadcast_object(_on_main(lambda: _best_so_far(cfg, out_dir, step, resume_from), main, world), world)
     answer_len = answer_length(train_set, tokenizer)
     items = render_all(method, train_set, tokenizer, cfg, clock.stage, answer_len)
     rendered = clock.stage
@@ -252,8 +264,26 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     per_proc = cfg.train.global_batch // world
     bar = tqdm(total=stop, initial=step, desc=f"train {cfg.method}", disable=not main, dynamic_ncols=True)
     t_last, tok_since = time.perf_counter(), 0
+    t_start = t_last
     guards = Guards(module, accelerator.unwrap_model(module), sharded, out_dir, main, bar)
-    save = Saver(cfg, accelerator, module, optimizer, scheduler, method, tokenizer, clock, sharded, bar)
+    save = Saver(cfg, accelerator, module, optimizer, scheduler, method, tokenizer, clock, sharded, bar,
+                 elapsed=lambda: round(wall_before + time.perf_counter() - t_start, 3))
+
+    def validation(saved: Path | None = None) -> bool:
+        """Validate at ``step``; with train.keep_best, a final-stage step that beats the best so far becomes
+        OUT/checkpoints/best (its checkpoint written first unless ``saved`` is it). Returns whether it did."""
+        nonlocal best
+        record = _validation(cfg, method, module, tokenizer, valid_set, accelerator, sharded, step)
+        log.write(record, bar.write if saved is None else print)
+        final_stage = clock.trained is not None and cfg.curriculum.is_final(clock.trained)
+        if not (cfg.train.keep_best and final_stage):
+            return False
+        if best is not None and record["valid_accuracy"] <= best["valid_accuracy"]:
+            return False
+        best = {"step": step, "valid_accuracy": record["valid_accuracy"]}
+        ckpt = saved or save(step, cursor)
+        _on_main(lambda: keep_best(out_dir, ckpt, step, record["valid_accuracy"]), main, world)
+        return True
 
     while step < stop:
         stage = clock.at(step)
@@ -314,16 +344,18 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
             t_last, tok_since = now, 0
             bar.set_postfix(loss=f"{totals['loss']:.4f}")
             log.write(record, bar.write)
+        kept = False  # kept as the best: its checkpoint is written already
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < stop:
-            log.write(_validation(cfg, method, module, tokenizer, valid_set, accelerator, sharded, step), bar.write)
+            kept = validation()
             t_last, tok_since = time.perf_counter(), 0  # throughput counts training time only
-        if step % cfg.train.save_every == 0 and step < stop:
+        if step % cfg.train.save_every == 0 and step < stop and not kept:
             save(step, cursor)
     bar.close()
     final = save(step, cursor)
-    log.write(_validation(cfg, method, module, tokenizer, valid_set, accelerator, sharded, step), print)
+    validation(saved=final)
     if main:
-        print(f"[lori] checkpoint: {final}")
+        print(f"[lori] checkpoint: {final}" + (f"; best of the final stage (train.keep_best): step {best['step']}, "
+                                               f"validation accuracy {best['valid_accuracy']:.3f}" if best else ""))
     # Tear down in order: every process reaches the end, the DDP wrapper (its reducer holds the process group) is
     # freed, then the group is destroyed. A DDP reducer freed after its gloo group was destroyed can hang at exit.
     accelerator.wait_for_everyone()
