@@ -5,8 +5,9 @@ initialised from the teacher's weights; a LoRi student also distils from it thro
 ``OUT/lori-cache``. :func:`pipeline_configs` builds those configs from a teacher and a student config tree plus
 command-line overrides (``teacher.``/``student.`` prefixes target one side, ``METHOD:`` one run, other keys apply
 to all);
+:func:`with_protocol` adds ``lori compare``'s protocol settings (:data:`PROTOCOL`) to a tree first;
 :func:`train_runs` trains them in order, reusing finished runs; :func:`evaluate_run` evaluates one run's final
-checkpoint (or the one given, e.g. :func:`scored_checkpoint`'s best of the final stage), reusing an earlier evaluation
+checkpoint (or the one given, e.g. :func:`best_checkpoint`, the best of the final stage), reusing an earlier evaluation
 of the same checkpoint with the same data and eval settings; :func:`run_facts` reads what a run's last checkpoint
 records (its curriculum stage, wall time) and :func:`train_accuracy` scores a checkpoint on training problems.
 """
@@ -19,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .config import Config, apply_overrides, config_from_dict, parse_overrides, to_dict
 from .errors import ConfigError
@@ -37,6 +40,60 @@ from .training.loop import train
 
 TEACHER = "cot-sft"  # the teacher's method and folder name; its evaluation is the cot-sft row
 SIDES = ("teacher", "student")
+
+
+# The protocol's settings, set in a preset tree that does not set the key itself (an override still wins):
+# (side, dotted key, value); side None = the teacher and the students.
+PROTOCOL = (("student", "curriculum.final_share", 0.3), ("student", "curriculum.keep_positions", True),
+            (None, "train.keep_best", True))
+BUDGET_KEYS = ("train.steps", "train.global_batch")
+
+
+def parse_methods(text: str | list[str]) -> list[str]:
+    """``"no-cot,lori"`` -> ``["no-cot", "lori"]``; every name must be a key of ``lori.methods.METHODS``."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    methods = [m.strip() for m in items if m.strip()]
+    if not methods:
+        raise ConfigError("--methods: name at least one method")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"--methods: unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"--methods: a method is listed twice in {','.join(methods)}")
+    return methods
+
+
+def with_protocol(tree: dict, side: str) -> dict:
+    """``tree`` with the :data:`PROTOCOL` settings of ``side`` wherever it does not set the key itself."""
+    for who, key, value in PROTOCOL:
+        if who not in (None, side):
+            continue
+        section, name = key.split(".")
+        if tree.get(section) is None:
+            tree[section] = {}
+        if isinstance(tree[section], dict):  # anything else is refused, naming the key, when the config is built
+            tree[section].setdefault(name, value)
+    return tree
+
+
+def method_override(method: str, key: str, value) -> str:
+    """``METHOD:key=value`` with the value written as YAML reads it back (JSON is YAML)."""
+    return f"{method}:{key}={json.dumps(value)}"
+
+
+def recipe_overrides(path: str | Path) -> list[str]:
+    """``recipes.yaml`` (``{METHOD: {dotted key: value}}``, as written by ``lori tune``) as ``METHOD:key=value``
+    overrides for ``lori compare --recipes``."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--recipes {path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict) or not all(isinstance(v, dict) for v in tree.values()):
+        raise ConfigError(f"--recipes {path}: expected METHOD: {{dotted key: value}} as lori tune writes it")
+    out = [method_override(m, k, v) for m, settings in tree.items() for k, v in settings.items()]
+    parse_overrides([o.partition(":")[2] for o in out])  # a value that does not parse is refused here
+    return out
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -171,12 +228,12 @@ def _eval_key(ckpt: Path, cfg: Config) -> dict:
             "data": to_dict(cfg.data), "eval": to_dict(cfg.eval)}
 
 
-def scored_checkpoint(cfg: Config) -> Path:
-    """The checkpoint a comparison scores: the best validation accuracy within the final curriculum stage
-    (``OUT/checkpoints/best``) when the run kept one (``train.keep_best``), else the newest checkpoint (a run
-    that never reached its final stage has no best)."""
-    best = checkpoint_dir(Path(cfg.out_dir)) / BEST_DIR
-    return best if cfg.train.keep_best and read_best(cfg.out_dir) is not None else resolve_checkpoint(cfg.out_dir)
+def best_checkpoint(cfg: Config) -> Path | None:
+    """The checkpoint with the best validation accuracy within the final curriculum stage (``OUT/checkpoints/best``)
+    when the run kept one (``train.keep_best``); None otherwise (a run that never validated in its final stage has
+    none): then a comparison scores the newest checkpoint."""
+    kept = cfg.train.keep_best and read_best(cfg.out_dir) is not None
+    return checkpoint_dir(Path(cfg.out_dir)) / BEST_DIR if kept else None
 
 
 def run_facts(cfg: Config) -> dict:

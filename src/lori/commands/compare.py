@@ -35,9 +35,8 @@ from ..evaluation.digits import DigitShares, digit_shares, digit_table, mean_sha
 from ..evaluation.plots import plot_accuracy_vs_tokens, plot_answer_token_ce
 from ..evaluation.results import (ResultRow, aggregate_table, check_one_test_set, markdown_table, write_results)
 from ..evaluation.sanity import TEACHER_MIN, answer_shares, constant_predictor, warnings
-from ..methods import METHODS
-from ..pipeline import (TEACHER, evaluate_current, pipeline_configs, run_facts, scored_checkpoint, train_accuracy,
-                        train_runs)
+from ..pipeline import (BUDGET_KEYS, TEACHER, evaluate_current, parse_methods, pipeline_configs, recipe_overrides,
+                        run_facts, best_checkpoint, train_accuracy, train_runs, with_protocol)
 from ..tasks import TASKS
 from ..training.checkpoint import read_best
 from ..training.curriculum import schedule
@@ -57,13 +56,6 @@ example (the 4x4 six-method table; hours on a CPU):
 """
 
 
-# The protocol's settings, set in a preset tree that does not set the key itself (an override still wins):
-# (side, dotted key, value); side None = the teacher and the students.
-PROTOCOL = (("student", "curriculum.final_share", 0.3), ("student", "curriculum.keep_positions", True),
-            (None, "train.keep_best", True))
-BUDGET_KEYS = ("train.steps", "train.global_batch")
-
-
 def add_arguments(c) -> None:
     c.add_argument("--teacher", required=True, help="YAML preset of the CoT-SFT teacher (the cot-sft row)")
     c.add_argument("--student", required=True, help="YAML preset of the students (method set per run; the "
@@ -73,6 +65,8 @@ def add_arguments(c) -> None:
     c.add_argument("--seeds", default="0,1", help="comma-separated training seeds (train.seed; default: 0,1)")
     c.add_argument("--out", required=True, help="output folder: OUT/seed-S/METHOD runs, results.json, results.md, "
                                                 "accuracy_vs_tokens.png")
+    c.add_argument("--recipes", help="recipes.yaml of `lori tune` (METHOD: {key: value}): each method's tuned "
+                                      "settings, applied before the overrides")
     c.add_argument("--per-method-budgets", action="store_true",
                    help="allow METHOD: overrides of train.steps / train.global_batch (the students then differ in "
                         "budget; every row shows its own)")
@@ -81,22 +75,9 @@ def add_arguments(c) -> None:
 
 
 def run(args) -> None:
-    run_compare(args.teacher, args.student, args.methods, args.seeds, Path(args.out), args.overrides,
+    recipes = recipe_overrides(args.recipes) if args.recipes else []
+    run_compare(args.teacher, args.student, args.methods, args.seeds, Path(args.out), [*recipes, *args.overrides],
                 per_method_budgets=args.per_method_budgets)
-
-
-def parse_methods(text: str | list[str]) -> list[str]:
-    """``"no-cot,lori"`` -> ``["no-cot", "lori"]``; every name must be a key of ``lori.methods.METHODS``."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    methods = [m.strip() for m in items if m.strip()]
-    if not methods:
-        raise ConfigError("--methods: name at least one method")
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise ConfigError(f"--methods: unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
-    if len(set(methods)) != len(methods):
-        raise ConfigError(f"--methods: a method is listed twice in {','.join(methods)}")
-    return methods
 
 
 def parse_seeds(text: str | list[int]) -> list[int]:
@@ -116,19 +97,6 @@ def _first_difference(a: dict, b: dict, prefix: str) -> tuple[str, object, objec
         if a.get(key) != b.get(key):
             return f"{prefix}.{key}", a.get(key), b.get(key)
     return None
-
-
-def with_protocol(tree: dict, side: str) -> dict:
-    """``tree`` with the :data:`PROTOCOL` settings of ``side`` wherever it does not set the key itself."""
-    for who, key, value in PROTOCOL:
-        if who not in (None, side):
-            continue
-        section, name = key.split(".")
-        if tree.get(section) is None:
-            tree[section] = {}
-        if isinstance(tree[section], dict):  # anything else is refused, naming the key, when the config is built
-            tree[section].setdefault(name, value)
-    return tree
 
 
 def check_budgets(cfgs: dict[str, Config], where: str, allowed: bool) -> None:
@@ -182,15 +150,22 @@ def last_validation(cfg: Config) -> float | None:
     return found[-1] if found else None
 
 
-def protocol_extra(cfg: Config, ckpt: Path, teacher_valid: float | None) -> dict:
-    """What a row records beside its accuracy: :func:`lori.pipeline.run_facts`, the scored step and its validation
-    accuracy, the training accuracy, and the teacher's validation accuracy."""
+def protocol_checks(cfg: Config, row: ResultRow, predictions: Path, teacher_valid: float | None, scorer) -> ResultRow:
+    """``row`` with what the protocol records beside its accuracy in its ``extra``: :func:`lori.pipeline.run_facts`,
+    the scored step and its validation accuracy, the training accuracy, the answer shares and the constant-predictor
+    flag (lori.evaluation.sanity), and the validation accuracy of the teacher the run starts from."""
+    ckpt = Path(row.checkpoint)
     best = read_best(cfg.out_dir) if cfg.train.keep_best else None
     train_acc, train_n = train_accuracy(cfg, ckpt)
-    return {**run_facts(cfg), "scored_step": best["step"] if best else int(ckpt.name.removeprefix("step-")),
-            "scored": "best validation of the final stage" if best else "last checkpoint",
-            "valid_accuracy": best["valid_accuracy"] if best else last_validation(cfg),
-            "train_accuracy": round(train_acc, 6), "train_n": train_n, "teacher_valid_accuracy": teacher_valid}
+    top, gold_top = answer_shares(read_predictions(predictions), scorer)
+    return replace(row, extra={
+        **row.extra, **run_facts(cfg),
+        "scored_step": best["step"] if best else int(ckpt.name.removeprefix("step-")),
+        "scored": "best validation of the final stage" if best else "last checkpoint",
+        "valid_accuracy": best["valid_accuracy"] if best else last_validation(cfg),
+        "train_accuracy": round(train_acc, 6), "train_n": train_n, "top_answer_share": round(top, 6),
+        "gold_top_share": round(gold_top, 6), "constant_predictor": constant_predictor(row, top, gold_top),
+        "teacher_valid_accuracy": teacher_valid})
 
 
 def run_compare(teacher: str | Path, student: str | Path, methods: str | list[str], seeds: str | list[int],
@@ -221,12 +196,9 @@ def run_compare(teacher: str | Path, student: str | Path, methods: str | list[st
                           "solve the task")
         for method in methods:
             cfg = cfgs[seed][method]
-            ckpt = scored_checkpoint(cfg)
-            row, n, predictions = evaluate_current(cfg, seed=seed, tag=TAG, label=f"seed {seed} / ", checkpoint=ckpt)
-            top, gold_top = answer_shares(read_predictions(predictions), scorer)
-            row = replace(row, extra={**row.extra, **protocol_extra(cfg, ckpt, teacher_valid),
-                                      "top_answer_share": round(top, 6), "gold_top_share": round(gold_top, 6),
-                                      "constant_predictor": constant_predictor(row, top, gold_top)})
+            row, n, predictions = evaluate_current(cfg, seed=seed, tag=TAG, label=f"seed {seed} / ",
+                                                   checkpoint=best_checkpoint(cfg))
+            row = protocol_checks(cfg, row, predictions, teacher_valid, scorer)
             if hasattr(scorer, "digit_matches"):  # digit-string answers: the per-digit diagnostic too
                 digits[method, seed] = digit_shares(read_predictions(predictions), scorer)
                 row = replace(row, extra={**row.extra, "digit_accuracy": round(digits[method, seed].digits, 6)})
@@ -248,7 +220,7 @@ def run_compare(teacher: str | Path, student: str | Path, methods: str | list[st
                "top_answer_share, gold_top_share, constant_predictor, teacher_valid_accuracy, budget, wall_s.\n")
     if digits:
         table = digit_table({m: mean_shares([digits[m, s] for s in seeds]) for m in methods})
-        section = (f"\n## Answer digits (a diagnostic; exact match above is the accuracy)\n\n{table}\n\n"
+        section += (f"\n## Answer digits (a diagnostic; exact match above is the accuracy)\n\n{table}\n\n"
                    "Mean over seeds of the share of gold digits right at their place (d1 = least significant, the "
                    "first one written), from each run's predictions; per run in results.json as "
                    "extra.digit_accuracy.\n")
