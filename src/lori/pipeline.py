@@ -34,7 +34,7 @@ from .methods import METHODS
 from .methods.lori.teacher import precompute
 from .models.checkpoint_folders import checkpoint_dir, list_checkpoints, resolve_checkpoint
 from .models.loading import TINY_ARCH_KEYS
-from .training.checkpoint import BEST_DIR, load_state, read_best
+from .training.checkpoint import BEST_DIR, STATE_FILE, load_state, read_best
 from .training.identity import check_reuse
 from .training.loop import train
 
@@ -239,15 +239,16 @@ def best_checkpoint(cfg: Config) -> Path | None:
 def run_facts(cfg: Config) -> dict:
     """What the newest checkpoint of ``cfg.out_dir`` records about its run, for a results row's ``extra``: the budget
     (``train.steps`` x ``train.global_batch``), the training wall seconds, the curriculum stage the last step trained
-    in, whether that is the final stage (``finished_curriculum``) and how many steps trained there; None where an
-    older checkpoint did not record it."""
-    state = load_state(resolve_checkpoint(cfg.out_dir))
+    in, whether that is the final stage (``final_stage_reached``; false: the run is unfinished) and how many steps
+    trained there; None where the checkpoint did not record it (an older lori, a weights-only folder)."""
+    ckpt = resolve_checkpoint(cfg.out_dir)
+    state = load_state(ckpt) if (ckpt / STATE_FILE).is_file() else {}
     clock = state.get("curriculum") or {}
     trained = clock.get("trained")
     return {"budget": {"steps": cfg.train.steps, "global_batch": cfg.train.global_batch,
                        "examples": cfg.train.steps * cfg.train.global_batch},
             "wall_s": state.get("wall_s"), "stages": cfg.curriculum.stages, "stage": trained,
-            "finished_curriculum": None if trained is None else cfg.curriculum.is_final(trained),
+            "final_stage_reached": None if trained is None else cfg.curriculum.is_final(trained),
             "final_stage_steps": clock.get("final_steps")}
 
 

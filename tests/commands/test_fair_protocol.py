@@ -93,9 +93,9 @@ def test_a_budget_too_small_for_the_curriculum_is_shown_unfinished(tmp_path, cap
     printed = capsys.readouterr().out
     assert "NOT reached" in printed and "UNFINISHED: coconut (seed 0) ended in curriculum stage 3 of 4" in printed
     rows = {r.method: r for r in read_results(out / "results.json")[3]}
-    assert rows["coconut"].extra["finished_curriculum"] is False and rows["coconut"].extra["stage"] == 3
+    assert rows["coconut"].extra["final_stage_reached"] is False and rows["coconut"].extra["stage"] == 3
     assert rows["coconut"].extra["scored"] == "last checkpoint" and rows["coconut"].extra["scored_step"] == 8
-    assert rows["cot-sft"].extra["finished_curriculum"] is True
+    assert rows["cot-sft"].extra["final_stage_reached"] is True
     md = (out / "results.md").read_text()
     assert "| coconut (unfinished: stage 3 of 4) |" in md  # the row table
     assert "| coconut (unfinished in 1 of 1 seeds) |" in md  # the mean over seeds
@@ -108,7 +108,7 @@ def test_a_budget_too_small_for_the_curriculum_is_shown_unfinished(tmp_path, cap
     assert "coconut: budget 8 steps x 16 = 128 examples; curriculum: 3 stages, each 1 steps" in printed
     row = next(r for r in read_results(out / "results.json")[3] if r.method == "coconut")
     e = row.extra
-    assert e["finished_curriculum"] is True and e["stage"] == 4 and e["final_stage_steps"] == 5
+    assert e["final_stage_reached"] is True and e["stage"] == 4 and e["final_stage_steps"] == 5
     assert e["budget"] == {"steps": 8, "global_batch": 16, "examples": 128} and e["wall_s"] > 0
     assert 0 <= e["train_accuracy"] <= 1 and e["train_n"] == 8 and "constant_predictor" in e
     md = (out / "results.md").read_text()
@@ -202,14 +202,32 @@ def test_the_constant_predictor_flag():
     # at chance but spread over answers (the most common predicted answer rarer than the most common gold): not
     assert not constant_predictor(_row("codi", 0.1, (0.02, 0.4)), 0.2, 0.3)
     rows = [_row("no-cot", 0.3, (0.108, 0.603), constant_predictor=True, top_answer_share=1.0, gold_top_share=0.3),
-            _row("icot-si", 0.5, (0.2, 0.8), finished_curriculum=False, stage=2, stages=3),
-            _row("lori", 0.9, (0.6, 0.98), finished_curriculum=True, stage=4, stages=3)]
+            _row("icot-si", 0.5, (0.2, 0.8), final_stage_reached=False, stage=2, stages=3),
+            _row("lori", 0.9, (0.6, 0.98), final_stage_reached=True, stage=4, stages=3)]
     found = warnings(rows)
     assert len(found) == 2 and found[0].startswith("CONSTANT PREDICTOR: no-cot (seed 0) gives 100.0%")
     assert found[1].startswith("UNFINISHED: icot-si (seed 0) ended in curriculum stage 2 of 4")
     assert "icot-si (unfinished: stage 2 of 4)" in markdown_table(rows)
     assert "icot-si (unfinished in 1 of 1 seeds)" in aggregate_table(rows)
     assert "lori (unfinished" not in markdown_table(rows)
+
+
+def test_the_plot_marks_unfinished_runs(tmp_path, monkeypatch):
+    from lori.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    rows = [_row("icot-si", 0.5, (0.2, 0.8), final_stage_reached=False, stage=2, stages=3),
+            _row("lori", 0.9, (0.6, 0.98), final_stage_reached=True, stage=4, stages=3),
+            _row("codi", 0.4, (0.2, 0.6), seed=0, final_stage_reached=False, stage=1, stages=3),
+            _row("codi", 0.5, (0.2, 0.6), seed=1, final_stage_reached=True, stage=4, stages=3)]
+    plots.plot_accuracy_vs_tokens(rows, tmp_path / "p.png")
+    ax = figures[0].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "icot-si (seed 0) (unfinished)" in labels and "lori (seed 0)" in labels
+    assert "codi (mean of 2 seeds; unfinished in 1)" in labels
+    hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "none"]
+    assert len(hollow) == 3  # the unfinished icot-si and codi seed 0, and codi's mean
 
 
 # ----------------------------------------------------------------------------------------------- iCoT-SI positions
@@ -262,9 +280,9 @@ def test_tune_grid_sizes_must_agree(tmp_path):
     grid.write_text(yaml.safe_dump({"common": {"train.steps": [10, 20]}}))
     with pytest.raises(ConfigError, match="train.steps: the budget"):
         read_grid(grid, ["coconut"])
-    points = [{"point": 0, "valid_accuracy": 0.9, "finished_curriculum": False},
-              {"point": 1, "valid_accuracy": 0.5, "finished_curriculum": True},
-              {"point": 2, "valid_accuracy": 0.5, "finished_curriculum": True}]
+    points = [{"point": 0, "valid_accuracy": 0.9, "final_stage_reached": False},
+              {"point": 1, "valid_accuracy": 0.5, "final_stage_reached": True},
+              {"point": 2, "valid_accuracy": 0.5, "final_stage_reached": True}]
     assert choose(points)["point"] == 1  # an unfinished run is never chosen over a finished one; ties: the first
 
 

@@ -216,7 +216,7 @@ def run_compare(teacher: str | Path, student: str | Path, methods: str | list[st
                f"\n\nChecked: every teacher >= {100 * TEACHER_MIN:.0f}% on validation; every curriculum finished "
                "(final stage reached); no constant predictor (its most common answer at least as common as the most "
                "common gold answer, at chance accuracy: Wilson lower bound <= that gold share). Per row in "
-               "results.json's extra: finished_curriculum, stage, scored_step, valid_accuracy, train_accuracy, "
+               "results.json's extra: final_stage_reached, stage, scored_step, valid_accuracy, train_accuracy, "
                "top_answer_share, gold_top_share, constant_predictor, teacher_valid_accuracy, budget, wall_s.\n")
     if digits:
         table = digit_table({m: mean_shares([digits[m, s] for s in seeds]) for m in methods})

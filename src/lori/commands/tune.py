@@ -142,7 +142,7 @@ def run_tune(teacher: str | Path, student: str | Path, methods: str | list[str],
             row, n, _ = evaluate_current(cfg, tag=TAG, label=f"{m} #{i} ", checkpoint=best_checkpoint(cfg))
             facts = run_facts(cfg)
             results[m].append({"point": i, "settings": point, "valid_accuracy": row.accuracy, "n": n,
-                               "finished_curriculum": facts["finished_curriculum"], "stage": facts["stage"],
+                               "final_stage_reached": facts["final_stage_reached"], "stage": facts["stage"],
                                "wall_s": facts["wall_s"], "run": cfg.out_dir})
     chosen = {m: choose(results[m]) for m in methods}
     payload = {"split": "valid", "seed": seed, "grid": str(grid), "methods": results,
@@ -154,7 +154,7 @@ def run_tune(teacher: str | Path, student: str | Path, methods: str | list[str],
     atomic_write_text(out / "tune.md", f"# lori tune: validation accuracy per grid point\n\n{md}\n")
     print("\n" + md)
     for m, c in chosen.items():
-        if c["finished_curriculum"] is False:
+        if c["final_stage_reached"] is False:
             print(f"[{TAG}] WARNING: no {m} grid point reached its final stage; its recipe is an unfinished run's")
     print(f"\n[{TAG}] wrote {out / 'tune.json'}, {out / 'tune.md'}, {out / 'recipes.yaml'}")
     return out
@@ -163,7 +163,7 @@ def run_tune(teacher: str | Path, student: str | Path, methods: str | list[str],
 def choose(points: list[dict]) -> dict:
     """The most accurate point among those that reached their final stage (all of them when none did); ties go to
     the first in grid order."""
-    pool = [p for p in points if p["finished_curriculum"] is not False] or points
+    pool = [p for p in points if p["final_stage_reached"] is not False] or points
     return max(pool, key=lambda p: (p["valid_accuracy"], -p["point"]))
 
 
@@ -172,7 +172,7 @@ def tune_table(results: dict[str, list[dict]], chosen: dict[str, dict]) -> str:
     for m, points in results.items():
         for p in points:
             settings = ", ".join(f"{k}={v}" for k, v in p["settings"].items())
-            lines.append(f"| {m} | {p['point']} | {settings} | {100 * p['valid_accuracy']:.1f} | "
-                         f"{'n/a' if p['finished_curriculum'] is None else 'yes' if p['finished_curriculum'] else 'NO'}"
-                         f" | {'yes' if p is chosen[m] else ''} |")
+            reached = {None: "n/a", True: "yes", False: "NO"}[p["final_stage_reached"]]
+            lines.append(f"| {m} | {p['point']} | {settings} | {100 * p['valid_accuracy']:.1f} | {reached} | "
+                         f"{'yes' if p is chosen[m] else ''} |")
     return "\n".join(lines)

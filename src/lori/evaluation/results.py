@@ -303,9 +303,9 @@ def _cell(text: str) -> str:
 
 
 def unfinished(row: ResultRow) -> bool:
-    """Whether the row's run ended before its final curriculum stage (``extra.finished_curriculum`` false, as
+    """Whether the row's run ended before its final curriculum stage (``extra.final_stage_reached`` false, as
     ``lori compare`` records it): its accuracy is not the method's, and every table and plot marks it."""
-    return row.extra.get("finished_curriculum") is False
+    return row.extra.get("final_stage_reached") is False
 
 
 def _method_cell(row: ResultRow) -> str:

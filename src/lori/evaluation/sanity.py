@@ -42,7 +42,7 @@ def warnings(rows: list[ResultRow]) -> list[str]:
     out = []
     for r in rows:
         e, who = r.extra, f"{r.method}{'' if r.seed is None else f' (seed {r.seed})'}"
-        if e.get("finished_curriculum") is False:
+        if e.get("final_stage_reached") is False:
             out.append(f"UNFINISHED: {who} ended in curriculum stage {e['stage']} of {e['stages'] + 1}: its row is "
                        "not the method's accuracy (set curriculum.final_share or raise train.steps)")
         if e.get("constant_predictor"):
