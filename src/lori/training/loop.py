@@ -114,6 +114,8 @@ def render_all(method, examples: list[Example], tokenizer, cfg: Config, stage: i
         thoughts = item.get("latent_steps", 0)
         length = sum(len(v) for k, v in item.items() if k.endswith("_ids")) + \
             (cfg.curriculum.thought_offset + (thoughts - 1) * cfg.curriculum.thought_stride + 1 if thoughts else 0)
+        if "positions" in item:  # kept positions (iCoT-SI, curriculum.keep_positions) reach past the token count
+            length = max(length, item["positions"][-1] + 1)
         if length > max_length:
             raise LoriError(
                 f"{ex.source}: renders to {length} tokens, over data.max_length={max_length}; "
