@@ -124,8 +124,8 @@ class TrainConfig:
     log_every: int = 25
     eval_every: int = 250  # validation loss + accuracy on eval_size validation problems; 0 = only at end
     eval_size: int = 200
-    # keep OUT/checkpoints/best: the checkpoint with the best validation accuracy among those of the final curriculum stage
-    # (validated every eval_every steps and at the end); lori compare scores it (lori.pipeline.best_checkpoint)
+    # keep OUT/checkpoints/best: the checkpoint with the best validation accuracy among those of the final
+    # curriculum stage (validated every eval_every steps and at the end); lori compare scores it
     keep_best: bool = False
     save_every: int = 500
     keep_checkpoints: int = 2  # newest N checkpoints kept (>= 1), older ones deleted

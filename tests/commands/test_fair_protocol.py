@@ -141,6 +141,25 @@ def test_training_keeps_the_best_validation_checkpoint_of_the_final_stage(tmp_pa
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] .count("best") == 1
 
 
+def test_a_resumed_run_drops_a_best_checkpoint_from_past_its_resume_point(tmp_path, monkeypatch):
+    import shutil
+
+    accuracy = {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4, 5: 0.9}
+    monkeypatch.setattr(loop, "_validation", _scripted_validation(lambda cfg, step: accuracy[step]))
+    run = tmp_path / "run"
+    base = [f"out_dir={run}", "data.digits=[2,2]", "data.train_size=40", "data.valid_size=8", "data.test_size=8",
+            *TINY, "train.global_batch=8", "train.micro_batch=8", "train.eval_every=1", "train.save_every=2",
+            "train.keep_checkpoints=5", "train.keep_best=true"]
+    loop.train(load_config(None, [*base, "train.steps=6", "train.stop_at=5"]))
+    assert read_best(run) == {"step": 5, "valid_accuracy": 0.9}
+    shutil.rmtree(run / "checkpoints" / "step-000005")  # as if killed after keeping step 5 but before its save
+    accuracy.update({5: 0.6, 6: 0.5})
+    loop.train(load_config(None, [*base, "train.steps=6"]))  # resumes from step 4: the kept step 5 is gone
+    assert read_best(run) == {"step": 5, "valid_accuracy": 0.6}
+    assert load_state(run / "checkpoints" / "step-000006")["wall_s"] > load_state(run / "checkpoints" /
+                                                                                   "step-000004")["wall_s"] > 0
+
+
 def test_compare_scores_the_best_final_stage_checkpoint(tmp_path, monkeypatch):
     # every run validates each step; the best final-stage step is 5 for the students, 2 for the teacher
     def script(cfg, step):

@@ -103,8 +103,9 @@ def read_grid(path: str | Path, methods: list[str]) -> dict[str, list[dict]]:
         grids[m] = [dict(zip(keys, combo)) for combo in itertools.product(*(table[k] for k in keys))]
     sizes = {m: len(g) for m, g in grids.items()}
     if len(set(sizes.values())) > 1:
-        raise ConfigError(f"{path}: the methods' grids differ in size ({', '.join(f'{m} {n}' for m, n in sizes.items())}"
-                          "); give every method as many combinations (each tries as many recipes)")
+        listed = ", ".join(f"{m} {n}" for m, n in sizes.items())
+        raise ConfigError(f"{path}: the methods' grids differ in size ({listed}); give every method as many "
+                          "combinations (each tries as many recipes)")
     return grids
 
 
@@ -121,8 +122,9 @@ def run_tune(teacher: str | Path, student: str | Path, methods: str | list[str],
     for m, points in grids.items():  # every config is built (and refused) before anything trains
         runs[m] = []
         for i, point in enumerate(points):
-            cfgs = pipeline_configs(t_tree, s_tree, shared + [method_override(m, k, v) for k, v in point.items()], out, [m],
-                                    seed=seed, where=f"{where}, grid point {m} #{i}")
+            knobs = [method_override(m, k, v) for k, v in point.items()]
+            cfgs = pipeline_configs(t_tree, s_tree, shared + knobs, out, [m], seed=seed,
+                                    where=f"{where}, grid point {m} #{i}")
             cfg, run_dir = cfgs[m], out / m / f"{i:02d}"
             cache = str(run_dir / "lori-cache") if cfg.lori.cache_dir else None  # its own: the grid may vary lori.*
             runs[m].append((point, cfgs[TEACHER], replace(cfg, out_dir=str(run_dir),
@@ -168,7 +170,8 @@ def choose(points: list[dict]) -> dict:
 
 
 def tune_table(results: dict[str, list[dict]], chosen: dict[str, dict]) -> str:
-    lines = ["| method | point | settings | valid accuracy % | final stage reached | chosen |", "|---|---:|---|---:|---|---|"]
+    lines = ["| method | point | settings | valid accuracy % | final stage reached | chosen |",
+             "|---|---:|---|---:|---|---|"]
     for m, points in results.items():
         for p in points:
             settings = ", ".join(f"{k}={v}" for k, v in p["settings"].items())

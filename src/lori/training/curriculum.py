@@ -1,13 +1,13 @@
 """The curriculum clock: which stage the training loop renders its examples for, step by step.
 
-A fixed curriculum (``curriculum.advance_below`` unset) moves a stage every ``cap`` steps (``CurriculumConfig.stage_at``).
-An adaptive one stays in a stage until the mean training cross-entropy of its last ``curriculum.advance_window`` steps
-is below ``curriculum.advance_below``, or ``cap`` steps have passed. ``cap`` is ``curriculum.steps_per_stage``,
-lowered by ``curriculum.final_share`` so that the final stage gets that share of ``train.steps``
-(``CurriculumConfig.stage_cap``; :func:`schedule` says it in words). The clock's state -- its stage, the step that
-stage started at, the recent losses, the stage the last step trained in and the steps trained in the final stage --
-is saved with each checkpoint, so a resumed run advances where the uninterrupted one would and an evaluation knows
-whether the checkpoint finished its curriculum.
+A fixed curriculum (``curriculum.advance_below`` unset) moves a stage every ``cap`` steps
+(``CurriculumConfig.stage_at``). An adaptive one stays in a stage until the mean training cross-entropy of its last
+``curriculum.advance_window`` steps is below ``curriculum.advance_below``, or ``cap`` steps have passed. ``cap`` is
+``curriculum.steps_per_stage``, lowered by ``curriculum.final_share`` so that the final stage gets that share of
+``train.steps`` (``CurriculumConfig.stage_cap``; :func:`schedule` says it in words). The clock's state -- its stage,
+the step that stage started at, the recent losses, the stage the last step trained in and the steps trained in the
+final stage -- is saved with each checkpoint, so a resumed run advances where the uninterrupted one would and an
+evaluation knows whether the checkpoint finished its curriculum.
 """
 
 from __future__ import annotations

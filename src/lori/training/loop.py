@@ -193,7 +193,8 @@ def _set_up_folder(cfg: Config, out_dir: Path, module, n_train: int, n_valid: in
 
 
 def _best_so_far(cfg: Config, out_dir: Path, step: int, resume_from: Path | None) -> dict | None:
-    """The ``OUT/checkpoints/best`` a resumed run keeps (kept at or before the step it resumes from); otherwise it is removed."""
+    """The ``OUT/checkpoints/best`` a resumed run keeps (one kept at or before the step it resumes from); any other
+    is removed."""
     best = read_best(out_dir) if resume_from is not None and cfg.train.keep_best else None
     if best is None or best["step"] > step:
         drop_best(out_dir)
