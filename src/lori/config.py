@@ -254,10 +254,10 @@ class CurriculumConfig:
         # rounded first: 0.7 x 1000 / 7 is 99.99999999999999 in floats
         return min(self.steps_per_stage, math.floor(round((1 - self.final_share) * train_steps / self.stages, 9)))
 
-    def stage_at(self, step: int, cap: int) -> int:
-        """Stage of optimizer step ``step`` (0-based) with stages of ``cap`` steps: 1..stages, or stages + 1 for the
-        final stage."""
-        return min(step // cap + 1, self.stages + 1) if self.stages else 1
+    def stage_at(self, step: int, cap: int | None = None) -> int:
+        """Stage of optimizer step ``step`` (0-based) with stages of ``cap`` steps (default ``steps_per_stage``; the
+        loop passes :meth:`stage_cap`): 1..stages, or stages + 1 for the final stage."""
+        return min(step // (cap or self.steps_per_stage) + 1, self.stages + 1) if self.stages else 1
 
     def is_final(self, stage: int) -> bool:
         return stage > self.stages
