@@ -64,7 +64,7 @@ def inference(args, pt, device) -> tuple[dict[str, dict], dict[str, tuple[float,
                     model, kw, new, prompts = pt.lm(), {}, teacher_new, prompts_t
                 else:
                     s, _ = pt.student()
-                    model, kw, new, prompts = s.lm, lori_method.generation_kwargs(s, tok), student_new, prompts_s
+                    model, kw, new, prompts = s.lm, lori_method.generation_kwargs(s, tok, cfg), student_new, prompts_s
                 g = greedy_generate(model.eval(), prompts[:1] if mode == "latency" else prompts, eos_id=-1,
                                     pad_id=pt.pad, max_new_tokens=new, **kw)
                 del model, kw

@@ -29,6 +29,8 @@ COMMANDS = {
     "demo": "the whole pipeline on the built-in reasoning-depth task (6-step chains), on the CPU",
     "compare": "methods x seeds on one task under one budget: accuracy (mean ± 95%% t-interval over seeds), "
                "generated tokens, latency, speedup vs cot-sft",
+    "tune": "each student method's recipe chosen on the validation split (the same grid size for every method): "
+            "recipes.yaml for lori compare --recipes",
 }
 
 USAGE = """\
@@ -41,6 +43,7 @@ USAGE = """\
   lori prepare multiplication|chains|gsm8k-aug --out FILE ...
   lori demo --out DIR [--train-teacher]
   lori compare --teacher T.yaml --student S.yaml --methods M1,M2,... --seeds 0,1 --out DIR [key=value ...]
+  lori tune --teacher T.yaml --student S.yaml --methods M1,M2,... --grid GRID.yaml --out DIR [key=value ...]
 """
 
 

@@ -131,6 +131,9 @@ class TrainConfig:
     log_every: int = 25
     eval_every: int = 250  # validation loss + accuracy on eval_size validation problems; 0 = only at end
     eval_size: int = 200
+    # keep OUT/checkpoints/best: the checkpoint with the best validation accuracy among those of the final
+    # curriculum stage (validated every eval_every steps and at the end); lori compare scores it
+    keep_best: bool = False
     save_every: int = 500
     keep_checkpoints: int = 2  # newest N checkpoints kept (>= 1), older ones deleted
     # "auto": newest checkpoint in out_dir; "never": start over (deletes out_dir's checkpoints and metrics); or a
@@ -212,6 +215,15 @@ class CurriculumConfig:
     # advance_below (steps_per_stage then the most it may take); null: every stage is exactly steps_per_stage steps.
     advance_below: float | None = None
     advance_window: int = 25
+    # The final stage's guaranteed share of train.steps: each earlier stage is capped at
+    # min(steps_per_stage, floor((1 - final_share) x train.steps / stages)) steps, so the final stage starts by step
+    # (1 - final_share) x train.steps whatever the loss does. null: steps_per_stage alone (the final stage may never
+    # come within train.steps).
+    final_share: float | None = None
+    # iCoT-SI only: the text left after the removed rationale tokens keeps the position ids it had in the teacher's
+    # rendering (the latent methods' thought_offset/stride do the same for theirs); at the final stage, and in
+    # generation, the answer starts stages x remove_per_stage positions after the prompt.
+    keep_positions: bool = False
     # Thought j sits at position(<bot>) + 1 + thought_offset + j * thought_stride, <eot> right after; matching the
     # rationale's layout keeps the language after the thoughts at the teacher's positions (docs/methods.md).
     thought_offset: int = 0
@@ -237,10 +249,21 @@ class CurriculumConfig:
         if self.removal_smoothing_lambda is not None and not self.removal_smoothing_lambda > 0:
             raise ConfigError(f"curriculum.removal_smoothing_lambda must be > 0 or null (no offset), got "
                               f"{self.removal_smoothing_lambda}")
+        if self.final_share is not None and not 0 < self.final_share < 1:
+            raise ConfigError(f"curriculum.final_share must be in (0, 1) or null, got {self.final_share}")
 
-    def stage_at(self, step: int) -> int:
-        """Stage of optimizer step ``step`` (0-based): 1..stages, or stages + 1 for the final stage."""
-        return min(step // self.steps_per_stage + 1, self.stages + 1) if self.stages else 1
+    def stage_cap(self, train_steps: int) -> int:
+        """The most steps an earlier stage may take in a run of ``train_steps``: ``steps_per_stage``, lowered by
+        ``final_share`` to ``floor((1 - final_share) x train_steps / stages)`` when it would not leave that share."""
+        if self.final_share is None or not self.stages:
+            return self.steps_per_stage
+        # rounded first: 0.7 x 1000 / 7 is 99.99999999999999 in floats
+        return min(self.steps_per_stage, math.floor(round((1 - self.final_share) * train_steps / self.stages, 9)))
+
+    def stage_at(self, step: int, cap: int | None = None) -> int:
+        """Stage of optimizer step ``step`` (0-based) with stages of ``cap`` steps (default ``steps_per_stage``; the
+        loop passes :meth:`stage_cap`): 1..stages, or stages + 1 for the final stage."""
+        return min(step // (cap or self.steps_per_stage) + 1, self.stages + 1) if self.stages else 1
 
     def is_final(self, stage: int) -> bool:
         return stage > self.stages
@@ -436,6 +459,10 @@ class Config:
             raise ConfigError("train.sharding=fsdp with model.lora_r (LoRA) is not supported: a LoRA checkpoint's "
                               "merged weights are made from an unsharded copy of the model; LoRA trains few weights, "
                               "so use train.sharding=none (DDP, with model.gradient_checkpointing=true for memory)")
+        if self.curriculum.stage_cap(self.train.steps) < 1:
+            raise ConfigError(f"curriculum.final_share={self.curriculum.final_share} leaves less than one step per "
+                              f"stage for {self.curriculum.stages} stages in train.steps={self.train.steps}; lower "
+                              "final_share or curriculum.stages, or raise train.steps")
         if self.method == "icot-si" and self.curriculum.stages == 0:
             raise ConfigError("method: icot-si with curriculum.stages=0 removes the whole rationale from the first "
                               "step, which is No-CoT; set curriculum.stages >= 1 (or method: no-cot)")

@@ -5,8 +5,11 @@ initialised from the teacher's weights; a LoRi student also distils from it thro
 ``OUT/lori-cache``. :func:`pipeline_configs` builds those configs from a teacher and a student config tree plus
 command-line overrides (``teacher.``/``student.`` prefixes target one side, ``METHOD:`` one run, other keys apply
 to all);
+:func:`with_protocol` adds ``lori compare``'s protocol settings (:data:`PROTOCOL`) to a tree first;
 :func:`train_runs` trains them in order, reusing finished runs; :func:`evaluate_run` evaluates one run's final
-checkpoint, reusing an earlier evaluation of the same checkpoint with the same data and eval settings.
+checkpoint (or the one given, e.g. :func:`best_checkpoint`, the best of the final stage), reusing an earlier evaluation
+of the same checkpoint with the same data and eval settings; :func:`run_facts` reads what a run's last checkpoint
+records (its curriculum stage, wall time) and :func:`train_accuracy` scores a checkpoint on training problems.
 """
 
 from __future__ import annotations
@@ -18,19 +21,79 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .config import Config, apply_overrides, config_from_dict, parse_overrides, to_dict
 from .errors import ConfigError
 from .evaluation.results import ResultRow, read_results, test_set_difference, write_results
+from .data.splits import load_split
+from .evaluation.evaluate import evaluate
 from .evaluation.scoring import evaluate_checkpoint, test_set_identity
+from .student import load_student
 from .methods import METHODS
 from .methods.lori.teacher import precompute
-from .models.checkpoint_folders import list_checkpoints, resolve_checkpoint
+from .models.checkpoint_folders import checkpoint_dir, list_checkpoints, resolve_checkpoint
 from .models.loading import TINY_ARCH_KEYS
+from .training.checkpoint import BEST_DIR, STATE_FILE, load_state, read_best
 from .training.identity import check_reuse
 from .training.loop import train
 
 TEACHER = "cot-sft"  # the teacher's method and folder name; its evaluation is the cot-sft row
 SIDES = ("teacher", "student")
+
+
+# The protocol's settings, set in a preset tree that does not set the key itself (an override still wins):
+# (side, dotted key, value); side None = the teacher and the students.
+PROTOCOL = (("student", "curriculum.final_share", 0.3), ("student", "curriculum.keep_positions", True),
+            (None, "train.keep_best", True))
+BUDGET_KEYS = ("train.steps", "train.global_batch")
+
+
+def parse_methods(text: str | list[str]) -> list[str]:
+    """``"no-cot,lori"`` -> ``["no-cot", "lori"]``; every name must be a key of ``lori.methods.METHODS``."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    methods = [m.strip() for m in items if m.strip()]
+    if not methods:
+        raise ConfigError("--methods: name at least one method")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"--methods: unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"--methods: a method is listed twice in {','.join(methods)}")
+    return methods
+
+
+def with_protocol(tree: dict, side: str) -> dict:
+    """``tree`` with the :data:`PROTOCOL` settings of ``side`` wherever it does not set the key itself."""
+    for who, key, value in PROTOCOL:
+        if who not in (None, side):
+            continue
+        section, name = key.split(".")
+        if tree.get(section) is None:
+            tree[section] = {}
+        if isinstance(tree[section], dict):  # anything else is refused, naming the key, when the config is built
+            tree[section].setdefault(name, value)
+    return tree
+
+
+def method_override(method: str, key: str, value) -> str:
+    """``METHOD:key=value`` with the value written as YAML reads it back (JSON is YAML)."""
+    return f"{method}:{key}={json.dumps(value)}"
+
+
+def recipe_overrides(path: str | Path) -> list[str]:
+    """``recipes.yaml`` (``{METHOD: {dotted key: value}}``, as written by ``lori tune``) as ``METHOD:key=value``
+    overrides for ``lori compare --recipes``."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--recipes {path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict) or not all(isinstance(v, dict) for v in tree.values()):
+        raise ConfigError(f"--recipes {path}: expected METHOD: {{dotted key: value}} as lori tune writes it")
+    out = [method_override(m, k, v) for m, settings in tree.items() for k, v in settings.items()]
+    parse_overrides([o.partition(":")[2] for o in out])  # a value that does not parse is refused here
+    return out
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -165,15 +228,62 @@ def _eval_key(ckpt: Path, cfg: Config) -> dict:
             "data": to_dict(cfg.data), "eval": to_dict(cfg.eval)}
 
 
+def best_checkpoint(cfg: Config) -> Path | None:
+    """The checkpoint with the best validation accuracy within the final curriculum stage (``OUT/checkpoints/best``)
+    when the run kept one (``train.keep_best``); None otherwise (a run that never validated in its final stage has
+    none): then a comparison scores the newest checkpoint."""
+    kept = cfg.train.keep_best and read_best(cfg.out_dir) is not None
+    return checkpoint_dir(Path(cfg.out_dir)) / BEST_DIR if kept else None
+
+
+def run_facts(cfg: Config) -> dict:
+    """What the newest checkpoint of ``cfg.out_dir`` records about its run, for a results row's ``extra``: the budget
+    (``train.steps`` x ``train.global_batch``), the training wall seconds, the curriculum stage the last step trained
+    in, whether that is the final stage (``final_stage_reached``; false: the run is unfinished) and how many steps
+    trained there; None where the checkpoint did not record it (an older lori, a weights-only folder)."""
+    ckpt = resolve_checkpoint(cfg.out_dir)
+    state = load_state(ckpt) if (ckpt / STATE_FILE).is_file() else {}
+    clock = state.get("curriculum") or {}
+    trained = clock.get("trained")
+    return {"budget": {"steps": cfg.train.steps, "global_batch": cfg.train.global_batch,
+                       "examples": cfg.train.steps * cfg.train.global_batch},
+            "wall_s": state.get("wall_s"), "stages": cfg.curriculum.stages, "stage": trained,
+            "final_stage_reached": None if trained is None else cfg.curriculum.is_final(trained),
+            "final_stage_steps": clock.get("final_steps")}
+
+
+def train_accuracy(cfg: Config, ckpt: Path) -> tuple[float, int]:
+    """``(accuracy, n)`` of ``ckpt`` on the first ``train.eval_size`` training problems (greedy, the run's eval
+    settings), the training-side number beside a test accuracy; kept in ``OUT/eval-train/`` and reused while the
+    checkpoint's files and the data and eval settings are the same."""
+    folder = Path(cfg.out_dir) / "eval-train"
+    key_file = folder / "eval_key.json"
+    key = {**_eval_key(ckpt, cfg), "n": cfg.train.eval_size}
+    if key_file.is_file():
+        saved = json.loads(key_file.read_text())
+        if saved.get("key") == key:
+            return saved["accuracy"], saved["n"]
+    student = load_student(ckpt, cfg)
+    examples = load_split(cfg.data, "train")[: cfg.train.eval_size]
+    ev = evaluate(student.lm, student.tokenizer, [student.prompt_ids(ex) for ex in examples], examples,
+                  student.task, method=cfg.method, checkpoint=str(ckpt), batch_size=cfg.eval.batch_size,
+                  max_new_tokens=cfg.eval.max_new_tokens, latency_problems=0, progress=False,
+                  **student.generation_kwargs())
+    folder.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps({"key": key, "accuracy": ev.row.accuracy, "n": len(examples)}) + "\n")
+    return ev.row.accuracy, len(examples)
+
+
 def evaluate_run(cfg: Config, seed: int | None = None, tag: str = "lori", label: str = "",
-                 reuse: bool = True) -> tuple[ResultRow, int, Path]:
-    """Evaluate the newest checkpoint of ``cfg.out_dir`` on ``cfg.eval.split`` -> ``(row, n, predictions)``.
+                 reuse: bool = True, checkpoint: Path | None = None) -> tuple[ResultRow, int, Path]:
+    """Evaluate ``checkpoint`` (default: the newest checkpoint of ``cfg.out_dir``) on ``cfg.eval.split`` -> ``(row,
+    n, predictions)``.
 
     Writes ``OUT_DIR/eval-SPLIT/`` as ``lori eval`` does (``results.json``, ``results.md``,
     ``predictions-METHOD-STEP.jsonl``) plus ``eval_key.json``; with ``reuse``, an evaluation whose key matches (same
     checkpoint files, data and eval settings) is read back instead of being run again. ``seed`` goes into the row.
     """
-    ckpt = resolve_checkpoint(cfg.out_dir)
+    ckpt = resolve_checkpoint(checkpoint or cfg.out_dir)
     folder = Path(cfg.out_dir) / f"eval-{cfg.eval.split}"
     predictions = folder / f"predictions-{cfg.method}-{ckpt.name}.jsonl"
     key_file = folder / "eval_key.json"
@@ -189,6 +299,8 @@ def evaluate_run(cfg: Config, seed: int | None = None, tag: str = "lori", label:
                 print(f"[{tag}] {label}{cfg.method}: reusing its evaluation in {folder}")
                 return replace(rows[0], seed=seed), n, predictions
     key_file.unlink(missing_ok=True)  # written last: a folder without it holds no finished evaluation
+    for old in folder.glob("predictions-*.jsonl"):  # one evaluation per folder: an earlier checkpoint's goes
+        old.unlink()
     ev = evaluate_checkpoint(ckpt, cfg)
     row = replace(ev.row, seed=seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -200,11 +312,12 @@ def evaluate_run(cfg: Config, seed: int | None = None, tag: str = "lori", label:
     return row, len(ev.predictions), predictions
 
 
-def evaluate_current(cfg: Config, seed: int | None = None, tag: str = "lori", label: str = ""):
+def evaluate_current(cfg: Config, seed: int | None = None, tag: str = "lori", label: str = "",
+                     checkpoint: Path | None = None):
     """:func:`lori.pipeline.evaluate_run`, reusing a finished evaluation only when its row records the test set
     ``cfg`` evaluates now; one of another test set (a data file changed since) or without that record (written by an
     older lori) is run again. Returns ``(row, n, predictions)``."""
-    row, n, predictions = evaluate_run(cfg, seed=seed, tag=tag, label=label)
+    row, n, predictions = evaluate_run(cfg, seed=seed, tag=tag, label=label, checkpoint=checkpoint)
     current = test_set_identity(cfg)
     if row.test_set is None:
         why = "has no record of its test set"
@@ -214,4 +327,4 @@ def evaluate_current(cfg: Config, seed: int | None = None, tag: str = "lori", la
     if why is None:
         return row, n, predictions
     print(f"[{tag}] {label}{cfg.method}: its evaluation {why}; evaluating again")
-    return evaluate_run(cfg, seed=seed, tag=tag, label=label, reuse=False)
+    return evaluate_run(cfg, seed=seed, tag=tag, label=label, reuse=False, checkpoint=checkpoint)

@@ -87,7 +87,7 @@ class Student:
     def generation_kwargs(self) -> dict:
         """What the method adds to greedy decoding: K, the projector, ``<eot>``, the thought positions (none for
         explicit methods)."""
-        return self._method.generation_kwargs(self.module, self.tokenizer)
+        return self._method.generation_kwargs(self.module, self.tokenizer, self.cfg)
 
     @torch.no_grad()
     def generate(self, questions: str | Sequence[str], max_new_tokens: int | None = None,

@@ -182,9 +182,10 @@ def test_compare_refuses_rows_of_different_test_sets_and_reevaluates_stale_ones(
     teacher.write_text("method: cot-sft\ndata: {task: chains, seed: 0}\n")
     student.write_text("method: no-cot\ndata: {task: chains, seed: 0}\n")
     monkeypatch.setattr(compare, "train_runs", lambda *a, **k: None)
+    monkeypatch.setattr(compare, "protocol_checks", lambda cfg, row, *a: row)  # nothing trained to check
     reused, fresh, calls = {}, {}, []  # method -> the test set its reused / fresh evaluation reports
 
-    def evaluate_run(cfg, seed=None, tag="", label="", reuse=True):
+    def evaluate_run(cfg, seed=None, tag="", label="", reuse=True, checkpoint=None):
         calls.append((cfg.method, reuse))
         ts = scoring.test_set_identity(cfg)
         ts = (reused if reuse else fresh).get(cfg.method, ts)

@@ -42,6 +42,7 @@ def evaluate(
     eot_id: int | None = None,
     position_offset: int = 0,
     position_stride: int = 1,
+    answer_gap: int = 0,
     progress: bool = True,
 ) -> Evaluation:
     """Greedy-generate an answer for every prompt and score it with ``task.is_correct``.
@@ -55,7 +56,8 @@ def evaluate(
     device = next(lm.parameters()).device
     gen_kwargs = dict(eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens,
                       latent_steps=latent_steps, project=project, eot_id=eot_id,
-                      position_offset=position_offset, position_stride=position_stride)
+                      position_offset=position_offset, position_stride=position_stride,
+                      answer_gap=answer_gap)
     _sync(device)
     t0 = time.perf_counter()
     g = generate_batches(lm, prompts, batch_size, progress=progress, desc=f"eval {method}", **gen_kwargs)

@@ -43,11 +43,14 @@ def greedy_generate(
     position_offset: int = 0,
     position_stride: int = 1,
     replace_thoughts: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    answer_gap: int = 0,
 ) -> Generation:
     """Greedy decoding of a batch of prompts; see the module docstring. ``project`` maps [B, 1, d] -> [B, 1, d];
     the latent steps sit at the positions of ``lori.models.latent_student.thought_positions`` (offset, stride).
     ``replace_thoughts(j, thought [B, 1, d])`` returns the thought fed at latent step j instead of the student's
-    own (``latent_loop``'s ``replace``; the interventions of ``lori.analysis.necessity``)."""
+    own (``latent_loop``'s ``replace``; the interventions of ``lori.analysis.necessity``). ``answer_gap``: the
+    generated tokens of an explicit student start that many positions after the prompt's end (iCoT-SI under
+    ``curriculum.keep_positions``: where its teacher's rationale was)."""
     if latent_steps and (project is None or eot_id is None):
         raise ValueError("latent generation needs a projector and the <eot> id")
     device = next(model.parameters()).device
@@ -56,7 +59,7 @@ def greedy_generate(
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                 output_hidden_states=latent_steps > 0)
     cache = out.past_key_values
-    next_pos = pos[:, -1:] + 1
+    next_pos = pos[:, -1:] + 1 + answer_gap
     batch = len(prompts)
     ones = torch.ones((batch, 1), dtype=mask.dtype, device=device)
 

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from .results import ResultRow, aggregate_rows
+from .results import ResultRow, aggregate_rows, unfinished
 
 
 def _save(fig, path: Path) -> Path:
@@ -26,7 +26,8 @@ def plot_accuracy_vs_tokens(rows: list[ResultRow], path: Path, title: str = "") 
 
     Every row is a point with its Wilson interval. A method with several seeds shows its seeds as faint points and
     their mean as a large diamond with the 95% Student-t interval over seeds (``aggregate_rows``); the legend
-    names each method once.
+    names each method once. A run that ended before its final curriculum stage is hollow and "unfinished" in the
+    legend.
     """
     import matplotlib  # here: matplotlib loads when a plot is drawn, not with every report import
 
@@ -46,9 +47,12 @@ def plot_accuracy_vs_tokens(rows: list[ResultRow], path: Path, title: str = "") 
         label = None
         if not faint and row.method not in labelled:
             label = row.method if row.seed is None else f"{row.method} (seed {row.seed})"
+            label += " (unfinished)" if unfinished(row) else ""
             labelled.add(row.method)
+        # an unfinished run (ended before its final curriculum stage): a hollow marker
         ax.errorbar([row.mean_generated_tokens], [acc], yerr=err, fmt="o", capsize=3 if faint else 4,
-                    color=colour[row.method], alpha=0.35 if faint else 1.0, markersize=4 if faint else 6, label=label)
+                    color=colour[row.method], alpha=0.35 if faint else 1.0, markersize=4 if faint else 6, label=label,
+                    **({"markerfacecolor": "none"} if unfinished(row) else {}))
     for a in aggs:
         if a.method not in several:
             continue
@@ -56,7 +60,9 @@ def plot_accuracy_vs_tokens(rows: list[ResultRow], path: Path, title: str = "") 
         yerr = None if math.isnan(a.ci95[0]) else [[acc - 100 * a.ci95[0]], [100 * a.ci95[1] - acc]]
         ax.errorbar([a.mean_generated_tokens], [acc], yerr=yerr, fmt="D", capsize=6, markersize=8,
                     color=colour[a.method], markeredgecolor="black", elinewidth=2,
-                    label=f"{a.method} (mean of {len(a.seeds)} seeds)")
+                    label=f"{a.method} (mean of {len(a.seeds)} seeds"
+                          + (f"; unfinished in {a.unfinished})" if a.unfinished else ")"),
+                    **({"markerfacecolor": "none"} if a.unfinished else {}))
     ax.set_xlabel("generated tokens per problem (latent steps + answer)")
     ax.set_ylabel("accuracy (%), 95% CI" + (" (means: t over seeds)" if several else ""))
     ax.set_ylim(-2, 102)

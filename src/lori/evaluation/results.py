@@ -290,6 +290,28 @@ def _cell(text: str) -> str:
     return str(text).replace("\n", " ").replace("|", "\\|")
 
 
+def unfinished(row: ResultRow) -> bool:
+    """Whether the row's run ended before its final curriculum stage (``extra.final_stage_reached`` false, as
+    ``lori compare`` records it): its accuracy is not the method's, and every table and plot marks it."""
+    return row.extra.get("final_stage_reached") is False
+
+
+def _method_cell(row: ResultRow) -> str:
+    if not unfinished(row):
+        return _cell(row.method)
+    return _cell(f"{row.method} (unfinished: stage {row.extra.get('stage')} of {row.extra.get('stages', 0) + 1})")
+
+
+# the extra columns of a row table, when some row's extra has them (lori compare's): header, cell of the extra
+_EXTRA_COLUMNS = (
+    ("budget (steps x batch)", "budget", lambda b: f"{b['steps']} x {b['global_batch']}"),
+    ("train wall s", "wall_s", lambda s: f"{s:.0f}"),
+    ("scored step", "scored_step", str),
+    ("train accuracy %", "train_accuracy", lambda a: f"{100 * a:.1f}"),
+    ("top answer %", "top_answer_share", lambda a: f"{100 * a:.1f}"),
+)
+
+
 def _fmt_pct(row: ResultRow) -> str:
     return f"{100 * row.accuracy:.1f} [{100 * row.ci95[0]:.1f}, {100 * row.ci95[1]:.1f}]"
 
@@ -308,9 +330,11 @@ def markdown_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> st
 
     Columns: method, checkpoint, seed (only if some row has one), accuracy % [95% CI], mean generated
     tokens (1 decimal; marked ``\\*`` when some of the row's generations hit ``eval.max_new_tokens``), truncated
-    (how many did; only when some row has any), latency ms/problem, throughput problems/s, and -- only when a
+    (how many did; only when some row has any), latency ms/problem, throughput problems/s, the columns of
+    :data:`_EXTRA_COLUMNS` some row's ``extra`` has (budget, train wall seconds, ...), and -- only when a
     ``baseline`` row exists -- speedup = baseline latency / row latency (the mean latency of the baseline rows
-    when there are several, e.g. one per seed). Pipes inside cells are escaped as ``\\|``. Rows of different test
+    when there are several, e.g. one per seed). A row whose run ended before its final curriculum stage
+    (:func:`unfinished`) says so in its method cell. Pipes inside cells are escaped as ``\\|``. Rows of different test
     sets are refused (:func:`check_one_test_set`).
     """
     check_one_test_set(rows)
@@ -318,19 +342,21 @@ def markdown_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> st
     with_cut = any(r.truncated for r in rows)
     base_lat = [r.latency_ms_per_problem for r in rows if r.method == baseline]
     base = math.fsum(base_lat) / len(base_lat) if base_lat else None
+    extra = [c for c in _EXTRA_COLUMNS if any(r.extra.get(c[1]) is not None for r in rows)]
     header = ["method", "checkpoint"] + (["seed"] if with_seed else []) + [
         "accuracy % [95% CI]",
         "tokens",
         *(["truncated"] if with_cut else []),
         "latency ms",
         "problems/s",
+        *(h for h, _, _ in extra),
     ]
     if base is not None:
         header.append(f"speedup vs {baseline}")
     align = ["---", "---"] + (["---:"] if with_seed else []) + ["---:"] * (len(header) - 2 - with_seed)
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(align) + "|"]
     for r in rows:
-        cells = [_cell(r.method), _cell(r.checkpoint)]
+        cells = [_method_cell(r), _cell(r.checkpoint)]
         if with_seed:
             cells.append("" if r.seed is None else str(r.seed))
         cells += [
@@ -339,6 +365,7 @@ def markdown_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> st
             *([("" if r.truncated is None else str(r.truncated))] if with_cut else []),
             f"{r.latency_ms_per_problem:.1f}",
             f"{r.throughput_problems_per_s:.2f}",
+            *("" if r.extra.get(key) is None else show(r.extra[key]) for _, key, show in extra),
         ]
         if base is not None:
             cells.append(f"{base / r.latency_ms_per_problem:.2f}x" if r.latency_ms_per_problem > 0 else "n/a")
@@ -359,6 +386,7 @@ class Aggregate:
     latency_ms_per_problem: float
     throughput_problems_per_s: float
     truncated: int | None = None  # summed over the seeds (None when no row recorded it)
+    unfinished: int = 0  # seeds whose run ended before its final curriculum stage
 
 
 def aggregate_rows(rows: list[ResultRow]) -> list[Aggregate]:
@@ -377,6 +405,7 @@ def aggregate_rows(rows: list[ResultRow]) -> list[Aggregate]:
             latency_ms_per_problem=math.fsum(r.latency_ms_per_problem for r in rs) / len(rs),
             throughput_problems_per_s=math.fsum(r.throughput_problems_per_s for r in rs) / len(rs),
             truncated=None if all(r.truncated is None for r in rs) else sum(r.truncated or 0 for r in rs),
+            unfinished=sum(unfinished(r) for r in rs),
         ))
     return out
 
@@ -403,7 +432,8 @@ def aggregate_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> s
             lo, hi = 100 * a.ci95[0], 100 * a.ci95[1]
             # ± the t half-width; the bracket clipped to [0, 100], the range of an accuracy
             acc_cell = f"{acc:.1f} ± {(hi - lo) / 2:.1f} [{max(0.0, lo):.1f}, {min(100.0, hi):.1f}]"
-        cells = [_cell(a.method), str(len(a.seeds)), acc_cell, _tokens_cell(a.mean_generated_tokens, a.truncated),
+        name = a.method + (f" (unfinished in {a.unfinished} of {len(a.seeds)} seeds)" if a.unfinished else "")
+        cells = [_cell(name), str(len(a.seeds)), acc_cell, _tokens_cell(a.mean_generated_tokens, a.truncated),
                  *([("" if a.truncated is None else str(a.truncated))] if with_cut else []),
                  f"{a.latency_ms_per_problem:.1f}", f"{a.throughput_problems_per_s:.2f}"]
         if base is not None:
@@ -414,4 +444,4 @@ def aggregate_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> s
 
 __all__ = ["Aggregate", "BASELINE_METHOD", "RESULTS_JSON", "RESULTS_MD", "ResultRow", "TEST_SET_KEYS", "aggregate_rows",
            "aggregate_table", "check_one_test_set", "markdown_table", "read_results", "test_set_difference",
-           "write_results"]
+           "unfinished", "write_results"]

@@ -2,8 +2,8 @@
 
 A method module ends with ``METHOD = Method(name=..., render=..., paper=..., ...)`` (``lori.methods.common.Method``):
 how it renders and batches an example, builds its prompt, wraps the language model, sets up its training-only state,
-computes its loss, generates and saves its extra tensors, its model-card lines, and what it needs (``thoughts``,
-``teacher_cache``, ``curriculum``), the defaults being a plain causal-LM fine-tune's. The commands read these
+computes its loss, generates (``generation_kwargs(module, tokenizer, cfg)``), saves its extra tensors, its model-card
+lines, and what it needs (``thoughts``, ``teacher_cache``, ``curriculum``), the defaults being a plain causal-LM fine-tune's. The commands read these
 instead of branching on a method's name; docs/methods.md (The Method record) lists every field with its signature.
 
 ``thoughts.py`` holds what the latent methods (LoRi, Coconut, CODI) share: rendering, batching, the student wrapper.

@@ -36,11 +36,14 @@ def step_norm(items: list[dict], indices: list[int]) -> Norm:
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad rendered examples into tensors: input_ids, attention_mask, labels (IGNORE_INDEX on padding).
 
-    Extra per-example integer fields (e.g. ``index``) are stacked as 1-D tensors.
+    Extra per-example integer fields (e.g. ``index``) are stacked as 1-D tensors; a rendering's own ``positions``
+    (iCoT-SI under ``curriculum.keep_positions``) become ``position_ids``.
     """
     ids, mask = pad([it["input_ids"] for it in items], pad_id)
     labels, _ = pad([it["labels"] for it in items], IGNORE_INDEX)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if "positions" in items[0]:
+        batch["position_ids"] = pad([it["positions"] for it in items], 0)[0]
     for key in items[0]:
         if key not in batch and isinstance(items[0][key], int):
             batch[key] = torch.tensor([it[key] for it in items], dtype=torch.long)
@@ -50,7 +53,8 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 def causal_lm_loss(model, batch: dict[str, torch.Tensor], norm: Norm,
                    state=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Next-token cross-entropy on the supervised positions, summed and divided by the step's global token count."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    positions = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **positions).logits
     loss = token_cross_entropy(logits[:, :-1], batch["labels"][:, 1:], num_tokens=norm.tokens)
     return loss, {"ce": loss.detach(), **answer_parts(logits[:, :-1], batch["labels"][:, 1:], batch, norm)}
 
@@ -75,7 +79,7 @@ def plain_lm(lm, tokenizer, cfg, checkpoint=None):
     return lm
 
 
-def no_generation_kwargs(module, tokenizer) -> dict:
+def no_generation_kwargs(module, tokenizer, cfg) -> dict:
     """``generation_kwargs`` of explicit methods: plain greedy decoding."""
     return {}
 

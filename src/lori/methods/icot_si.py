@@ -9,6 +9,8 @@ Plain causal-LM fine-tuning whose rendering loses rationale tokens from the left
 The offset ``o`` is drawn per example and stage from a generator seeded by (train.seed, stage, the example), so a
 stage renders alike whenever it is rendered and a resumed run matches an uninterrupted one. The loop resets the
 optimizer at every stage change. How this maps to the authors' schedule: docs/methods.md (iCoT-SI).
+With ``curriculum.keep_positions`` the text left keeps its teacher position ids; at the final stage and in
+generation the answer starts ``stages x remove_per_stage`` positions after the prompt.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import random
 
 from ..data.render import segments, supervised
 from ..data.schema import Example
-from .common import Method
+from .common import Method, no_generation_kwargs
 
 
 def removal_offset(example: Example, cfg, stage: int) -> int:
@@ -40,8 +42,22 @@ def removed_tokens(example: Example, cfg, stage: int, rationale_len: int) -> int
 def render(example: Example, tokenizer, cfg, stage: int) -> dict[str, list[int]]:
     s = segments(example, tokenizer, cfg.model.chat_template)
     n = removed_tokens(example, cfg, stage, len(s.rationale))
-    return supervised(s.prompt, s.rationale[n:] + s.answer)
+    item = supervised(s.prompt, s.rationale[n:] + s.answer)
+    if cfg.curriculum.keep_positions:
+        gap = answer_gap(cfg) if cfg.curriculum.is_final(stage) else n
+        item["positions"] = list(range(len(s.prompt))) + [len(s.prompt) + gap + i for i in range(item["n_target"])]
+    return item
 
 
-METHOD = Method(name="icot-si", render=render,
+def answer_gap(cfg) -> int:
+    """Positions skipped after the prompt at the final stage under ``curriculum.keep_positions`` (else 0)."""
+    return cfg.curriculum.stages * cfg.curriculum.remove_per_stage if cfg.curriculum.keep_positions else 0
+
+
+def generation_kwargs(module, tokenizer, cfg) -> dict:
+    gap = answer_gap(cfg)
+    return {"answer_gap": gap} if gap else no_generation_kwargs(module, tokenizer, cfg)
+
+
+METHOD = Method(name="icot-si", render=render, generation_kwargs=generation_kwargs,
                 paper="iCoT stepwise internalization (Deng et al. 2024, arXiv 2405.14838)")

@@ -150,7 +150,7 @@ def answer_parts(out: LatentOutput, batch: dict[str, torch.Tensor], norm) -> dic
     return common.answer_parts(out.logits[:, :-1], batch["suffix_labels"][:, 1:], batch, norm)
 
 
-def generation_kwargs(student: LatentStudent, tokenizer) -> dict:
+def generation_kwargs(student: LatentStudent, tokenizer, cfg: Config) -> dict:
     return student.generation_kwargs()
 
 

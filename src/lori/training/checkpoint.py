@@ -13,13 +13,14 @@ The loop's side: :class:`Saver` writes a checkpoint from every process together,
 from __future__ import annotations
 
 import errno
+import json
 import re
 import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
@@ -37,6 +38,8 @@ from . import sharding as fsdp
 from .identity import truncate_metrics
 
 STATE_FILE = "trainer_state.pt"
+BEST_DIR = "best"  # OUT/checkpoints/best: the best-validation checkpoint of the final stage (train.keep_best)
+BEST_FILE = "best.json"  # in it: {"step", "valid_accuracy"}
 SHARDED_DIR = "sharded"  # torch.distributed.checkpoint's folder of a checkpoint written under train.sharding=fsdp
 _PARTIAL_DIR = re.compile(r"^\.step-\d{6,}\.")  # tempfile.mkdtemp(prefix=".step-NNNNNN.") in save_checkpoint
 
@@ -196,6 +199,36 @@ def load_state(ckpt: Path) -> dict:
                         "checkpoint (train.resume=FOLDER) or start over with train.resume=never") from None
 
 
+def read_best(out_dir: Path) -> dict | None:
+    """``{"step", "valid_accuracy"}`` of ``out_dir/checkpoints/best`` (train.keep_best), or None when there is
+    none."""
+    f = checkpoint_dir(out_dir) / BEST_DIR / BEST_FILE
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def keep_best(out_dir: Path, ckpt: Path, step: int, accuracy: float) -> Path:
+    """Make a copy of checkpoint ``ckpt`` (of ``step``, validation accuracy ``accuracy``) ``out_dir/checkpoints/best``
+    (beside the ``step-*`` folders, never counted among them), replacing the earlier one; copied to a temporary folder
+    (a partial checkpoint to :func:`remove_partial_checkpoints`) and renamed, so ``best`` is always complete."""
+    best = checkpoint_dir(out_dir) / BEST_DIR
+    tmp = best.with_name(f".step-{step:06d}.{BEST_DIR}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(ckpt, tmp)
+        (tmp / BEST_FILE).write_text(json.dumps({"step": step, "valid_accuracy": accuracy}) + "\n")
+        drop_best(out_dir)
+        tmp.rename(best)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failed(best, e, "the best checkpoint was not kept") from None
+    return best
+
+
+def drop_best(out_dir: Path) -> None:
+    """Remove ``out_dir/checkpoints/best`` (a fresh run, or one resumed before the step it was kept at)."""
+    shutil.rmtree(checkpoint_dir(out_dir) / BEST_DIR, ignore_errors=True)
+
+
 def resume_point(cfg: Config, out_dir: Path) -> Path | None:
     """The checkpoint ``train.resume`` names: ``auto``, the newest in ``out_dir`` (none yet: a fresh run); ``never``,
     None; else the folder it names."""
@@ -208,11 +241,12 @@ def resume_point(cfg: Config, out_dir: Path) -> Path | None:
 
 
 def restore(resume_from: Path | None, cfg: Config, module, optimizer, scheduler, sharded: bool, accelerator,
-            out_dir: Path) -> tuple[int, int, dict]:
+            out_dir: Path) -> tuple[int, int, dict, float]:
     """Load the optimizer, scheduler and RNG state of ``resume_from`` (the weights were loaded with the model) and
-    return its step, data cursor and curriculum clock state; ``(0, 0, {})`` for a fresh run."""
+    return its step, data cursor, curriculum clock state and training wall seconds; ``(0, 0, {}, 0.0)`` for a fresh
+    run."""
     if resume_from is None:
-        return 0, 0, {}
+        return 0, 0, {}, 0.0
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     state = load_state(resume_from)
     clock = state.get("curriculum") or {}
@@ -236,7 +270,7 @@ def restore(resume_from: Path | None, cfg: Config, module, optimizer, scheduler,
         dropped = truncate_metrics(out_dir / "metrics.jsonl", step)  # the steps after it are logged again
         if dropped:
             print(f"[lori] metrics.jsonl: dropped {dropped} line(s) after step {step}")
-    return step, cursor, clock
+    return step, cursor, clock, state.get("wall_s", 0.0)
 
 
 @dataclass
@@ -256,6 +290,7 @@ class Saver:
     clock: Any  # lori.training.curriculum.CurriculumClock
     sharded: bool
     bar: Any
+    elapsed: Callable[[], float]  # the run's training wall seconds so far (resumed runs included)
 
     def __call__(self, at_step: int, cursor: int) -> Path:
         cfg, accelerator, module, optimizer, method = (self.cfg, self.accelerator, self.module, self.optimizer,
@@ -264,7 +299,8 @@ class Saver:
         unwrapped = accelerator.unwrap_model(module)
         rngs = all_gather(rng_state(), world)
         state = {"scheduler": self.scheduler.state_dict(), "rng": rngs[0],
-                 "rng_per_process": rngs, "step": at_step, "cursor": cursor, "curriculum": self.clock.state()}
+                 "rng_per_process": rngs, "step": at_step, "cursor": cursor, "curriculum": self.clock.state(),
+                 "wall_s": self.elapsed()}
         lm_of = lambda m: getattr(m, "lm", m)  # noqa: E731
         path = failed = saved = None
         if self.sharded:  # every process writes its shards; the main process gets the gathered weights

@@ -37,7 +37,7 @@ IDENTITY_VERSION = 1
 # Keys that never change the weights of a step: logging, validation, checkpoint keeping, where the run stops and
 # lives. They may differ between a run folder and the config that resumes or reuses it.
 FREE_KEYS = ("out_dir", "train.resume", "train.stop_at", "train.log_every", "train.eval_every", "train.eval_size",
-             "train.save_every", "train.keep_checkpoints", "train.tensorboard", "train.log_with")
+             "train.save_every", "train.keep_checkpoints", "train.keep_best", "train.tensorboard", "train.log_with")
 FREE_SECTIONS = ("eval.",)
 # Located by path, identified by content: the digest is compared, the path may move.
 PATH_ONLY = ("lori.cache_dir",)

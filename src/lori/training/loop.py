@@ -36,8 +36,8 @@ from ..tasks import TASKS
 from ..utils import seed_everything
 from . import sharding as fsdp
 from . import trackers
-from .checkpoint import Saver, remove_partial_checkpoints, restore, resume_point
-from .curriculum import CurriculumClock
+from .checkpoint import Saver, drop_best, keep_best, read_best, remove_partial_checkpoints, restore, resume_point
+from .curriculum import CurriculumClock, schedule
 from ..distributed import broadcast_object, check_strategy, check_world, force_cpu
 from .guards import Guards
 from .identity import acquire_lock, release_lock, start_run
@@ -103,6 +103,8 @@ def render_all(method, examples: list[Example], tokenizer, cfg: Config, stage: i
         thoughts = item.get("latent_steps", 0)
         length = sum(len(v) for k, v in item.items() if k.endswith("_ids")) + \
             (cfg.curriculum.thought_offset + (thoughts - 1) * cfg.curriculum.thought_stride + 1 if thoughts else 0)
+        if "positions" in item:  # kept positions (iCoT-SI, curriculum.keep_positions) reach past the token count
+            length = max(length, item["positions"][-1] + 1)
         if length > max_length:
             raise LoriError(
                 f"{ex.source}: renders to {length} tokens, over data.max_length={max_length}; "
@@ -125,7 +127,7 @@ def validate(cfg: Config, method, module, tokenizer, valid: list[Example], accel
     ev = evaluate(
         lm, tokenizer, [method.prompt(ex, tokenizer, cfg) for ex in mine], mine, TASKS[cfg.data.task],
         method=cfg.method, checkpoint="", batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-        latency_problems=0, **method.generation_kwargs(module, tokenizer), progress=False,
+        latency_problems=0, **method.generation_kwargs(module, tokenizer, cfg), progress=False,
     )
     counts = torch.tensor([sum(p["correct"] for p in ev.predictions), sum(p["steps"] for p in ev.predictions),
                            len(ev.predictions)], dtype=torch.float64, device=accelerator.device)
@@ -171,11 +173,22 @@ def _set_up_folder(cfg: Config, out_dir: Path, module, n_train: int, n_valid: in
           f"trainable_params={n_params:,}")
     print(f"[lori] global batch {cfg.train.global_batch} = micro batch {cfg.train.micro_batch} x "
           f"{world} process(es) x {accum} accumulation step(s); mixed precision: {mixed}")
+    print(f"[lori] {schedule(cfg)}")
     if sharded:
         print(f"[lori] sharding: FSDP over {world} processes (weights, gradients and optimizer state; "
               f"{'bf16 compute, fp32 reduction' if mixed == 'bf16' else 'float32'})")
     elif cfg.train.sharding == "fsdp":
         print("[lori] sharding: train.sharding=fsdp with one process: nothing to shard over, training unsharded")
+
+
+def _best_so_far(cfg: Config, out_dir: Path, step: int, resume_from: Path | None) -> dict | None:
+    """The ``OUT/checkpoints/best`` a resumed run keeps (one kept at or before the step it resumes from); any other
+    is removed."""
+    best = read_best(out_dir) if resume_from is not None and cfg.train.keep_best else None
+    if best is None or best["step"] > step:
+        drop_best(out_dir)
+        return None
+    return best
 
 
 def train(cfg: Config) -> Path:
@@ -227,10 +240,13 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
         fsdp.shard(module, world, accelerator.device, bf16=mixed == "bf16")
 
     optimizer, scheduler = build_optimizer(module, cfg)
-    step, cursor, saved_clock = restore(resume_from, cfg, module, optimizer, scheduler, sharded, accelerator, out_dir)
-    clock = CurriculumClock(cfg.curriculum, step, saved_clock)
+    step, cursor, saved_clock, wall_before = restore(resume_from, cfg, module, optimizer, scheduler, sharded,
+                                                     accelerator, out_dir)
+    clock = CurriculumClock(cfg.curriculum, cfg.train.steps, step, saved_clock)
+    best = broadcast_object(_on_main(lambda: _best_so_far(cfg, out_dir, step, resume_from), main, world), world)
     answer_len = answer_length(train_set, tokenizer)
-    rendered, items = clock.trained, None  # the optimizer state's stage: a resume at a stage change resets it too
+    # the optimizer state's stage: a resume at a stage change resets it too
+    rendered, items = clock.stage if clock.trained is None else clock.trained, None
     # Sharded, FSDP is applied above and accelerate would wrap the module in DDP: it prepares the optimizer only.
     module, optimizer = (module, accelerator.prepare(optimizer)) if sharded else accelerator.prepare(module, optimizer)
     module.train()
@@ -240,9 +256,12 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     per_proc = cfg.train.global_batch // world
     bar = tqdm(total=stop, initial=step, desc=f"train {cfg.method}", disable=not main, dynamic_ncols=True)
     t_last, tok_since = time.perf_counter(), 0
+    t_start = t_last
     guards = Guards(module, accelerator.unwrap_model(module), sharded, out_dir, main, bar)
-    save = Saver(cfg, accelerator, module, optimizer, scheduler, method, tokenizer, clock, sharded, bar)
+    save = Saver(cfg, accelerator, module, optimizer, scheduler, method, tokenizer, clock, sharded, bar,
+                 elapsed=lambda: round(wall_before + time.perf_counter() - t_start, 3))
 
+    validation = Validation(cfg, method, module, tokenizer, valid_set, accelerator, sharded, log, clock, save, best)
     while step < stop:
         stage = clock.at(step)
         if items is None or stage != rendered:
@@ -273,13 +292,7 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
             parts_sum["loss"] = parts_sum.get("loss", 0.0) + float(loss.detach())
-        # Sum the per-process parts (each already divided by the global normaliser) into step totals, checked before
-        # the optimizer step. Float64, as one process's Python sums: accumulation A and A processes log the same.
-        totals = dict(parts_sum)
-        if world > 1:
-            reduced = accelerator.reduce(torch.tensor(list(parts_sum.values()), dtype=torch.float64,
-                                                      device=accelerator.device), "sum")
-            totals = dict(zip(parts_sum.keys(), reduced.tolist()))
+        totals = _step_totals(parts_sum, accelerator)  # over processes, checked before the optimizer step
         grad_norm, lr_used = None, scheduler.get_last_lr()[0]
         if cfg.train.grad_clip is not None:
             grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), cfg.train.grad_clip))
@@ -296,31 +309,79 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
         guards.watch_uniform(totals, step)
         if step % cfg.train.log_every == 0 or step == stop:
             now = time.perf_counter()
-            record = {"step": step, **({"stage": step_stage} if cfg.curriculum.stages else {}),
-                      **{k: round(v, 6) for k, v in totals.items()},
-                      "lr": lr_used, "tokens_per_s": round(tok_since / (now - t_last), 1),
-                      **({"grad_norm": round(grad_norm, 4)} if grad_norm is not None else {})}
+            record = _step_record(cfg, step, step_stage, totals, lr_used, tok_since / (now - t_last), grad_norm)
             t_last, tok_since = now, 0
             bar.set_postfix(loss=f"{totals['loss']:.4f}")
             log.write(record, bar.write)
+        kept = False  # kept as the best: its checkpoint is written already
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < stop:
-            log.write(_validation(cfg, method, module, tokenizer, valid_set, accelerator, sharded, step), bar.write)
+            kept = validation(step, cursor, bar.write)
             t_last, tok_since = time.perf_counter(), 0  # throughput counts training time only
-        if step % cfg.train.save_every == 0 and step < stop:
+        if step % cfg.train.save_every == 0 and step < stop and not kept:
             save(step, cursor)
     bar.close()
     final = save(step, cursor)
-    log.write(_validation(cfg, method, module, tokenizer, valid_set, accelerator, sharded, step), print)
+    validation(step, cursor, print, saved=final)
     if main:
-        print(f"[lori] checkpoint: {final}")
-    # Tear down in order: every process reaches the end, the DDP wrapper (its reducer holds the process group) is
-    # freed, then the group is destroyed. A DDP reducer freed after its gloo group was destroyed can hang at exit.
+        best = validation.best
+        print(f"[lori] checkpoint: {final}" + (f"; best of the final stage (train.keep_best): step {best['step']}, "
+                                               f"validation accuracy {best['valid_accuracy']:.3f}" if best else ""))
+    module = optimizer = save = validation = None  # the Saver holds them too: this drops the last references
+    _tear_down(accelerator)
+    return final
+
+
+def _step_totals(parts_sum: dict[str, float], accelerator) -> dict[str, float]:
+    """The per-process loss parts (each already divided by the global normaliser) summed into step totals, in
+    float64 as one process's Python sums: accumulation A and A processes log the same."""
+    if accelerator.num_processes == 1:
+        return dict(parts_sum)
+    reduced = accelerator.reduce(torch.tensor(list(parts_sum.values()), dtype=torch.float64,
+                                              device=accelerator.device), "sum")
+    return dict(zip(parts_sum.keys(), reduced.tolist()))
+
+
+def _step_record(cfg: Config, step: int, stage: int, totals: dict, lr: float, tokens_per_s: float,
+                 grad_norm: float | None) -> dict:
+    """One training step's line of metrics.jsonl."""
+    return {"step": step, **({"stage": stage} if cfg.curriculum.stages else {}),
+            **{k: round(v, 6) for k, v in totals.items()}, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
+            **({"grad_norm": round(grad_norm, 4)} if grad_norm is not None else {})}
+
+
+def _tear_down(accelerator) -> None:
+    """Every process reaches the end, the DDP wrapper (its reducer holds the process group) is freed, then the group
+    is destroyed: a DDP reducer freed after its gloo group was destroyed can hang at exit."""
     accelerator.wait_for_everyone()
-    module = optimizer = save = None  # the Saver holds them too: this drops the last references
     accelerator.free_memory()
     gc.collect()
     trackers.finish(accelerator)  # then end_training destroys the process group
     accelerator.end_training()
-    return final
+
+
+class Validation:
+    """Validation at a step; with train.keep_best, a final-stage step that beats the best so far becomes
+    OUT/checkpoints/best (its checkpoint written first unless the step's own is given)."""
+
+    def __init__(self, cfg, method, module, tokenizer, valid_set, accelerator, sharded, log, clock, save, best):
+        self.cfg, self.method, self.module, self.tokenizer, self.valid_set = cfg, method, module, tokenizer, valid_set
+        self.accelerator, self.sharded, self.log, self.clock, self.save, self.best = (
+            accelerator, sharded, log, clock, save, best)
+
+    def __call__(self, step: int, cursor: int, say, saved: Path | None = None) -> bool:
+        """Returns whether ``step`` became the best checkpoint."""
+        cfg, acc = self.cfg, self.accelerator
+        record = _validation(cfg, self.method, self.module, self.tokenizer, self.valid_set, acc, self.sharded, step)
+        self.log.write(record, say)
+        trained = self.clock.trained
+        if not (cfg.train.keep_best and trained is not None and cfg.curriculum.is_final(trained)):
+            return False
+        if self.best is not None and record["valid_accuracy"] <= self.best["valid_accuracy"]:
+            return False
+        self.best = {"step": step, "valid_accuracy": record["valid_accuracy"]}
+        ckpt = saved or self.save(step, cursor)
+        _on_main(lambda: keep_best(Path(cfg.out_dir), ckpt, step, record["valid_accuracy"]), acc.is_main_process,
+                 acc.num_processes)
+        return True
 
 
