@@ -173,8 +173,8 @@ def inference_settings(cfg) -> dict:
     thoughts = METHODS[cfg.method].thoughts
     settings = {"latent_steps": 0 if thoughts is None else thoughts.latent_steps(cfg),
                 "projector": None if thoughts is None else thoughts.projector(cfg)}
-    if thoughts is not None:
-        settings |= {"thought_offset": cfg.curriculum.thought_offset, "thought_stride": cfg.curriculum.thought_stride}
+    if thoughts is not None:  # where the thoughts sit: every curriculum.thought_* key
+        settings |= {k: v for k, v in to_dict(cfg.curriculum).items() if k.startswith("thought_")}
     return settings | {"chat_template": cfg.model.chat_template, "dtype": cfg.model.dtype}
 
 

@@ -71,9 +71,15 @@ def check_vocabulary(tokenizer, examples, field: str) -> None:
     if vocab is None:
         return
     chars = set("".join(w for w in vocab if w not in SPECIALS))
+    seen: set[str] = set()
+    for ex in examples:  # the characters of all problems first (fast), then the first problem with a bad one
+        seen.update(ex.question, ex.rationale, ex.answer)
+    unseen = {c for c in seen - chars if not c.isascii() and not c.isspace()}
+    if not unseen:
+        return
     for ex in examples:
         text = f"{ex.question} {ex.rationale} {ex.answer}"
-        bad = next((c for c in text if not c.isascii() and not c.isspace() and c not in chars), None)
+        bad = next((c for c in text if c in unseen), None)
         if bad is not None:
             word = next(w for w in text.split() if bad in w)
             path, _, line = (ex.source or "?").rpartition(":")
