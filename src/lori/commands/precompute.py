@@ -14,15 +14,15 @@ def add_arguments(p) -> None:
 def run(args) -> None:
     from pathlib import Path
 
-    from accelerate import PartialState
-
     from ..config import command_line_config
+    from ..distributed import process_state
     from ..methods.lori.teacher import check_cache_dir, precompute
     from ..training.identity import acquire_lock, release_lock
 
     cfg = command_line_config([*([args.config] if args.config else []), *args.overrides])
     check_cache_dir(cfg)  # before the lock creates the folder
-    lock = acquire_lock(Path(cfg.lori.cache_dir), "lori.cache_dir") if PartialState().is_main_process else None
+    main = process_state().is_main_process  # accelerate's state, formed as precompute forms it (the CPU flag)
+    lock = acquire_lock(Path(cfg.lori.cache_dir), "lori.cache_dir") if main else None
     try:
         precompute(cfg)
     finally:
