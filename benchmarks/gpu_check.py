@@ -4,7 +4,7 @@ Stages (each through the same code as ``lori train / precompute / eval``):
   1. data: ``lori prepare gsm8k-aug --source gsm8k-train`` (offline; 6,973 problems), the first --train-size kept;
   2. teacher: CoT-SFT of the model for --teacher-steps (0: the model itself is the teacher);
   3. precompute: the teacher's LoRi statistics at --rank;
-  4. student: LoRi (K = --latent-steps) from the teacher for --steps;
+  4. student: LoRi (K = --latent-steps; the paper presets' recipe: step anchors, curriculum) for --steps;
   5. evaluation: teacher and student on the first --eval GSM8K test problems (greedy, KV cache).
 Prints a Markdown report (wall time, optimizer steps/s, supervised and processed tokens/s, peak memory per stage,
 accuracy, generated tokens, latency, throughput) and writes it to OUT/gpu_check.md and OUT/gpu_check.json.
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--teacher-lr", type=float, default=1e-4)
     ap.add_argument("--lr", type=float, default=2e-4, help="student learning rate")
     ap.add_argument("--latent-steps", type=int, default=5)
+    ap.add_argument("--stages", type=int, default=4, help="curriculum stages before the final one (half the steps)")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--calib", type=int, default=1000, help="problems used to fit the subspace")
     ap.add_argument("--lora-r", type=int, default=0, help="LoRA rank for teacher and student (0: full fine-tuning)")
@@ -148,6 +149,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"train.lr={args.lr}", f"lori.teacher={teacher}", f"lori.cache_dir={out / 'cache'}", f"lori.rank={args.rank}",
         f"lori.calib_size={args.calib}", f"lori.latent_steps={args.latent_steps}", "lori.precompute_batch=64",
         "eval.max_new_tokens=32", f"out_dir={out / 'student'}",
+        # the recipe of configs/paper/*-lori.yaml: step anchors, identity projector, a curriculum whose stages hand
+        # the first steps to thoughts at the teacher's result positions
+        "lori.step_anchors=true", "lori.projector=identity", f"curriculum.stages={args.stages}",
+        f"curriculum.steps_per_stage={max(1, args.steps // (2 * max(args.stages, 1)))}",
+        "curriculum.thought_positions=aligned",
     ])
 
     shutil.rmtree(out / "cache", ignore_errors=True)  # the teacher was retrained: a fresh cache

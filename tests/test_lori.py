@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -137,6 +138,30 @@ def test_stale_cache_is_refused(teacher, tmp_path):
         lori_method.setup_training(student, lori_cfg(folder, tmp_path / "cache"), train[:-1])
     with pytest.raises(LoriError, match="different setup"):  # precompute into it with other options
         precompute(lori_cfg(folder, tmp_path / "cache", "lori.centred=false"))
+
+
+def test_precompute_timer_wraps_every_stage_and_changes_no_file(teacher, tmp_path):
+    folder, _ = teacher
+    precompute(lori_cfg(folder, tmp_path / "plain"))
+    seen = []
+
+    @contextlib.contextmanager
+    def timer(stage, items):
+        seen.append((stage, len(items), "open"))
+        yield
+        seen[-1] = (stage, len(items), "closed")
+
+    precompute(lori_cfg(folder, tmp_path / "timed"), timer=timer)
+    assert all(done == "closed" for *_, done in seen)
+    stages = [(stage, n) for stage, n, _ in seen]
+    # 40 calibration examples in batches of 16; 60 examples in shards of 25, each cut into batches of 16
+    shard = lambda *sizes: [x for n in sizes for x in (("forward", n), ("statistics", n))]  # noqa: E731
+    assert stages == [("load", 0), ("calibrate", 16), ("calibrate", 16), ("calibrate", 8), ("fit", 0),
+                      *shard(16, 9), ("write", 25), *shard(16, 9), ("write", 25), *shard(10), ("write", 10)]
+    files = sorted((tmp_path / "plain").glob("*.safetensors"))
+    assert len(files) == 4  # the basis and three shards
+    for plain in files:
+        assert (tmp_path / "timed" / plain.name).read_bytes() == plain.read_bytes(), plain.name
 
 
 def test_interrupted_precompute_resumes_without_redoing_shards(teacher, tmp_path, monkeypatch):

@@ -160,6 +160,29 @@ def test_readme_publish_a_student_runs_as_written(demo_root, capsys):
     assert "LlamaForCausalLM" in printed
 
 
+@pytest.mark.parametrize("method", ["no-cot", "codi", "lori"])
+def test_model_card_reads_each_methods_paper_and_card_lines(method):
+    """The card's method lines come from the Method record (``paper``, ``card``), not from branches on names."""
+    from types import SimpleNamespace
+
+    import lori.export
+    from lori.export import model_card
+
+    cfg = load_config(None, [f"method={method}", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2",
+                             "model.intermediate_size=64", "data.digits=[2,2]", "data.train_size=8",
+                             "data.valid_size=2", "data.test_size=2", "lori.teacher=/runs/teacher-run", "lori.rank=3"])
+    tok = builtin_tokenizer(load_split(cfg.data, "train"))
+    student = SimpleNamespace(cfg=cfg, method=method, latent_steps=2, lm=tiny_model(cfg.model, tok, 64),
+                              task=SimpleNamespace(rule="exact match"))
+    card = model_card(student, Path("/runs/x/final"), None, []).splitlines()
+    assert f"- **Method**: `{method}` — {METHODS[method].paper}." in card
+    own = METHODS[method].card(cfg)
+    assert len(own) == (method != "no-cot") and all(line in card for line in own)
+    assert any("**LoRi subspace**: rank 3," in line and "`teacher-run`" in line for line in card) == (method == "lori")
+    assert any(line.startswith("- **CODI**: alpha") for line in card) == (method == "codi")
+    assert 'method == "' not in Path(lori.export.__file__).read_text()
+
+
 def test_export_round_trip_in_a_fresh_process(demo_root, tmp_path, capsys):
     run = demo_root / "out" / "demo" / "lori"
     out = tmp_path / "export"

@@ -78,6 +78,10 @@ class ModelConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
+    # a tiny model's tokenizer: word (one token per whitespace-separated symbol) or bpe (a byte-level BPE of
+    # bpe_vocab_size tokens trained on the training texts: multi-token numbers, as real tokenizers write them)
+    tokenizer: Literal["word", "bpe"] = "word"
+    bpe_vocab_size: int = 320
     init_from: str | None = None  # a checkpoint folder to start from (e.g. the teacher for a student)
     dtype: Literal["float32", "bfloat16"] = "float32"
     # Wrap the question in the tokenizer's chat template (user turn; the assistant turn starts with `||`).
@@ -94,6 +98,9 @@ class ModelConfig:
     # linear layer except the output head
 
     def __post_init__(self) -> None:
+        if self.bpe_vocab_size < 300:
+            raise ConfigError(f"model.bpe_vocab_size must be >= 300 (256 bytes + specials + merges), got "
+                              f"{self.bpe_vocab_size}")
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
@@ -132,9 +139,8 @@ class TrainConfig:
     # checkpoint folder. A resume refuses changed settings (lori.training.identity).
     resume: str = "auto"
     stop_at: int | None = None  # stop after this step (checkpoint saved), e.g. to stage a run or test resume
-    # Experiment trackers through accelerate (lori.training.trackers): accelerate's tracker names (tensorboard, wandb,
-    # trackio, mlflow, comet_ml, aim, clearml, dvclive, swanlab), a name registered with
-    # accelerate.tracking.register_tracker_class, or "all" (every installed one). metrics.jsonl is always written.
+    # Experiment trackers through accelerate (lori.training.trackers): its tracker names, a registered one, or "all"
+    # (every installed one); metrics.jsonl is always written.
     log_with: list[str] = field(default_factory=list)
     tensorboard: bool = False  # shorthand for "tensorboard" in log_with (kept for older configs)
     # "fsdp": the weights, gradients and optimizer state sharded over the processes (FSDP2, lori.training.sharding;
@@ -204,18 +210,18 @@ class CurriculumConfig:
     # iCoT-SI removal smoothing: each example (per stage) loses o extra tokens, P(o) = (1 - e^-lambda) e^(-lambda o),
     # o = 0, 1, ... (their --removal_smoothing_lambda 4: P(o=0) = 0.98); null = no offset.
     removal_smoothing_lambda: float | None = 4.0
-    # Advance on the loss instead of the clock: a stage ends as soon as its training cross-entropy ("ce"), averaged
-    # over the last advance_window steps, is below advance_below (steps_per_stage is then the most a stage may
-    # take); the final stage runs to train.steps. null: every stage is exactly steps_per_stage steps.
+    # Advance on the loss: a stage ends once its training CE, averaged over advance_window steps, is below
+    # advance_below (steps_per_stage then the most it may take); null: every stage is exactly steps_per_stage steps.
     advance_below: float | None = None
     advance_window: int = 25
-    # Where the thoughts sit (latent methods, training and generation; lori.models.latent_student.thought_positions):
-    # thought j at position(<bot>) + 1 + thought_offset + j * thought_stride, <eot> right after the last. (0, 1):
-    # consecutive. Matching the rationale's layout keeps every token after the thoughts at the position it had in the
-    # teacher's rendering at every stage, so a stage change does not move the language a teacher that finds things
-    # by position relies on (chains, `<< b = 7 >>`: offset 2, stride 5 puts thought k where step k's result was).
+    # Thought j sits at position(<bot>) + 1 + thought_offset + j * thought_stride, <eot> right after; matching the
+    # rationale's layout keeps the language after the thoughts at the teacher's positions (docs/methods.md).
     thought_offset: int = 0
     thought_stride: int = 1
+    # fixed: every stage uses that layout. aligned: before the final stage each example's thoughts sit where its own
+    # teacher rationale wrote the replaced steps' results (steps of any length; lori.data.render.step_spans); the
+    # final stage and generation, which have no rationale, use the fixed layout.
+    thought_positions: Literal["fixed", "aligned"] = "fixed"
 
     def __post_init__(self) -> None:
         if self.advance_below is not None and not self.advance_below > 0:
@@ -257,13 +263,11 @@ class LoRiConfig:
     calib_size: int = 2_000  # training examples used to fit the subspace
     shard_size: int = 10_000  # examples per cache shard
     precompute_batch: int = 256
-    # (choice) the dtype the cache stores the statistics in; they are read back as float32 for the loss. bfloat16
-    # halves the cache (float32's range, 8 mantissa bits); float16 keeps 11 bits but overflows past 65504 (refused
-    # by lori precompute, naming the statistic). Part of the cache's fingerprint.
+    # (choice) the dtype of the cached statistics, read back as float32; bfloat16 halves the cache, float16 overflows
+    # past 65504 (refused, naming the statistic). Part of the cache's fingerprint (docs/methods.md, Storage).
     cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    # the per-step statistics in the cache (per-prefix means for lori.prefix_statistics, hand-over states for
-    # lori.step_anchors: 2 S r values per layer beside the 2r + r(r+1)/2 of mean, covariance and anchor); false
-    # leaves them out, a smaller cache for a config that reads neither. Part of the cache's fingerprint.
+    # the per-step statistics in the cache (for lori.prefix_statistics, lori.step_anchors); false leaves them out, a
+    # smaller cache for a config that reads neither. Part of the cache's fingerprint.
     cache_steps: bool = True
     latent_steps: int = 5  # K continuous thoughts
     # "mlp": LayerNorm then Linear-GELU-Linear (ours); "codi": Linear-GELU-Linear then LayerNorm (CODI's order);
@@ -275,17 +279,14 @@ class LoRiConfig:
     first_order: bool = True
     second_order: bool = True
     anchor: bool = True
-    # (choice) at an intermediate curriculum stage (the first k steps are k x c thoughts), L_rat's first-order term
-    # compares the mean of the thoughts with the teacher's mean over its first k rationale steps (per-prefix
-    # statistics from the cache); false: L_rat only at the final stage, on the whole-rationale statistics
+    # (choice) at an intermediate stage, L_rat's first-order term compares the thoughts' mean with the teacher's over
+    # its first k rationale steps (per-prefix cache statistics); false: L_rat at the final stage only
     prefix_statistics: bool = False
     # (choice) the prefix term's units: "std" divides each subspace direction by the teacher's variance across
     # examples (what distinguishes one problem from another weighs as much as what all share); "energy" as L_rat
     prefix_norm: Literal["std", "energy"] = "std"
-    # (choice) step anchors, the answer anchor generalised to every rationale step: the state that feeds the
-    # thoughts of step k (<bot> for the first, then the thought before) is pulled, in the subspace and in units of
-    # the teacher's spread across examples, towards the teacher's state where it hands step k's result over (the
-    # `=` of `<< b = 7 >>`); weight step_weight, at every stage for the steps the thoughts replace
+    # (choice) step anchors: the state feeding step k's thoughts is pulled towards the teacher's state where it hands
+    # step k's result over, in units of the teacher's spread across examples (docs/methods.md); weight step_weight
     step_anchors: bool = False
     step_weight: float = 1.0
     # (choice) divide each term by the teacher's per-layer energy (losses/lori.py), so that layers weigh alike
@@ -564,9 +565,8 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-# Config fields that hold a path (see the module docstring: relative to the YAML file's folder there, to the working
-# directory on the command line). train.resume holds one unless it is auto / never; model.name when it is written
-# as a path or names a folder (otherwise a hub id or alias).
+# Config fields that hold a path (relative to the YAML file's folder there, to the working directory on the command
+# line); train.resume unless auto / never, model.name when written as a path or naming a folder (else a hub id).
 PATH_KEYS = ("out_dir", "data.train_file", "data.valid_file", "data.test_file", "model.name", "model.init_from",
              "train.resume", "lori.teacher", "lori.cache_dir")
 _NOT_PATHS = {"train.resume": ("auto", "never"), "model.name": ("tiny",)}

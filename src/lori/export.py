@@ -1,24 +1,12 @@
 """``lori export RUN --out DIR``: a self-contained folder to publish a student as is (e.g. on the Hugging Face Hub).
 
-The folder holds:
-
-- ``model.safetensors`` (the merged weights: a LoRA run's checkpoint already holds them), split into
-  ``model-0000i-of-0000n.safetensors`` with ``model.safetensors.index.json`` above ``--max-shard-size``, and
-  ``config.json``: what ``transformers.AutoModelForCausalLM.from_pretrained`` reads;
-- the tokenizer (``tokenizer.json``, ``tokenizer_config.json``), with ``<bot>``/``<eot>`` for latent students;
-- ``lori_config.yaml``, the checkpoint's training config (the method, K, the projector, the thought positions, the
-  chat-template flag, the task), and ``projector.safetensors`` when the method has one: what :func:`lori.load` needs;
-- ``lori_student.json``: the same latent settings at a glance (method, K, projector, ``<bot>``/``<eot>``, thought
-  positions, answer policy, prompt format, source checkpoint);
-- ``generation_config.json``: greedy decoding with the checkpoint's ``eval.max_new_tokens``, plus ``lori_*`` keys
-  saying that plain ``generate()`` skips a latent student's K latent steps and that ``lori.load`` generates correctly;
-- ``README.md``: a model card (YAML front matter with ``library_name``, ``base_model`` when known, ``datasets``,
-  ``metrics``, ``tags``; the method, K, rank, training data and budget, the run's evaluation table, how to load and
-  generate).
-
-No optimizer or trainer state is copied. The folder is written to a temporary one beside it and renamed, so an
-interrupted export leaves nothing half-written under its name; an existing ``--out`` is replaced only when it is an
-earlier export (it holds ``lori_student.json``). ``--push-to-hub REPO`` uploads the folder with ``huggingface_hub``.
+The folder holds the merged weights (``model.safetensors``, sharded above ``--max-shard-size``) and ``config.json``
+for ``transformers``, the tokenizer, ``lori_config.yaml`` and ``projector.safetensors`` (what :func:`lori.load`
+needs), ``lori_student.json`` (the latent settings at a glance), ``generation_config.json`` and ``README.md``, a
+model card whose method lines come from the method's record (``Method.paper``, ``Method.card``). No optimizer or
+trainer state is copied. The folder is written to a temporary one beside it and renamed; an existing ``--out`` is
+replaced only when it is an earlier export (it holds ``lori_student.json``). ``--push-to-hub REPO`` uploads it with
+``huggingface_hub``. What each file holds: docs/using-students.md (``lori export``).
 """
 
 from __future__ import annotations
@@ -54,15 +42,6 @@ TASK_DATASETS = {"gsm8k": ["openai/gsm8k"], "gsm8k-hard": ["reasoning-machines/g
                  "svamp": ["ChilleD/SVAMP"], "multiarith": ["ChilleD/MultiArith"]}
 # offline aliases of lori.models.hub -> the Hub model their weights come from
 ALIAS_BASE_MODELS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-METHOD_PAPERS = {
-    "no-cot": "direct answer fine-tuning (no chain of thought)",
-    "cot-sft": "explicit chain-of-thought fine-tuning",
-    "icot-si": "iCoT stepwise internalization (Deng et al. 2024, arXiv 2405.14838)",
-    "coconut": "Coconut, chain of continuous thought (Hao et al. 2024, arXiv 2412.06769)",
-    "codi": "CODI, continuous chain of thought via self-distillation (Shen et al. 2025, arXiv 2502.21074)",
-    "lori": "LoRi, low-rank distillation of chain of thought into latent reasoning (arXiv 2606.05315)",
-    "aux-sum": "direct answer with the running-sum auxiliary head of Bai et al. 2025 (ajyl/icot)",
-}
 
 
 def projector_kind(cfg) -> str | None:
@@ -177,7 +156,7 @@ def model_card(student, ckpt: Path, results_file: Path | None, rows: list, repo:
                                                      "chain-of-thought", cfg.data.task]))), "---", ""]
     K = student.latent_steps
     has_projector = projector_kind(cfg) not in (None, "identity", "soft")
-    settings = [f"- **Method**: `{method}` — {METHOD_PAPERS[method]}."]
+    settings = [f"- **Method**: `{method}` — {METHODS[method].paper}."]
     if latent:
         settings += [
             f"- **Latent steps K = {K}**: after `[bos] question || <bot>` the last hidden state goes through the "
@@ -188,19 +167,7 @@ def model_card(student, ckpt: Path, results_file: Path | None, rows: list, repo:
         ]
     else:
         settings.append("- **Generation**: plain greedy decoding after `[bos] question ||`; the answer follows `####`.")
-    if method == "lori":
-        lc = cfg.lori
-        rank = f"rank {lc.rank}" if lc.energy is None else f"energy {lc.energy} (rank at most {lc.rank})"
-        terms = [t for t, on in (("first-order", lc.first_order), ("second-order", lc.second_order),
-                                 ("answer anchor", lc.anchor), ("step anchors", lc.step_anchors),
-                                 ("per-prefix statistics", lc.prefix_statistics)) if on]
-        teacher = Path(lc.teacher).name if lc.teacher else "?"
-        settings.append(f"- **LoRi subspace**: {rank}, layers {lc.layers or 'all'}; terms: "
-                        f"{', '.join(terms) or 'none'} (alpha {lc.alpha}, beta {lc.beta}, lambda {lc.lam}); "
-                        f"teacher `{teacher}`.")
-    if method == "codi":
-        cc = cfg.codi
-        settings.append(f"- **CODI**: alpha {cc.alpha}, beta {cc.beta}, gamma {cc.gamma}, distance {cc.distance}.")
+    settings += METHODS[method].card(cfg)
     t, cur = cfg.train, cfg.curriculum
     length = (f"each ending when its loss is below {cur.advance_below}, at most {cur.steps_per_stage} steps"
               if cur.advance_below else f"{cur.steps_per_stage} steps each")

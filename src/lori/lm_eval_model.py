@@ -1,36 +1,14 @@
 """lm-evaluation-harness (``lm-eval``) support: the ``lori`` model type, so the field's own evaluation tool runs a
-student of any method with its latent loop.
+student of any method with its latent loop (``pip install -e '.[lm-eval]'``, lm-eval==0.4.13).
 
-    pip install -e '.[lm-eval]'                    # lm-eval==0.4.13 (pulls datasets, pandas, scikit-learn, ...)
-    lori lm-eval --model lori --model_args pretrained=out/demo/lori --tasks gsm8k --num_fewshot 0
-
-``lori lm-eval ARGS`` is lm-eval's own command line (``lm_eval ARGS``) with this module imported first (lm-eval
-0.4.13 finds model types only in its registry and has no plugin entry point, so the bare ``lm_eval`` script cannot
-know ``lori``) and, unless ARGS give one, ``--include_path`` set to ``lori/lm_eval_tasks``: ``gsm8k_aug_test``, the
-GSM8k-Aug test set read offline from ``../shared/data/gsm8k-aug/test.txt`` and scored as lm-eval's ``gsm8k``. From Python, ``import lori.lm_eval_model`` registers it for ``lm_eval.simple_evaluate(model="lori", ...)``.
-
-:class:`LoriLM` implements ``generate_until`` through :func:`lori.load` (the student's prompt, K latent steps through
-the KV cache, greedy text, the same batches as ``lori eval``) and cuts each text at the request's ``until`` strings.
-``loglikelihood`` and ``loglikelihood_rolling`` raise ``NotImplementedError``: a latent student's answer comes after
-K continuous thoughts, which scoring a given continuation token by token does not define.
-
-Model arguments (``--model_args k=v,...``): ``pretrained`` (required: a run, checkpoint or ``lori export`` folder),
-``device``, ``batch_size`` (also lm-eval's ``--batch_size``; ``auto`` = the checkpoint's ``eval.batch_size``),
-``max_gen_toks`` (overrides the task's), ``context``: ``question`` (default) or ``raw``.
-
-The context: a student is trained on the question text alone (``question ||``). lm-eval's GSM8K tasks write
-``Question: ...\\nAnswer:`` (after any few-shot examples), so with ``context=question`` the text between the last
-``Question:`` and the final ``Answer:`` is the question, and few-shot examples before it are dropped with a warning
-(run with ``--num_fewshot 0``); a context without that form is used as it is. ``context=raw`` passes every context
-unchanged.
-
-Answer policies: lm-eval's ``gsm8k`` scores with its own filters and metric, not ``lori.tasks``. Strict-match takes
-the first ``#### (-?[0-9.,]+)`` and compares strings after dropping commas, ``$`` and a trailing ``.``; ``lori eval``
-takes the first number after ``####`` and compares numbers within 1e-4. They agree on ``#### 18`` (what every
-student writes), ``#### 1,000``, ``#### 18.``, ``#### 18%``, ``#### 18 dollars`` and on a missing ``####``; only
-lori scores ``#### $18``, ``####18`` (no space), ``#### 18.00`` or ``#### 3.0`` for gold 18 / 3, ``#### 2.5`` for
-2.50, ``#### .5`` and a Unicode minus as right; only strict-match scores misplaced commas (``#### 1,00`` for 100)
-as right (docs/using-students.md has the table, checked against lm-eval 0.4.13's own filter and metric).
+``lori lm-eval ARGS`` is lm-eval's own command line with this module imported first (lm-eval 0.4.13 has no plugin
+entry point, so the bare ``lm_eval`` script cannot know ``lori``) and ``--include_path`` set to
+``lori/lm_eval_tasks`` unless ARGS give one. :class:`LoriLM` implements ``generate_until`` through :func:`lori.load`
+and cuts each text at the request's ``until`` strings; ``loglikelihood`` raises ``NotImplementedError`` (a latent
+student's answer comes after K continuous thoughts, which scoring a given continuation does not define). With
+``context=question`` (default) the question is taken from the last ``Question: ... Answer:`` and few-shot examples
+are dropped with a warning; ``context=raw`` passes contexts unchanged. Model arguments and how lm-eval's gsm8k
+scoring differs from ``lori eval``'s: docs/using-students.md, docs/evaluation.md.
 """
 
 from __future__ import annotations

@@ -6,14 +6,9 @@
     for r in student.generate(["a = 7 ; b = a * 7 ; ? b"], max_new_tokens=32):   # or a `lori export` folder
         print(r.answer, r.latent_steps, r.tokens, r.text)
 
-:func:`load` reads what a checkpoint says about itself (``lori_config.yaml``: the method, K, the projector, where the
-thoughts sit, the chat-template flag, the task), so generation is the method's own: the same prompt rendering
-(``method.prompt``), the same latent loop through the KV cache and the same stop rules as ``lori eval``, which loads
-its checkpoints with :func:`load_student` and generates through the same :func:`lori.evaluation.generate.
-generate_batches`; the answer is what the task's one answer-matching policy (:mod:`lori.tasks`) extracts.
-
-Plain ``transformers`` ``generate()`` on a latent student (lori, coconut, codi) decodes explicitly: it never runs the
-K latent steps, so its answers are not the student's. This module is the way to generate with one.
+:func:`load` reads what a checkpoint says about itself (``lori_config.yaml``), so generation is the method's own,
+as in ``lori eval`` (same :func:`load_student`, same ``generate_batches``). Plain ``transformers`` ``generate()``
+never runs a latent student's K latent steps, so its answers are not the student's. docs/using-students.md.
 """
 
 from __future__ import annotations

@@ -2,31 +2,12 @@
 student's (LoRi, Coconut, CODI) reasoning look like next to them. Writes ``analysis.json``, PNG figures and
 ``report.md``.
 
-What is measured (conventions of :mod:`lori.subspace.spectrum`: spectra are singular values ``s``, every number is a
-function of the energies ``s²``; entropy effective rank uses ``p = s²/sum s²``):
-
-* **Per layer, hidden mode**: the spectrum of the uncentred second moment ``M_l = (1/n) sum_t h_t h_tᵀ`` over every
-  rationale position of the sampled problems (singular values = square roots of its eigenvalues) — the matrix whose
-  top-``r`` eigenvectors are LoRi's per-layer basis (``fit_bases``), so "energy at rank r" is exactly the basis'
-  ``energy_captured``. The centred covariance (mean direction removed) is summarised too.
-* **Tensor modes**: the stacked trajectory tensor ``X [N, L, T, d]`` (problems, layers, positions, hidden), with
-  ``T`` = the shortest rationale among the sampled problems (**policy: truncate** every rationale to its first ``T``
-  tokens, so the position index means the same thing in every problem; problems with an empty rationale are left
-  out). Singular values of the mode-``n`` unfoldings for ``n`` = layer, position, hidden (problems are columns),
-  i.e. the spectra of a Tucker / HOSVD of ``X``.
-* **Controls** (same problems, same numbers): (a) the same architecture with random weights (fresh initialisation,
-  fixed seed); (b) the trained teacher with the rationale tokens of each problem randomly permuted; (c) the trained
-  teacher with every rationale token replaced by a uniformly random non-special vocabulary token. Lengths, prompts,
-  anchors are unchanged in (b) and (c). (a) is ``AutoModelForCausalLM.from_config`` after ``torch.manual_seed(seed)``;
-  for a tiny model trained with ``train.seed`` equal to ``--seed`` this is exactly the teacher's own initialisation
-  (the same architecture before training).
-* **Student** (``--student``): the spectra of its ``K`` latent states per layer (same layers), the principal angles
-  between its top-``r`` latent subspace and the teacher's per layer (cosines, mean cos², chance level ``r/d``), the
-  share of its latent energy inside the teacher's top-``r`` subspace, and a vocabulary probe: each latent step's
-  last-layer hidden state through the LM head (top-5 tokens, softmax probabilities) for a few problems.
-
-The rank ``r`` is what ``lori precompute`` would choose on this sample: ``select_rank`` with ``lori.rank`` /
-``lori.energy`` (taken from the student's config when a student is given, else the teacher's; overrides win).
+Measured (conventions of :mod:`lori.subspace.spectrum`): per layer, the spectrum of the uncentred second moment over
+every rationale position (the matrix whose top-``r`` eigenvectors are LoRi's basis) and of the centred covariance;
+the mode spectra of the trajectory tensor ``X [N, L, T, d]``, every rationale truncated to the shortest one's ``T``;
+the same for three controls (random weights, permuted rationale tokens, random rationale tokens); with ``--student``,
+its latent spectra, principal angles to the teacher's subspace and a vocabulary probe. The rank ``r`` is what
+``lori precompute`` would choose on this sample. Definitions and choices: docs/evaluation.md (``lori analyze``).
 """
 
 from __future__ import annotations

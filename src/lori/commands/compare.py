@@ -1,19 +1,12 @@
 """``lori compare``: several methods x several seeds on one task under one budget, in one table.
 
-For every seed ``s`` the pipeline of :mod:`lori.pipeline` runs in ``OUT/seed-s/``: the teacher (the ``--teacher``
-preset, method ``cot-sft``) in ``OUT/seed-s/cot-sft`` -- its evaluation is the cot-sft row -- and one student per
-other method (the ``--student`` preset with ``method`` set) in ``OUT/seed-s/METHOD``, initialised from that seed's
-teacher; a LoRi student distils from it through ``OUT/seed-s/lori-cache``. Only ``train.seed`` changes with the
-seed (initialisation, data order, iCoT-SI's removal offsets); the data (``data.seed``) and the evaluation problems
-are the same for every run. Finished runs and their evaluations are reused, so an interrupted compare continues
-where it stopped.
-
-Writes ``OUT/results.json`` (one row per method and seed, with its ``seed``), ``OUT/results.md`` (the rows, then
-the mean over seeds with a 95% Student-t interval, mean tokens, latency and the speedup vs cot-sft; for
-digit-string answers also the share of answer digits right, a diagnostic of :mod:`lori.evaluation.digits`),
-``OUT/accuracy_vs_tokens.png`` and, per run, ``OUT/seed-s/METHOD/eval-SPLIT/`` (predictions and a one-row
-results.json). Every row carries the identity of its test set (lori.evaluation.results); the table refuses rows of
-different test sets, and a reused evaluation counts only when it is of the test set the config names now.
+For every seed ``s`` the pipeline of :mod:`lori.pipeline` trains the teacher preset in ``OUT/seed-s/cot-sft`` (its
+evaluation is the cot-sft row) and one student per other method in ``OUT/seed-s/METHOD``, initialised from that
+seed's teacher (LoRi through ``OUT/seed-s/lori-cache``). Only ``train.seed`` changes with the seed; data and
+evaluation problems are the same for every run. Finished runs and evaluations are reused (an evaluation only when
+it is of the test set the config names now), so an interrupted compare continues where it stopped. Writes
+``OUT/results.json`` (a row per method and seed), ``OUT/results.md`` (the rows, then the mean over seeds with a 95%
+Student-t interval) and ``OUT/accuracy_vs_tokens.png``; details in docs/evaluation.md (``lori compare``).
 """
 
 from __future__ import annotations

@@ -44,9 +44,8 @@ def run(args) -> None:
 
 TEACHER_ASSET = "chains-teacher"  # lori/assets/: the weights and tokenizer of configs/chains-cot-sft.yaml's run
 
-# The demo is the shipped presets (lori/presets/, linked as configs/chains-*.yaml) plus these demo-only settings:
-# no mid-run validation or intermediate checkpoints (the demo evaluates once, at the end). Command-line overrides
-# (`lori demo --out out/demo train.steps=300`; `teacher.`/`student.` prefixes target one side) come after them.
+# The demo: the shipped presets (lori/presets/, linked as configs/chains-*.yaml) plus these demo-only settings (it
+# evaluates once, at the end); command-line overrides (`teacher.`/`student.` prefixes for one side) come after them.
 PRESETS = {"teacher": "chains-cot-sft.yaml", "student": "chains-lori.yaml"}
 DEMO_OVERRIDES = ["train.eval_every=0", "train.save_every=100000"]
 

@@ -4,25 +4,11 @@ One problem, L = 4 steps, modulus 10, value-only rationale::
 
     a = 3 ; b = a + 5 ; c = b * 3 ; d = c - a ; e = d + 4 ; ? e||<< b = 8 >> << c = 4 >> << d = 1 >> << e = 5 >> #### 5
 
-Rule (every value is taken mod ``modulus``):
-
-* ``a`` is uniform over ``0..m-1``. Step k (1..L) defines the next letter from the **previous** variable, so the
-  answer needs all L steps in order: ``v_k = v_(k-1) op x``.
-* ``op`` is drawn uniformly from ``ops`` (a subset of ``+ - *``). For ``+``/``-`` the operand ``x`` is, with
-  probability ``back_ref`` (and when k >= 2), an **earlier** variable ``v_i`` (i uniform in 0..k-2): the step must
-  look back past the previous one; otherwise a constant uniform over ``0..m-1``. For ``*`` the operand is a constant
-  coprime with ``m`` (a bijection: a multiplication never destroys the value).
-* The **last** step always adds or subtracts a fresh uniform constant, so the answer is exactly uniform over
-  ``0..m-1`` whatever the other knobs: chance is ``1/m``.
-* ``rationale``: ``value`` writes ``<< v = 7 >>`` per step; ``expression`` writes the operands' values too,
-  ``<< v = 4 + 3 = 7 >>`` (GSM8k-Aug's ``<<4+3=7>>``, more supervision per step).
-
-Why these defaults (``data.chain_*`` in the config): every step carries one small value (one token), which is where
-a latent step can do the serial work (Feng et al. 2023: CoT makes such chains easy for a small transformer while the
-direct answer stays hard); the chain through the previous variable makes the depth exactly L; ``+ - *`` mod 10 are
-not commutative together, so the answer is no sum a one-pass model could take as a shortcut.
-
-:func:`generate` is deterministic for its seed, never repeats a question and never emits an excluded one.
+Every value is taken mod ``modulus``; step k defines the next letter from the previous variable (``v_k = v_(k-1) op
+x``, so the answer needs all L steps in order), ``+``/``-`` may look back to an earlier variable (``back_ref``),
+``*`` multiplies by a constant coprime with the modulus, and the last step adds a fresh constant, so the answer is
+exactly uniform (chance ``1/m``). The rule and why these defaults: docs/data.md (Generators). :func:`generate` is
+deterministic for its seed, never repeats a question and never emits an excluded one.
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
 """``lori prepare gsm8k-aug``: the GSM8k-Aug training set (Deng et al.) in the iCoT line format, plus a manifest.
 
-Two sources:
-
-``hub``
-    The published set (385,620 problems with equation-only rationales) from the Hugging Face Hub,
-    ``whynlp/gsm8k-aug`` split ``train``, through the ``datasets`` library (``pip install datasets``; network).
-    Rows are ``{"question", "steps" (list of "<<a=b>>" strings) or "cot" (list or one string), "answer"}``.
-``gsm8k-train``
-    Offline: GSM8K's own ``train.jsonl`` (7,473 problems; openai/grade-school-math) with its ``<<...>>`` calculator
-    notes as the equation-only rationale (:func:`lori.data.readers.read_gsm8k_jsonl`). This reproduces the
-    published GSM8k-Aug lines for the original (non-augmented) problems: 496 of the 500 lines of iCoT's
-    ``gsm8k/valid.txt`` come out identical (the others differ only in a calculator note).
-
-Either way, every problem whose question (whitespace-normalised) appears in the GSM8k-Aug validation file is
-excluded, because those questions come from GSM8K's train split too. Writes ``OUT/train.txt`` and
-``OUT/manifest.json``: source, counts, excluded count, and sha256 checksums of every input and of the output.
+Two sources: ``hub``, the published set (385,620 problems with equation-only rationales) from the Hugging Face Hub
+(``whynlp/gsm8k-aug``, split ``train``, through ``datasets``; network), and ``gsm8k-train``, offline, GSM8K's own
+``train.jsonl`` with its ``<<...>>`` calculator notes as the rationale (:func:`lori.data.readers.read_gsm8k_jsonl`),
+which reproduces the published lines of the original problems. Either way every problem whose question
+(whitespace-normalised) appears in the GSM8k-Aug validation file is excluded, since those come from GSM8K's train
+split too. Writes ``OUT/train.txt`` and ``OUT/manifest.json`` (source, counts, sha256 of every input and of the
+output); docs/data.md (GSM8k-Aug) has the row format and how close the offline lines come.
 """
 
 from __future__ import annotations

@@ -4,21 +4,11 @@ Format (da03/Internalize_CoT_Step_by_Step ``data/N_by_N_mult``), one problem per
 
     a0 a1 .. a(n-1) * b0 b1 .. b(m-1)||P0 + P1 ( S1 ) + P2 ( S2 ) ... + P(m-1) #### c0 c1 .. c(n+m-1)
 
-Every number is written least-significant digit first, one digit per token, tokens separated by one space.
-The rule, verified on every line of the 4x4, 5x5, 7x7 and 9x9 valid/test files:
-
-* ``a`` has ``n`` digits and ``b`` has ``m`` digits, exactly as written (the published operands never have a zero
-  most-significant digit, but the format itself is defined by the written widths).
-* ``Pi = a * b_i * 10**i``, written with exactly ``n + 1 + i`` digits: ``i`` leading zeros (the shift), then the
-  ``n + 1`` digits of ``a * b_i`` (zero-padded at the most-significant end; all zeros when ``b_i == 0``).
-* ``Si = P0 + ... + Pi`` for ``1 <= i <= m - 2``, written with the same width ``n + 1 + i`` as ``Pi``, in
-  parentheses after ``Pi``. The last partial product ``P(m-1)`` has no parenthesised sum (that sum is the answer).
-* The answer is ``a * b`` with exactly ``n + m`` digits, i.e. zero-padded at the most-significant end: when the
-  product has only ``n + m - 1`` digits the answer ends with `` 0``.
-
-The published operands are uniform over numbers with exactly ``n`` (``m``) digits: the most-significant digit is
-1-9 (never 0), every other digit 0-9. :func:`generate` samples the same way and never repeats a pair or emits an
-excluded one (pass the valid and test files as ``exclude``).
+Every number is written least-significant digit first, one digit per token: ``Pi = a * b_i * 10**i`` with exactly
+``n + 1 + i`` digits, ``Si = P0 + ... + Pi`` (``1 <= i <= m - 2``) at ``Pi``'s width, the answer with exactly
+``n + m`` digits (docs/data.md has the whole rule, verified on every line of the 4x4 to 9x9 valid/test files).
+:func:`generate` samples operands as the published ones (exactly ``n`` / ``m`` digits, leading digit 1-9) and never
+repeats a pair or emits an excluded one (pass the valid and test files as ``exclude``).
 """
 
 from __future__ import annotations

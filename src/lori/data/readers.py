@@ -1,30 +1,11 @@
 """Readers for the benchmark file formats; each returns ``list[Example]`` with ``source="path:line"``.
 
-Formats (the format is always named by the caller, never guessed from the path):
-
-``icot``
-    One problem per line: ``question||rationale #### answer`` (da03/Internalize_CoT_Step_by_Step; GSM8k-Aug and
-    the N-by-N multiplication files). The rationale may be empty (``question|| #### 26``). Answers are kept
-    exactly as written (GSM8k-Aug writes some with thousands commas, e.g. ``2,125``), so that
-    ``example.to_icot_line()`` reproduces every line of the published files.
-``gsm8k``
-    JSON lines ``{"question", "answer"}`` (openai/grade-school-math). ``answer`` is natural-language reasoning with
-    calculator notes ``<<48/2=24>>`` and a last line ``#### 72``. The steps are the notes in order, exactly as
-    written (the equation-only rationale of GSM8k-Aug); the answer is the text after ``####`` with thousands
-    commas removed (``1,000`` -> ``1000``).
-``svamp``
-    One JSON list of ``{"ID", "Body", "Question", "Equation", "Answer", "Type"}`` (arkilpatel/SVAMP). The question
-    is ``Body.strip() + " " + Question.strip()``: no punctuation is added or removed (about a third of the bodies
-    end without a period, e.g. "... If he had $ 4 at the start How much did the candy bar cost?", exactly as the
-    dataset defines the problem). The single step is ``Equation.strip()``; the answer is
-    :func:`format_number` of ``Answer``. ``source`` is ``"path:N"`` with N the 1-based item index (not a line).
-    One Body (chal-410) itself ends with ``..``; it is kept as is.
-``multiarith``
-    JSON lines ``{"input", "target"}`` (reasoning-machines/pal ``mawpsmultiarith.jsonl``; the published file has
-    no newline after its last line). No steps; the answer is :func:`format_number` of ``target``.
-``gsm8k-hard``
-    JSON lines ``{"input", "code", "target"}`` (reasoning-machines/pal ``gsmhardv2.jsonl``), ``target`` a float
-    such as ``-9867630.0``. ``code`` is ignored. No steps; the answer is :func:`format_number` of ``target``.
+The format is always named by the caller, never guessed from the path: ``icot`` (``question||rationale #### answer``
+per line, answers kept exactly as written so ``example.to_icot_line()`` reproduces the published files), ``gsm8k``
+(JSON lines; the steps are the ``<<...>>`` calculator notes in order), ``svamp`` (one JSON list; question = body +
+question, the step the equation; ``source`` counts items, not lines), ``multiarith`` and ``gsm8k-hard`` (JSON
+lines, no steps). Numeric answers go through :func:`format_number`. What each format keeps and drops, and why:
+docs/data.md (Formats).
 
 Blank (whitespace-only) lines are skipped in line-based formats; line numbers in errors are 1-based and count them.
 A file that starts with a UTF-8 byte-order mark is refused (it would glue to the first question), naming line 1.

@@ -65,6 +65,65 @@ def answer_ids(example: Example, tokenizer: PreTrainedTokenizerBase) -> list[int
     return encode(tokenizer, f" {example.answer}")
 
 
+@dataclass(frozen=True)
+class StepSpans:
+    """Where each rationale step sits in the rationale's tokens (indices into ``Segments.rationale``)."""
+
+    ends: tuple[int, ...]  # per step, the end (exclusive): the first token that starts after the step's text
+    # per step, the token whose next token starts the step's result: where the teacher hands the value over
+    # (lori.step_anchors); -1 when that is before the rationale or the result does not start at a token boundary
+    handovers: tuple[int, ...]
+    unlocated: tuple[int, ...] = ()  # steps whose result shares its first token with the text before it
+
+
+def result_span(step: str) -> tuple[int, int]:
+    """The characters of a step's result, ``[start, end)`` in ``step``: after the last ``=`` of a calculator note
+    (``<<600*30/100=180>>``, ``<< b = 4 + 3 = 7 >>``), inside the last ``( ... )`` of a multiplication partial sum,
+    after the ``+`` of the last partial product, else the whole step (a partial product, a bare value)."""
+    body = step.rstrip()
+    if body.endswith(">>"):
+        body = body[:-2].rstrip()
+    start, end = 0, len(body)
+    if "=" in body:
+        start = body.rindex("=") + 1
+    elif body.endswith(")") and "(" in body:
+        start, end = body.rindex("(") + 1, len(body[:-1].rstrip())
+    elif body.startswith("+"):
+        start = 1
+    while start < end and body[start].isspace():
+        start += 1
+    return start, end
+
+
+def step_spans(example: Example, tokenizer: PreTrainedTokenizerBase) -> StepSpans:
+    """Each step's end and hand-over in the tokens of ``segments(...).rationale``, located through the tokenizer's
+    character offsets, so they are right for any tokenizer (a BPE that splits ``300`` into three tokens included)."""
+    if not example.steps:
+        return StepSpans((), ())
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"the tokenizer {type(tokenizer).__name__} gives no character offsets (a 'fast' tokenizer "
+                          "does): load the model's tokenizer with use_fast=True")
+    text = " " + example.rationale
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    # where each token's own text starts (byte-level BPE counts a leading space into the token)
+    starts = [a + len(text[a:b]) - len(text[a:b].lstrip()) if b > a else a for a, b in offsets]
+    ends, handovers, unlocated = [], [], []
+    at = 1
+    for k, step in enumerate(example.steps):
+        step_end = at + len(step)
+        r0, _ = result_span(step)
+        r0 += at
+        ends.append(sum(1 for st in starts if st < step_end))
+        first = next((i for i, (a, b) in enumerate(offsets) if b > r0), None)
+        if first is None or starts[first] != r0:
+            handovers.append(-1)
+            unlocated.append(k)
+        else:
+            handovers.append(first - 1)
+        at = step_end + 1
+    return StepSpans(tuple(ends), tuple(handovers), tuple(unlocated))
+
+
 def answer_anchor(s: Segments) -> int:
     """The position of the answer anchor (the last ``####`` token) in the explicit-CoT rendering ``prompt +
     rationale + answer``."""

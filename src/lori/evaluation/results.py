@@ -1,28 +1,15 @@
 """The results file every tool reads and writes: ``results.json`` (+ a human ``results.md``).
 
-``results.json`` has exactly this shape (accuracy and the CI are fractions in [0, 1])::
+``results.json`` is ``{"task", "split", "n", "results": [row, ...]}``, a row holding ``method``, ``checkpoint``,
+``accuracy`` and ``ci95`` (fractions in [0, 1]), ``mean_generated_tokens``, ``latency_ms_per_problem``,
+``throughput_problems_per_s``, ``truncated``, ``test_set``, ``weights_sha256`` and ``inference`` (when known),
+``seed`` and ``extra`` (only when set);
+docs/evaluation.md has the schema. Both files are written atomically (temporary file, then ``os.replace``).
 
-    {"task": str, "split": str, "n": int,
-     "results": [{"method": str, "checkpoint": str, "accuracy": float, "ci95": [lo, hi],
-                  "mean_generated_tokens": float, "latency_ms_per_problem": float,
-                  "throughput_problems_per_s": float,
-                  "truncated": int,  # generations that hit eval.max_new_tokens without ending (when known)
-                  "test_set": {"task": str, "split": str, "n": int, "source": str, "sha256": str,
-                               "file_sha256": str},  # what the row was evaluated on (when known; see below)
-                  "weights_sha256": str,  # lori.models.checkpoint_folders.weights_digest of the evaluated weights
-                  "inference": {...},     # the settings generation ran under (lori.student.inference_settings)
-                  "seed": int,      # only when the row has one
-                  "extra": {...}}]} # only when non-empty
-
-Both files are written atomically (temporary file in the same folder, then ``os.replace``), so a
-reader never sees a half-written file.
-
-A row's ``test_set`` names the problems it was scored on: task, split, their number, where they came from
-(``file PATH`` or the generator's settings) and ``sha256``, a digest of the evaluated problems themselves (question
-and gold answer of each, in order; ``file_sha256`` is the data file's own digest). Rows of different test sets (task,
-split, n or sha256 differ) are never put in one table or one speedup: :func:`check_one_test_set` refuses them with
-one line naming both rows and what differs, and every table here (:func:`markdown_table`, :func:`aggregate_table`,
-:func:`write_results`) calls it. Rows without one (written by an older lori) can only be tabled among themselves.
+A row's ``test_set`` names the problems it was scored on (task, split, n, source, a sha256 of the problems).
+Rows of different test sets are never put in one table or one speedup: :func:`check_one_test_set` refuses them with
+one line naming both rows and what differs, and every table here calls it. Rows without one (written by an older
+lori) can only be tabled among themselves.
 
 ``weights_sha256`` and ``inference`` tie a row to the weights it scored (the model's and a projector's files) and to
 how they generated (K, the thought positions, the projector, the chat template, the dtype, and ``overrides``: the

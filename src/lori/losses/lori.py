@@ -3,22 +3,11 @@
 Shapes: ``B`` batch, ``L`` layers, ``r`` rank. Teacher tensors (``*_t``) are constants: they are detached inside,
 so no gradient ever reaches them. Student tensors (``*_s``) carry the gradient.
 
-Normalisation **(choice)**, used when ``normalize=True`` so that layers (whose hidden-state scales differ by orders of
-magnitude) weigh alike. Per layer ``l`` the teacher's projected-state energy over the batch is
-
-    e_l = mean_b E_t ||z_T[b, l, t]||^2 = mean_b ( ||mu_T[b, l]||^2 + tr C_T[b, l] )     (centred C)
-    e_l = mean_b tr C_T[b, l]                                                        (uncentred C: C = E z z^T)
-
-(the mean over valid examples of the batch), and
-
-    mean term / (e_l + eps),     covariance term / (e_l + eps)^2,     anchor term / (mean_b ||a_T[b, l]||^2 + eps).
-
-Why this one: it is one scale per layer and batch (not per example, so an example whose teacher mean or covariance
-happens to be ~0 cannot blow up), it is never ~0 while the teacher is not (unlike ``||C_T||_F^2``, which is exactly
-0 for one-position rationales under centring), and with the square on the (quadratic) covariance term both terms are
-dimensionless: the loss is invariant to a joint rescaling of teacher and student states. The scale is a detached
-constant. It depends on the batch; for exact invariance to micro-batching pass a fixed ``scale`` (e.g.
-``teacher_energy`` averaged over the whole cache).
+Normalisation **(choice)**, with ``normalize=True``: per layer, the mean term is divided by the teacher's projected
+energy ``e_l`` (``mean_b ||mu_T||^2 + tr C_T`` centred, ``mean_b tr C_T`` uncentred), the covariance term by
+``e_l^2`` and the anchor term by ``mean_b ||a_T||^2``, so that layers weigh alike and the loss is invariant to a
+joint rescaling of teacher and student states. The scale is a detached constant; it depends on the batch unless a
+fixed ``scale`` is passed (``teacher_energy`` over the whole cache, as training does). Why this one: docs/methods.md.
 """
 
 from __future__ import annotations

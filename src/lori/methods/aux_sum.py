@@ -2,16 +2,13 @@
 a No-CoT student whose hidden state is told what the chain of thought would have carried.
 
     [bos] question || #### c_0 c_1 ... c_{2N-1} <eos>        CE on "#### answer <eos>" (the No-CoT rendering)
-    c^_k = sum_{i+j=k} a_i b_j + floor(c^_{k-1} / 10)          the column's running sum (digits least significant
-                                                              first, as in the iCoT format), c_k = c^_k mod 10
+    c^_k = sum_{i+j=k} a_i b_j + floor(c^_{k-1} / 10)          the column's running sum, c_k = c^_k mod 10
     L    = CE + aux_sum.weight * 1/(B n) sum_{b,k} (w . h^l_{b,p_k} + w_0 - c^_k / scale)^2
 
-with ``h^l`` the hidden state of layer ``aux_sum.layer`` (default the middle block) at position ``p_k``, the one
-that predicts ``c_k``, and ``(w, w_0)`` a linear head trained with the model and used by training only: generation
-is No-CoT's greedy decoding, the checkpoint the language model plus the head (``aux_sum_head.safetensors``, read
-back on resume and by a run whose ``model.init_from`` is an aux-sum checkpoint). Bai et al. show that plain
-fine-tuning leaves the middle product digits at chance on 4x4 while this head solves it; multiplication is the only
-task whose running sums it knows.
+with ``h^l`` the hidden state of layer ``aux_sum.layer`` at position ``p_k`` (the one that predicts ``c_k``) and
+``(w, w_0)`` a linear head trained with the model, used by training only and saved beside it
+(``aux_sum_head.safetensors``). Generation is No-CoT's. Multiplication is the only task whose running sums it knows.
+Choices and the authors' findings: docs/methods.md (Running-sum head).
 """
 
 from __future__ import annotations
@@ -131,4 +128,5 @@ def extra_tensors(module: AuxSumStudent) -> dict:
 
 
 METHOD = common.Method(name="aux-sum", render=render, collate=collate, wrap=wrap, loss=loss,
+                       paper="direct answer with the running-sum auxiliary head of Bai et al. 2025 (ajyl/icot)",
                        setup_training=setup_training, extra_tensors=extra_tensors, curriculum=False)

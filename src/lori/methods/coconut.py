@@ -7,9 +7,8 @@ identity projector by default, ``coconut.projector``) as the next input embeddin
     final stage:          [bos] question || <bot> [K thoughts] <eot> #### answer <eos>
     L = CE on the remaining language steps and "#### answer <eos>"
 
-with c = ``curriculum.thoughts_per_step`` and K = ``coconut.latent_steps`` (default stages x c, Coconut's
-``pad_latent_to_max``). Rendering, batching, the student and its checkpoint are the latent family's
-(``methods/thoughts.py``).
+with c = ``curriculum.thoughts_per_step`` and K = ``coconut.latent_steps`` (default stages x c). Rendering,
+batching, the student and its checkpoint are the latent family's (``methods/thoughts.py``); docs/methods.md.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ def loss(module, batch, norm, state=None):
     return ce, {"ce": ce.detach(), **thoughts.answer_parts(out, batch, norm)}
 
 
-METHOD = Method(name="coconut", render=THOUGHTS.render, prompt=thoughts.prompt, collate=thoughts.collate,
+METHOD = Method(name="coconut", render=THOUGHTS.render,
+                paper="Coconut, chain of continuous thought (Hao et al. 2024, arXiv 2412.06769)", prompt=thoughts.prompt, collate=thoughts.collate,
                 wrap=THOUGHTS.wrap, loss=loss, generation_kwargs=thoughts.generation_kwargs,
                 extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS)

@@ -4,15 +4,11 @@ One model, two passes per batch::
 
     teacher:  [bos] question || steps #### answer <eos>                     CE_T on steps and "#### answer <eos>"
     student:  [bos] question || <bot> [K thoughts] <eot> #### answer <eos>  CE_S on "#### answer <eos>"
-    L_KD    = 1/L sum_l  |h_S^l - sg(h_T^l)| / std(sg(h_T^l))  at the token before the answer (the last `####`
-              token on both sides), over every hidden state (embeddings + each block)
+    L_KD    = 1/L sum_l  |h_S^l - sg(h_T^l)| / std(sg(h_T^l))  at the last `####` token, every hidden state
     L       = alpha CE_T + beta CE_S + gamma L_KD
 
-The thoughts go through CODI's projector (``codi.projector``: Linear-GELU-Linear-LayerNorm) and K =
-``codi.latent_steps``. The student's rendering, batching and checkpoint are the latent family's
-(``methods/thoughts.py``; with ``curriculum.stages > 0`` the student follows the same staged curriculum, which CODI
-itself does not use); the teacher's rendering is CoT-SFT's (``data.render.explicit_cot``); the distance is
-``losses/codi.py``. Generation: K thoughts, ``<eot>``, then greedy answer tokens.
+Thoughts go through ``codi.projector``, K = ``codi.latent_steps``; the student's side is the latent family's
+(``methods/thoughts.py``), the distance ``losses/codi.py``. Defaults, differences from the authors': docs/methods.md.
 """
 
 from __future__ import annotations
@@ -82,6 +78,14 @@ def loss(module, batch: dict[str, torch.Tensor], norm,
                    **thoughts.answer_parts(out, batch, norm)}
 
 
+def card(cfg) -> list[str]:
+    """The model card's CODI line (``lori export``): the loss weights and the distance."""
+    cc = cfg.codi
+    return [f"- **CODI**: alpha {cc.alpha}, beta {cc.beta}, gamma {cc.gamma}, distance {cc.distance}."]
+
+
 METHOD = common.Method(name="codi", render=render, prompt=thoughts.prompt, collate=collate, wrap=THOUGHTS.wrap,
+                       paper="CODI, continuous chain of thought via self-distillation (Shen et al. 2025, "
+                             "arXiv 2502.21074)",
                        setup_training=setup_training, loss=loss, generation_kwargs=thoughts.generation_kwargs,
-                       extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS)
+                       extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS, card=card)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config import Config
 from ..data.render import segments
 from ..losses import IGNORE_INDEX, answer_token_ce, token_cross_entropy
 from ..utils import pad
@@ -89,6 +90,11 @@ def no_extra_tensors(module) -> None:
     return None
 
 
+def no_card_lines(cfg: Config) -> list[str]:
+    """``card`` of methods whose model card needs no line of their own."""
+    return []
+
+
 @dataclass(frozen=True)
 class Method:
     """One method's protocol (see ``lori.methods``): a name, how it renders an example, and the parts that differ
@@ -96,6 +102,7 @@ class Method:
 
     name: str
     render: Callable
+    paper: str  # what the method is in one line, with its paper (the model card's "Method" line)
     prompt: Callable = plain_prompt
     collate: Callable = collate
     wrap: Callable = plain_lm
@@ -103,9 +110,9 @@ class Method:
     loss: Callable = causal_lm_loss
     generation_kwargs: Callable = no_generation_kwargs
     extra_tensors: Callable = no_extra_tensors
-    # What the method needs, declared here so that the commands never branch on its name:
-    # a latent method's lori.methods.thoughts.Thoughts (K and the projector; thoughts.py imports this module, so the
-    # type is named here, not imported); None: an explicit method
+    card: Callable[[Config], list[str]] = no_card_lines  # card(cfg): the method's own lines of the model card
+    # What the method needs, declared so the commands never branch on its name: a latent method's Thoughts (K and the
+    # projector; named, not imported, as thoughts.py imports this module); None: an explicit method
     thoughts: object | None = None
     # trains against the teacher statistics `lori precompute` writes (lori.teacher, lori.cache_dir): LoRi
     teacher_cache: bool = False

@@ -14,4 +14,4 @@ def render(example: Example, tokenizer, cfg, stage: int = 1) -> dict[str, list[i
     return explicit_cot(segments(example, tokenizer, cfg.model.chat_template))
 
 
-METHOD = Method(name="cot-sft", render=render, curriculum=False)
+METHOD = Method(name="cot-sft", render=render, paper="explicit chain-of-thought fine-tuning", curriculum=False)

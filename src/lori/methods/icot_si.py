@@ -6,10 +6,9 @@ Plain causal-LM fine-tuning whose rendering loses rationale tokens from the left
     r_k = min(|rationale|, k * remove_per_stage + o),  P(o) = (1 - e^-lambda) e^(-lambda o)   ("removal smoothing")
     final stage:          [bos] question || #### answer <eos>                      (the No-CoT rendering)
 
-The optimizer state is reset at every stage change (``curriculum.reset_optimizer``, done by the loop). The offset
-``o`` is drawn per example and stage from a generator seeded by (train.seed, stage, the example itself), so a stage
-renders the same way whenever it is rendered, and a resumed run matches an uninterrupted one. Generation writes the
-answer directly (plain greedy decoding), as No-CoT does.
+The offset ``o`` is drawn per example and stage from a generator seeded by (train.seed, stage, the example), so a
+stage renders alike whenever it is rendered and a resumed run matches an uninterrupted one. The loop resets the
+optimizer at every stage change. How this maps to the authors' schedule: docs/methods.md (iCoT-SI).
 """
 
 from __future__ import annotations
@@ -44,4 +43,5 @@ def render(example: Example, tokenizer, cfg, stage: int) -> dict[str, list[int]]
     return supervised(s.prompt, s.rationale[n:] + s.answer)
 
 
-METHOD = Method(name="icot-si", render=render)
+METHOD = Method(name="icot-si", render=render,
+                paper="iCoT stepwise internalization (Deng et al. 2024, arXiv 2405.14838)")

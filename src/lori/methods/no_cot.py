@@ -12,4 +12,5 @@ def render(example: Example, tokenizer, cfg, stage: int = 1) -> dict[str, list[i
     return supervised(s.prompt, s.answer)
 
 
-METHOD = Method(name="no-cot", render=render, curriculum=False)
+METHOD = Method(name="no-cot", render=render, paper="direct answer fine-tuning (no chain of thought)",
+                curriculum=False)

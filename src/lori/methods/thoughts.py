@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config
-from ..data.render import encode, segments
+from ..data.render import encode, segments, step_spans
 from ..data.schema import Example
 from ..losses import IGNORE_INDEX, token_cross_entropy
 from ..models.latent_student import PROJECTOR_FILE, LatentOutput, LatentStudent, add_latent_tokens
@@ -34,7 +34,8 @@ def render_latent(example: Example, tokenizer, cfg: Config, stage: int, latent_s
     s = segments(example, tokenizer, cfg.model.chat_template)
     bot, eot = tokenizer.convert_tokens_to_ids(["<bot>", "<eot>"])
     k = 0
-    if cfg.curriculum.is_final(stage):
+    final = cfg.curriculum.is_final(stage)
+    if final:
         thoughts, language = latent_steps, []
     else:
         k = min(stage, len(example.steps))
@@ -42,20 +43,38 @@ def render_latent(example: Example, tokenizer, cfg: Config, stage: int, latent_s
         rest = example.steps[k:]
         language = encode(tokenizer, " " + " ".join(rest)) if rest else []
     target = language + s.answer
-    return {
+    c = cfg.curriculum.thoughts_per_step
+    item = {
         "prompt_ids": s.prompt + [bot],
         "suffix_ids": [eot] + target,
         "suffix_labels": [IGNORE_INDEX] + target,
         # suffix position of the last `####` token: it predicts the first answer token (the answer anchor)
         "anchor": len(language) + s.marker_len,
         "latent_steps": thoughts,
-        "prefix_steps": 0 if cfg.curriculum.is_final(stage) else k,  # rationale steps the thoughts replace
-        # steps whose hand-over the thoughts carry (lori.step_anchors): k, or at the final stage as many as K holds
-        "replaced_steps": (min(len(example.steps), thoughts // cfg.curriculum.thoughts_per_step)
-                           if cfg.curriculum.is_final(stage) else k),
-        "final": int(cfg.curriculum.is_final(stage)),
+        "prefix_steps": 0 if final else k,  # rationale steps the thoughts replace
+        # thought groups anchored to steps (lori.step_anchors): k, or at the final stage as many as K holds
+        "replaced_steps": min(len(example.steps), thoughts // c) if final else k,
+        "n_steps": len(example.steps),
+        "final": int(final),
         "n_target": len(target),
     }
+    if cfg.curriculum.thought_positions == "aligned" and not final:
+        item["thought_pos"], item["suffix_pos"] = aligned_positions(example, tokenizer, k, c)
+    return item
+
+
+def aligned_positions(example: Example, tokenizer, k: int, c: int) -> tuple[list[int], int]:
+    """Positions, relative to ``<bot>``, of the thoughts that replace the first ``k`` steps (``c`` per step) and of
+    ``<eot>`` (curriculum.thought_positions=aligned): step s's thoughts end where the teacher's rationale starts
+    step s's result (its last word where that is not at a token boundary), and ``<eot>`` takes the position just
+    before step k's text, so the language after it keeps the teacher's positions."""
+    spans = step_spans(example, tokenizer)
+    thought_pos: list[int] = []
+    for h, end in zip(spans.handovers[:k], spans.ends[:k]):
+        at = h + 1 if h >= 0 else end - 1
+        thought_pos += [at - (c - 1) + i for i in range(c)]
+    suffix = max(spans.ends[k - 1] - 1, thought_pos[-1] + 1) if k else 1
+    return thought_pos, suffix
 
 
 def latent_student(lm, tokenizer, cfg: Config, checkpoint, latent_steps: int, projector: str) -> LatentStudent:
@@ -105,8 +124,13 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         "latent_steps": torch.tensor([it["latent_steps"] for it in items]),
         "prefix_steps": torch.tensor([it.get("prefix_steps", 0) for it in items]),
         "replaced_steps": torch.tensor([it.get("replaced_steps", 0) for it in items]),
+        "n_steps": torch.tensor([it.get("n_steps", 0) for it in items]),
         "final": items[0]["final"],
     }
+    if "thought_pos" in items[0]:  # curriculum.thought_positions=aligned, before the final stage
+        width = max(it["latent_steps"] for it in items)
+        out["thought_pos"] = pad([it["thought_pos"] for it in items], 0, width=width)[0]
+        out["suffix_pos"] = torch.tensor([it["suffix_pos"] for it in items])
     if "answer_len" in items[0]:
         out["answer_len"] = torch.tensor([it["answer_len"] for it in items])
     return out
@@ -115,8 +139,9 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 def student_ce(module, batch: dict[str, torch.Tensor], norm) -> tuple[LatentOutput, torch.Tensor]:
     """The teacher-forced latent pass and its cross-entropy on the suffix (remaining language and ``#### answer
     <eos>``), divided by the step's global supervised-token count."""
+    positions = (batch["thought_pos"], batch["suffix_pos"]) if "thought_pos" in batch else None
     out = module(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"],
-                 latent_steps=batch["latent_steps"])
+                 latent_steps=batch["latent_steps"], positions=positions)
     return out, token_cross_entropy(out.logits[:, :-1], batch["suffix_labels"][:, 1:], num_tokens=norm.tokens)
 
 

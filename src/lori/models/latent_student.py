@@ -130,22 +130,25 @@ class LatentStudent(nn.Module):
             return (probs @ self.lm.get_input_embeddings().weight.float()).to(h.dtype)
         return self.projector(h)
 
-    def forward(self, prompt_ids, prompt_mask, suffix_ids, suffix_mask, latent_steps=None) -> LatentOutput:
+    def forward(self, prompt_ids, prompt_mask, suffix_ids, suffix_mask, latent_steps=None,
+                positions=None) -> LatentOutput:
         """Teacher-forced pass. ``prompt_ids`` [B, P] left-padded and ending in ``<bot>``; ``suffix_ids`` [B, S]
         right-padded, starting with ``<eot>``; ``latent_steps`` K: an int (every example), a [B] tensor of
         per-example counts (a curriculum stage where examples have different numbers of steps), or None (the
         student's). With per-example counts the loop runs ``max K`` steps and an example's steps past its own count
         are masked out (no attention, no position), so each example sees exactly its own K thoughts. Positions
-        follow the attention mask, exactly as in generation."""
+        follow the attention mask, exactly as in generation; ``positions`` = ``(thoughts [B, K], suffix [B])``
+        relative to ``<bot>`` replaces the fixed layout (curriculum.thought_positions=aligned)."""
         K, step_mask = self._latent_mask(latent_steps, prompt_ids)
         if self.training and (self.uncached_training or any(getattr(m, "gradient_checkpointing", False) is True
                                                            for m in self.lm.modules())):
-            return self._forward_without_cache(prompt_ids, prompt_mask, suffix_ids, suffix_mask, K, step_mask)
+            return self._forward_without_cache(prompt_ids, prompt_mask, suffix_ids, suffix_mask, K, step_mask,
+                                               positions)
         mask = prompt_mask
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.lm(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True,
                       output_hidden_states=True)
-        tpos, start = thought_positions(pos[:, -1:], step_mask.sum(1), K, self.position_offset, self.position_stride)
+        tpos, start = self._positions(pos[:, -1:], step_mask, K, positions)
         prompt_states = torch.stack([s[:, -1] for s in out.hidden_states], dim=1)
         out, mask, states = latent_loop(self.lm, self.project, out, mask, tpos, step_mask)
         mask = torch.cat([mask, suffix_mask], dim=1)
@@ -154,6 +157,13 @@ class LatentStudent(nn.Module):
                       use_cache=True, output_hidden_states=True)
         latent = torch.stack(states, dim=2) if states else suffix_ids.new_zeros((0,))
         return LatentOutput(out.logits, latent, out.hidden_states, prompt_states)
+
+    def _positions(self, last: torch.Tensor, step_mask: torch.Tensor, K: int, positions):
+        """``(thoughts [B, K], suffix_start [B, 1])``: the fixed layout, or the given per-example one."""
+        if positions is None:
+            return thought_positions(last, step_mask.sum(1), K, self.position_offset, self.position_stride)
+        thoughts, suffix = positions
+        return last + thoughts[:, :K].to(last.device), last + suffix.reshape(-1, 1).to(last.device)
 
     def _latent_mask(self, latent_steps, like: torch.Tensor) -> tuple[int, torch.Tensor]:
         """``(K, step_mask [B, K])``: the loop length and which latent steps are real for each example."""
@@ -167,7 +177,7 @@ class LatentStudent(nn.Module):
         return int(latent_steps), torch.ones((B, int(latent_steps)), dtype=torch.long, device=like.device)
 
     def _forward_without_cache(self, prompt_ids, prompt_mask, suffix_ids, suffix_mask, K: int,
-                               step_mask: torch.Tensor) -> LatentOutput:
+                               step_mask: torch.Tensor, positions=None) -> LatentOutput:
         """The same pass with the whole sequence re-run at every latent step and no KV cache: what training under
         gradient checkpointing needs, because Hugging Face layers drop the cache when they checkpoint (a cached
         latent loop would silently attend to nothing but the current step). Costs about K + 2 prompt-length
@@ -176,7 +186,7 @@ class LatentStudent(nn.Module):
         seq, mask = emb(prompt_ids), prompt_mask
 
         ppos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-        tpos, start = thought_positions(ppos[:, -1:], step_mask.sum(1), K, self.position_offset, self.position_stride)
+        tpos, start = self._positions(ppos[:, -1:], step_mask, K, positions)
         spos = start + torch.arange(suffix_ids.shape[1], device=suffix_ids.device)[None]
         order = torch.cat([ppos, tpos, spos], dim=1)  # the position ids of the whole sequence
 

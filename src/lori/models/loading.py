@@ -16,11 +16,16 @@ from ..errors import ConfigError
 from .build import load_pretrained, tiny_model
 from .checkpoint_folders import resolve_checkpoint
 from .lora import apply_lora
-from .tokenizer import build_word_tokenizer
+from .tokenizer import build_bpe_tokenizer, build_word_tokenizer
 
 
-def builtin_tokenizer(examples: list[Example]):
-    return build_word_tokenizer(t for ex in examples for t in (ex.question, ex.rationale, ex.answer))
+def builtin_tokenizer(examples: list[Example], model: ModelConfig | None = None):
+    """The tokenizer of a tiny model (``model.tokenizer``), built from the training texts."""
+    texts = (t for ex in examples for t in (ex.question, ex.rationale, ex.answer))
+    if model is not None and model.tokenizer == "bpe":
+        return build_bpe_tokenizer((f"{ex.question} || {ex.rationale} #### {ex.answer}" for ex in examples),
+                                   model.bpe_vocab_size)
+    return build_word_tokenizer(texts)
 
 
 def open_model(source: str | Path, cfg: Config, wrap=None):
@@ -46,7 +51,7 @@ def build_model(cfg: Config, method, train_set: list[Example], resume_from=None)
         if cfg.model.name == "tiny":
             check_architecture(lm, cfg.model, source)
     elif cfg.model.name == "tiny":
-        tokenizer = builtin_tokenizer(train_set)
+        tokenizer = builtin_tokenizer(train_set, cfg.model)
         check_chat_template(tokenizer, cfg.model.chat_template)
         torch.manual_seed(cfg.train.seed)
         lm = tiny_model(cfg.model, tokenizer, max_positions=cfg.data.max_length)

@@ -1,22 +1,12 @@
 """LoRA through ``peft`` (``model.lora_r``), applied to the language model after the method has wrapped it.
 
-What trains under LoRA:
-- the LoRA factors of ``model.lora_target_modules`` (``all-linear``: every linear layer but the output head);
-- the method's own modules outside the language model (LoRi's projector): ``get_peft_model`` only freezes the
-  model it is given, so a wrapper's other parameters keep ``requires_grad``;
-- for latent students (a wrapper holding ``.lm``), the ``<bot>``/``<eot>`` rows of the input embedding, through
-  peft's ``trainable_token_indices`` (the rest of the embedding matrix stays frozen; with tied embeddings the output
-  head's rows follow).
-
-Checkpoints of a LoRA run (:func:`lori.training.checkpoint.save_checkpoint`) hold two things:
-- at the top level, the **merged** weights (``merge_and_unload`` of a copy, made on the CPU so the device holds no
-  second model): an ordinary checkpoint that ``from_pretrained`` (and ``lori eval``, ``lori precompute``,
-  ``model.init_from``) load with no peft at all;
-- ``lora_adapter/``: the adapter alone (``adapter_model.safetensors``, ``adapter_config.json``), for resuming.
-  Resuming rebuilds the run's starting weights exactly as a fresh run does (``model.init_from`` / ``model.name``;
-  they are frozen, so they never changed), applies the same LoRA and loads the adapter: the resumed run continues
-  from bit-identical weights (tested), which reloading the rounded merged weights would not give.
-  (It lives in a subfolder because ``from_pretrained`` treats a folder with ``adapter_config.json`` as an adapter.)
+What trains: the LoRA factors of ``model.lora_target_modules``; the method's own modules outside the language model
+(``get_peft_model`` freezes only the model it is given); for latent students, the ``<bot>``/``<eot>`` embedding rows
+through peft's ``trainable_token_indices``. A LoRA run's checkpoint holds the **merged** weights at its top level
+(merged on a CPU copy; loadable with no peft) and ``lora_adapter/``, the adapter alone, in a subfolder because
+``from_pretrained`` takes a folder with ``adapter_config.json`` for an adapter. Resuming rebuilds the run's frozen
+starting weights as a fresh run does, applies the same LoRA and loads the adapter, so it continues from
+bit-identical weights (tested), which reloading the rounded merged weights would not give. docs/training.md.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from ..errors import DataError
@@ -44,6 +44,22 @@ def build_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
         padding_side="left",
     )
     return tok
+
+
+def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE of ``vocab_size`` tokens trained on ``texts`` (deterministic for the same texts) that writes a
+    number digit by digit, so results take one to several tokens as GSM8k-Aug's do under SmolLM2's or a LLaMA
+    tokenizer (``model.tokenizer: bpe``)."""
+    core = Tokenizer(models.BPE(unk_token=None))
+    # digits one by one, as the LLaMA-family and SmolLM2 tokenizers split them
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator([*texts, " ".join(STRUCTURAL)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, bos_token=BOS, eos_token=EOS,
+                                   additional_special_tokens=[BOT, EOT], padding_side="left")
 
 
 def word_vocabulary(tokenizer) -> dict[str, int] | None:

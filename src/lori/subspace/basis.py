@@ -1,15 +1,12 @@
 """The shared low-rank subspace: streaming second moments, per-layer (or shared) hidden-mode bases, layer factor.
 
-Pure linear algebra (torch, float64 accumulation). No model code, no file formats: ``Basis.to_dict`` returns a flat
-``{name: Tensor}`` dict that the caller can hand to ``safetensors.torch.save_file``.
+Pure linear algebra (torch, float64 accumulation), no model code, no file formats (``Basis.to_dict`` is a flat
+``{name: Tensor}`` dict). Fitting is two streaming passes over a calibration set, never holding all trajectories:
 
-Fitting is two streaming passes over a calibration set, so memory never holds all trajectories:
-
-1. ``SecondMomentAccumulator.update(h, mask)`` for every batch, then ``fit_bases(acc, ...)`` — the hidden-mode
-   factor ``U_l`` (``d x r``) per layer (or one shared across layers) from the eigendecomposition of the
-   *uncentred* second moment ``M_l = (1/n) sum_t h_t h_t^T`` over all valid rationale positions.
-2. Optional: ``LayerGramAccumulator(basis).update(h, mask)`` for every batch, then ``fit_layer_factor(basis, acc)``
-   — the layer-mode factor ``V`` (``L x r_l``) of a truncated HOSVD (see ``LayerGramAccumulator``).
+1. ``SecondMomentAccumulator.update(h, mask)`` per batch, then ``fit_bases`` — the factor ``U_l`` (``d x r``) per
+   layer (or one shared) from the eigendecomposition of the *uncentred* second moment ``(1/n) sum_t h_t h_t^T``.
+2. Optional: ``LayerGramAccumulator(basis).update(h, mask)`` per batch, then ``fit_layer_factor`` — the layer-mode
+   factor ``V`` (``L x r_l``) of a truncated HOSVD.
 
 Shapes: ``B`` batch, ``L`` selected layers, ``T`` positions, ``d`` hidden size, ``r`` rank.
 """

@@ -1,23 +1,14 @@
 """Spectra of trajectory tensors and the numbers that summarise how low-rank they are. Pure linear algebra.
 
-Conventions (used by ``lori analyze`` and everywhere below):
+A spectrum is given as **singular values** ``s`` (descending); every number is a function of the energies
+``λ = s²``: the top-``k`` energy fraction, ``rank_for_energy`` (``select_rank``'s rule), the entropy effective rank
+``exp(H(p))`` with ``p = s² / sum(s²)`` (not Roy & Vetterli's ``p = s / sum(s)``) and the participation ratio
+``(sum λ)² / sum λ²`` (docs/evaluation.md, ``lori analyze``, has the definitions).
 
-* A spectrum is given as **singular values** ``s`` (descending, non-negative). Its **energies** are ``λ = s²``: the
-  eigenvalues of the Gram matrix ``X Xᵀ`` of the data (or of the second moment ``XXᵀ/n``, which only rescales).
-* Every number is a function of the energies ``λ``:
-
-  - energy fraction of the top ``k``: ``sum(λ[:k]) / sum(λ)``;
-  - ``rank_for_energy(s, e)``: the smallest ``k`` whose top-``k`` energy fraction is ``>= e`` (``select_rank``'s rule);
-  - entropy effective rank: ``exp(H(p))`` with ``p = λ / sum(λ) = s² / sum(s²)`` — the energy distribution, **not**
-    Roy & Vetterli's ``p = s / sum(s)``; it equals ``k`` for ``k`` equal energies and zeros elsewhere;
-  - participation ratio: ``(sum λ)² / sum λ²``, also ``k`` for a flat rank-``k`` spectrum, and ``<=`` the entropy
-    effective rank otherwise (Rényi-2 vs Shannon entropy of the same ``p``).
-
-* ``mode_spectra(x)``: the singular values of every mode-``n`` unfolding ``X_(n)`` (``x.shape[n]`` rows, all other
-  indices as columns) — the spectra of a Tucker / HOSVD of ``x``. Computed from the ``x.shape[n]``-square Gram
-  ``X_(n) X_(n)ᵀ`` (float64, ``eigvalsh``), which is exact up to round-off and, unlike the unfolding, is additive
-  over slices of the other modes: ``mode_gram`` on batches can be summed (``batch_dims``) and handed to
-  ``gram_singular_values``, so a large tensor never has to be held at once.
+``mode_spectra(x)``: the singular values of every mode-``n`` unfolding (a Tucker / HOSVD of ``x``), computed from
+the unfolding's Gram matrix (float64, ``eigvalsh``): exact up to round-off and, unlike the unfolding, additive over
+slices of the other modes, so ``mode_gram`` on batches can be summed and handed to ``gram_singular_values`` and a
+large tensor never has to be held at once.
 """
 
 from __future__ import annotations

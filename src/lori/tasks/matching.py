@@ -1,27 +1,14 @@
-"""Benchmarks as tasks, and THE one answer-matching policy used for every method.
-
-Answer-matching policy (identical for no-cot, cot-sft, icot-si, coconut, codi and lori)
------------------------------------------------------------------------------------------
-Every method is trained to end its generation with ``#### answer`` (CoT methods write a rationale
-first, implicit methods write ``#### answer`` directly); EOS is stripped before matching.
+"""Benchmarks as tasks, and THE one answer-matching policy used for every method (each ends with ``#### answer``;
+EOS is stripped before matching):
 
 1. Take the text after the FIRST ``####`` in the generation. No ``####`` -> no answer -> wrong.
-2. ``multiplication``: the whitespace-normalised digit string (digit groups joined by one space)
-   must equal the gold exactly. Anything else after ``####`` (extra words, a second ``####``,
-   commas) makes it wrong. This is iCoT's rule (Deng et al. 2023/2024: exact string after ``####``).
-3. Numeric tasks (``gsm8k`` and GSM8k-Aug, ``gsm8k-hard``, ``svamp``, ``multiarith``, ``chains``): take the
-   FIRST number in that text -- optional sign, optional leading ``$``, commas only as thousands
-   separators (``1,000``), optional decimals; a trailing ``.`` or ``%`` is ignored, as is any text
-   after the number -- and compare it with the gold as a number, correct iff
-   ``|pred - gold| <= 1e-4`` (exact decimal arithmetic, so large integers are never rounded).
+2. ``multiplication``: the whitespace-normalised digit string must equal the gold exactly (iCoT's rule).
+3. Numeric tasks (``gsm8k`` and GSM8k-Aug, ``gsm8k-hard``, ``svamp``, ``multiarith``, ``chains``): the FIRST number
+   in that text (optional sign and leading ``$``, commas only as thousands separators, optional decimals; a trailing
+   ``.`` or ``%`` and any text after it ignored), correct iff ``|pred - gold| <= 1e-4`` in exact decimal arithmetic.
 
-Where the rules come from: iCoT and Coconut compare the exact string after ``####``; CODI takes
-the LAST number anywhere in the generation (commas removed) and compares it as a float. Ours takes
-the first number after ``####``, because every method here is trained to emit ``#### answer``:
-the last number in a CoT generation is the answer only if nothing follows it, and a number from the
-rationale must never count as the answer of a model that failed to write ``####``. Parsing the
-number (rather than the exact string) keeps ``1,000`` == ``1000`` and ``2.50`` == ``2.5``, which
-the exact-string rule would score as wrong for reasons unrelated to reasoning.
+iCoT and Coconut compare the exact string after ``####``; CODI takes the last number anywhere in the generation. Why
+ours differs: docs/evaluation.md (Answer matching).
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
 """Run identity and the output-folder lock: what makes a run folder's checkpoints belong to a config.
 
 Every run folder records ``run_identity.json``: its resolved config (flattened to dotted keys) with the inputs
-located by a path replaced by a digest of their content (``data.train_file``/``valid_file``/``test_file``, the
-``model.init_from`` checkpoint, a local ``model.name`` folder, a LoRi run's ``lori.teacher``). A folder is reused
-(``lori demo`` / ``lori compare`` skip a finished run, ``lori train`` resumes) only when its identity matches the
-config's; otherwise the run is refused with the keys that differ.
-
-A few keys change what is logged, evaluated or kept, never the weights of a step, and may differ on resume: they are
-applied and printed (:data:`FREE_KEYS`, the whole ``eval`` section, and ``train.steps`` when both runs use the
-constant schedule, whose learning rate does not depend on the run length). The paths of the digested inputs and
-``lori.cache_dir`` may move (their content is what counts; a LoRi cache is checked against its own fingerprint of
-the teacher, the data and the ``lori`` keys when it is loaded).
-
-``run_identity.json`` also holds the run's ``run_id`` (:func:`new_run_id`), the id of its experiment-tracker runs
-(lori.training.trackers): kept when the run resumes in its folder, new when it starts over.
+located by a path replaced by a digest of their content, and the run's ``run_id`` (:func:`new_run_id`, the id of its
+tracker runs). A folder is reused (``lori demo`` / ``lori compare`` skip a finished run, ``lori train`` resumes)
+only when its identity matches the config's; otherwise the run is refused with the keys that differ. Keys that never
+change a step's weights (:data:`FREE_KEYS`, the ``eval`` section, ``train.steps`` under the constant schedule) may
+differ on resume; the paths of digested inputs and ``lori.cache_dir`` may move.
 
 The lock (:func:`run_lock`) is ``OUT/.lock`` holding the pid, host and start time of the one process writing the
 folder; a lock left by a process that is gone (same host, pid not running) is taken over with a message.

@@ -1,24 +1,13 @@
 """The one training loop. Every method runs through it; only rendering and the loss differ.
 
-Built on ``accelerate`` so that ``torchrun --nproc_per_node N -m lori train ...`` (or ``accelerate launch
---multi_gpu``) scales it to several processes with no change: the user sets the global batch, and gradient
-accumulation is derived from micro batch x processes. Every process renders the whole data set and takes its own
-slice of each step's global batch; the losses are normalised by the step's global token count, so N processes
-with accumulation A give the loss (and, up to float reduction order, the update) of one process with N x A.
-Logging and checkpoints are written by the main process; validation is split across processes (``lori eval`` is
-single-process). Metrics go to ``metrics.jsonl`` and to the experiment trackers of ``train.log_with`` through
-accelerate's tracker API (lori.training.trackers).
-
-``train.sharding: fsdp`` (lori.training.sharding) shards the weights, gradients and optimizer state over the
-processes with FSDP2 instead of replicating them (DDP); the loop is the same, the checkpoints hold the sharded state
-besides the gathered full weights.
-
-Data order is a seeded permutation per epoch, indexed by a global example cursor, so a resumed run sees exactly
-the examples an uninterrupted run would.
-
-Every step's loss terms are summed over processes and checked before the optimizer step, and the update after it
-(lori.training.guards); the curriculum's stage is kept by lori.training.curriculum, the optimizer and schedule are
-built by lori.training.optim, and checkpoints are written and resumed by lori.training.checkpoint.
+Built on ``accelerate``: ``torchrun --nproc_per_node N -m lori train ...`` scales it to several processes with no
+change. The user sets the global batch; accumulation is derived from micro batch x processes, every process takes
+its slice of each step's global batch, and the losses are normalised by the step's global counts, so N processes
+with accumulation A give the loss of one process with N x A. The main process logs (``metrics.jsonl`` and the
+trackers of ``train.log_with``) and writes checkpoints; ``train.sharding: fsdp`` shards the state instead of
+replicating it (lori.training.sharding). Data order is a seeded permutation per epoch indexed by a global example
+cursor, so a resumed run sees exactly the examples an uninterrupted one would. The parts: lori.training.guards,
+curriculum, optim, checkpoint. docs/training.md.
 """
 
 from __future__ import annotations

@@ -1,32 +1,13 @@
 """``train.sharding: fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``) under the one training loop.
 
-accelerate's FSDP plugin is not used: accelerate selects it for GPU processes only (a multi-CPU job never becomes
-``DistributedType.FSDP``), so it could be neither built nor tested without a GPU. ``fully_shard`` itself runs on
-CPU processes over gloo as on GPUs over NCCL, so the loop calls it directly and stays otherwise the same (the same
-loss normalisation, the same accumulation arithmetic, clipping through ``clip_grad_norm_``, which handles DTensors).
-
-What is sharded (dim 0 of every parameter, over all processes):
-- each decoder layer (the classes the model lists in ``_no_split_modules``) is one FSDP unit, gathered for its
-  forward and again for its backward (``reshard_after_forward=True``);
-- the root unit is the module the method trains (the language model, or the latent student holding it): the
-  embeddings (with the ``<bot>``/``<eot>`` rows a latent student adds), the final norm, the output head and the
-  latent student's projector. It is gathered once per step and kept for the step (``reshard_after_forward=False``),
-  so the latent loop and CODI's teacher pass, which call the embeddings, the head and the projector outside the
-  root's own forward, always find them whole.
-Gradients are reduce-scattered after every micro batch, so each process only ever holds its shard of the
-accumulated gradients and of the optimizer state. Mixed precision: on GPUs with ``train.mixed_precision`` bf16,
-``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` (the sharded weights and the optimizer stay in the
-model's dtype, float32 by default); on CPUs, float32 throughout.
-
-A latent student trains without the KV cache under sharding (``LatentStudent.uncached_training``): with the cache,
-the gradient of a later latent step flows through the cached keys and values into the earlier calls of a layer
-without passing the hooks by which FSDP gathers and frees that layer's weights, and the backward would read freed
-weights. The cache-free pass costs about K + 2 prompt-length forwards per step, as under gradient checkpointing.
-
-Checkpoints: the model and optimizer state are written with ``torch.distributed.checkpoint`` by every process into
-``sharded/`` of the checkpoint's temporary folder (a resume reads them back, resharded to however many processes
-it runs on); the full weights are gathered on the main process for ``model.safetensors`` (and the projector), so
-the folder loads with ``from_pretrained`` exactly like an unsharded one (lori.training.checkpoint).
+accelerate's FSDP plugin is not used (it is selected for GPU processes only, so it could be neither built nor tested
+without a GPU); ``fully_shard`` runs on CPU processes over gloo as on GPUs over NCCL. Each decoder layer is one FSDP
+unit (``reshard_after_forward=True``); the root unit, the module the method trains (embeddings, final norm, head,
+projector), is gathered once per step and kept, so the latent loop and CODI's teacher pass, which call them outside
+the root's forward, always find them whole. A latent student trains without the KV cache under sharding: with it,
+the gradient of a later latent step would reach a layer's earlier calls past FSDP's hooks and read freed weights.
+Checkpoints hold ``sharded/`` (``torch.distributed.checkpoint``, resharded on resume) and the full weights gathered
+on the main process, so the folder loads with ``from_pretrained``. docs/training.md (Sharding).
 """
 
 from __future__ import annotations

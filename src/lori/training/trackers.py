@@ -1,17 +1,12 @@
 """Experiment trackers through accelerate's tracker API (``train.log_with``).
 
-``metrics.jsonl`` is always written; every record of it also goes to the trackers named in ``train.log_with``
-(``accelerator.log``, numeric values, at the record's step). Any of accelerate's trackers can be named
-(tensorboard, wandb, trackio, mlflow, comet_ml, aim, clearml, dvclive, swanlab), a tracker class registered with
-``accelerate.tracking.register_tracker_class``, or ``all`` (every installed one). A named tracker that is not
-installed is refused before the run starts (accelerate would drop it with a warning and log nothing to it).
-
-The trackers of a run are the project :data:`PROJECT` (wandb's, trackio's project, mlflow's experiment); their
-run name is the run folder's name. Local files stay in the run folder: TensorBoard's (and aim's repository) under
-``OUT/tensorboard`` (deleted by ``train.resume=never`` with the checkpoints and metrics), wandb's under
-``OUT/wandb``. A resumed run continues its tracker runs: wandb the same run (its id is the run folder's
-``run_id``, recorded in ``run_identity.json`` at a fresh start and kept by a resume in that folder), TensorBoard
-hides the events an interrupted run logged after the checkpoint (``purge_step``), as ``metrics.jsonl`` drops them.
+``metrics.jsonl`` is always written; every record also goes to the trackers named in ``train.log_with`` (any of
+accelerate's, a class registered with ``accelerate.tracking.register_tracker_class``, or ``all``). A named tracker
+that is not installed is refused before the run starts (accelerate would drop it with a warning). The project is
+:data:`PROJECT`, the run name the run folder's; local files stay in the run folder (``OUT/tensorboard``,
+``OUT/wandb``). A resumed run continues its tracker runs: wandb the same run (its id the folder's ``run_id``),
+TensorBoard hiding the events logged after the checkpoint (``purge_step``), as ``metrics.jsonl`` drops them.
+docs/training.md, docs/configuration.md (Experiment trackers).
 """
 
 from __future__ import annotations

@@ -1,28 +1,13 @@
-"""The teacher-statistics cache: per-example LoRi statistics in the shared subspace, as sharded safetensors.
+"""The teacher-statistics cache: per-example LoRi statistics in the shared subspace, as sharded safetensors::
 
-Layout of a cache folder::
-
-    manifest.json            fingerprint, options, shard list (only finished shards), sizes, energy captured
+    manifest.json            fingerprint, options, shard list (only finished shards), sizes and sha256s
     basis.safetensors        the fitted subspace (lori.subspace.Basis.to_dict())
     stats-00000.safetensors  mu [n, L, r], cov [n, L, r(r+1)/2] (upper triangle), anchor [n, L, r], valid [n],
-                             prefix_mu [n, S, L, r] (mean over the first k steps, row k-1), prefix_valid [n, S],
-                             step_anchor [n, S, L, r] (the state handing each step's result over), step_valid [n, S]
-                             (the four per-step tensors only with lori.cache_steps)
+                             with lori.cache_steps: prefix_mu, step_anchor [n, S, L, r], prefix_valid, step_valid [n, S]
 
-The statistics are stored in the manifest's ``dtype`` (``lori.cache_dtype``: float32, bfloat16 or float16; the
-masks as uint8) and always loaded as float32, the dtype of the loss.
-
-Every file is written atomically (temporary name, then ``os.replace``) and a shard enters the manifest only after
-it is complete, so an interrupted precompute resumes at the first missing shard and a half-written file is never
-read. The fingerprint covers the teacher's weights and tokenizer, the training examples, the layers, the rank and
-every option that changes the statistics; training refuses a cache whose fingerprint differs and says which part.
-
-Integrity (cache version 2): the manifest records the size and sha256 of the basis and of every shard as it is
-written; :func:`load_cache` checks each file before reading it (streamed in 1 MiB blocks, ``lori.utils.sha256_file``)
-and refuses a missing, truncated or altered file with one line naming it. ``lori precompute`` run again with the same
-settings rewrites a damaged or missing shard (a shard counts as done only while it matches its checksum); a damaged
-basis means deleting the folder, since every shard was projected on it. A version-1 cache (no checksums) is refused
-on load; ``lori precompute`` into it starts over and rewrites every file.
+Stored in ``lori.cache_dtype``, loaded as float32. Files are written atomically and a shard enters the manifest
+only when complete (a precompute resumes at the first missing one); :func:`load_cache` checks every file's sha256
+and refuses a stale fingerprint, naming the part. docs/methods.md (LoRi).
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """LoRi (arXiv 2606.05315): a latent student aligned with the teacher's reasoning in a shared low-rank subspace.
 
 Rendering: ``[bos] question || <bot>`` -> K continuous thoughts -> ``<eot> #### answer <eos>`` (the latent family's,
-``methods/thoughts.py``, with K = ``lori.latent_steps`` and ``lori.projector``).
-Loss (docs/method.md, piece 6)::
+``methods/thoughts.py``, with K = ``lori.latent_steps`` and ``lori.projector``). Loss (docs/method.md, piece 6)::
 
     L = L_task + alpha (L_rat + beta L_anc)
     L_task = CE on "#### answer <eos>" (teacher-forced)
@@ -15,6 +14,7 @@ The teacher's statistics come from the cache written by ``lori precompute``; tra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -35,8 +35,7 @@ from .teacher import fingerprint, resolve_layers, teacher_path
 
 
 # ------------------------------------------------------------------------------------------------ the student
-# The latent student's rendering, batching and wrapper are the latent family's (methods/thoughts.py), with LoRi's K and
-# projector.
+# The latent family's rendering, batching and wrapper (methods/thoughts.py), with LoRi's K and projector.
 
 THOUGHTS = Thoughts(latent_steps=lambda cfg: cfg.lori.latent_steps, projector=lambda cfg: cfg.lori.projector)
 
@@ -149,10 +148,21 @@ def loss(module, batch: dict[str, torch.Tensor], norm,
     return total, parts
 
 
+def step_targets(groups: torch.Tensor, carried: torch.Tensor, S: int) -> torch.Tensor:
+    """Which step each thought group is anchored to, ``[B, S]`` (lori.step_anchors; docs/methods.md): the ``carried``
+    steps are spread evenly over the ``groups`` (group g carries steps floor(g n / G) .. floor((g+1) n / G) - 1) and
+    is anchored to the last of them, so with fewer groups than steps (K < L) the last thought carries the final
+    value; with as many, group g is step g."""
+    g = torch.arange(S, device=groups.device)[None]
+    G = groups.clamp(min=1)[:, None]
+    return ((g + 1) * carried[:, None] // G - 1).clamp(0, S - 1)
+
+
 def step_anchor_loss(state: LoriState, out: LatentOutput, batch, t: dict, norm) -> torch.Tensor:
-    """lori.step_anchors: for each replaced step k, the state feeding its first thought (``<bot>`` for k = 1, else
-    the thought before, index (k-1) c) against the teacher's hand-over state of step k, standardised per subspace
-    direction by the teacher's variance across examples; summed over steps, averaged over examples."""
+    """lori.step_anchors: for each thought group g, the state feeding its first thought (``<bot>`` for g = 0, else
+    the thought before, index g c) against the teacher's hand-over state of its step (:func:`step_targets`),
+    standardised per subspace direction by the teacher's variance across examples; summed over groups, averaged
+    over examples."""
     if "step_anchor" not in t:
         raise LoriError(f"{state.cfg.cache_dir}: the cache has no step anchors (lori.step_anchors=true); run "
                         "`lori precompute` again")
@@ -160,16 +170,34 @@ def step_anchor_loss(state: LoriState, out: LatentOutput, batch, t: dict, norm) 
     layers, c = state.layers, state.thoughts_per_step
     feed = torch.cat([out.prompt_states[:, layers, None], out.latent_states[:, layers, :-1]], dim=2)  # [B, L, K, d]
     S = t["step_anchor"].shape[1]
+    groups = batch["replaced_steps"].to(device)
+    # before the final stage the thoughts carry exactly the replaced steps; at the final stage every step
+    carried = batch["n_steps"].to(device).clamp(max=S) if batch["final"] else groups
     steps = torch.arange(S, device=device)
     pos = (steps * c).clamp(max=feed.shape[2] - 1)[None].expand(feed.shape[0], -1)  # [B, S]
     z = step_states(state.basis, feed, pos)  # [B, S, L', r]
-    valid = (steps[None] < batch["replaced_steps"].to(device)[:, None]) & t["step_valid"] & t["valid"][:, None]
+    target = step_targets(groups, carried, S)  # [B, S]
+    rows = torch.arange(target.shape[0], device=device)[:, None]
+    valid = (steps[None] < groups[:, None]) & t["step_valid"][rows, target] & t["valid"][:, None]
     B, _, L, r = z.shape
-    var = state.step_var[None].expand(B, -1, -1, -1)
-    return standardized_loss(z.reshape(B * S, L, r), t["step_anchor"].reshape(B * S, L, r), var.reshape(B * S, L, r),
-                             example_mask=valid.reshape(-1), num_examples=norm.examples)
+    var = state.step_var[target]  # [B, S, L, r]
+    return standardized_loss(z.reshape(B * S, L, r), t["step_anchor"][rows, target].reshape(B * S, L, r),
+                             var.reshape(B * S, L, r), example_mask=valid.reshape(-1), num_examples=norm.examples)
+
+
+def card(cfg) -> list[str]:
+    """The model card's LoRi line (``lori export``): the subspace, the loss terms and their weights, the teacher."""
+    lc = cfg.lori
+    rank = f"rank {lc.rank}" if lc.energy is None else f"energy {lc.energy} (rank at most {lc.rank})"
+    terms = [t for t, on in (("first-order", lc.first_order), ("second-order", lc.second_order),
+                             ("answer anchor", lc.anchor), ("step anchors", lc.step_anchors),
+                             ("per-prefix statistics", lc.prefix_statistics)) if on]
+    teacher = Path(lc.teacher).name if lc.teacher else "?"
+    return [f"- **LoRi subspace**: {rank}, layers {lc.layers or 'all'}; terms: {', '.join(terms) or 'none'} "
+            f"(alpha {lc.alpha}, beta {lc.beta}, lambda {lc.lam}); teacher `{teacher}`."]
 
 
 METHOD = Method(name="lori", render=THOUGHTS.render, prompt=thoughts.prompt, collate=thoughts.collate, wrap=THOUGHTS.wrap,
+                paper="LoRi, low-rank distillation of chain of thought into latent reasoning (arXiv 2606.05315)",
                 setup_training=setup_training, loss=loss, generation_kwargs=thoughts.generation_kwargs,
-                extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS, teacher_cache=True)
+                extra_tensors=thoughts.extra_tensors, thoughts=THOUGHTS, teacher_cache=True, card=card)

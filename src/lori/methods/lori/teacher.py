@@ -1,22 +1,20 @@
-"""LoRi's teacher side (``lori precompute``): run the frozen teacher once over the training data, fit the shared low-rank subspace on a
-calibration subset, and write the per-example LoRi statistics (mean, covariance, anchor per layer) to a cache.
+"""LoRi's teacher side (``lori precompute``): run the frozen teacher once over the training data, fit the shared
+low-rank subspace on a calibration subset, and write the per-example LoRi statistics (mean, covariance, anchor per
+layer) to a cache.
 
 Training a LoRi student then never runs the teacher. The same ``lori.subspace.trajectory.trajectory_statistics``
 computes the teacher's statistics here and the student's during training, so cached and on-the-fly statistics agree
-by construction.
-
-Several processes (``torchrun --nproc_per_node N -m lori precompute ...``) split the work: the calibration batches
-are dealt round-robin and the subspace accumulators summed over processes (the main process fits the basis and
-sends it to the others); every shard is cut into the same batches as on one process, the batches are dealt
-round-robin, and the main process gathers the statistics and alone writes the shard and the manifest. A cache
-written by N processes therefore holds the statistics one process computes from the same basis batch for batch,
-and an interrupted multi-process precompute resumes like a single-process one.
+by construction. Several processes (``torchrun --nproc_per_node N -m lori precompute ...``) deal the calibration and
+statistics batches round-robin and the main process alone writes, so a cache written by N processes holds, batch for
+batch, what one process writes (docs/training.md, Several processes).
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -26,7 +24,7 @@ from tqdm.auto import tqdm
 from dataclasses import dataclass
 
 from ...config import Config, LoRiConfig, check_subspace
-from ...data.render import answer_anchor, encode, explicit_cot, segments
+from ...data.render import answer_anchor, explicit_cot, segments, step_spans
 from ...data.schema import Example
 from ...data.splits import load_split
 from ...distributed import all_reduce_sum, broadcast_object, gather_to_main, process_state
@@ -41,10 +39,9 @@ from ...utils import check_writable, pad
 from .cache import CacheWriter, cache_bytes, examples_digest, teacher_digests
 
 # ------------------------------------------------------------------------------------------------ the teacher side
-# The cache's identity (its fingerprint) and the teacher's rendering of an example, which the statistics pass
-# below and the student's setup_training (method.py) both read.
+# The cache's fingerprint and the teacher's rendering, read by the statistics pass and by method.py's setup_training.
 
-RENDER_VERSION = "v3"  # bump when the rendering of teacher trajectories changes (v3: step bounds and hand-overs)
+RENDER_VERSION = "v4"  # bump when the rendering of teacher trajectories changes (v4: hand-overs from character offsets)
 
 
 def resolve_layers(lcfg: LoRiConfig, n_layers: int) -> list[int]:
@@ -91,23 +88,17 @@ class Rendered:
     # per step, the rationale position whose next token is the step's result (the `=` of `<< b = 7 >>`): where the
     # teacher hands the step's value over (lori.step_anchors); -1 if that is before the rationale
     handovers: tuple[int, ...] = ()
+    unlocated: tuple[int, ...] = ()  # steps whose result does not start at a token boundary (hand-over -1)
 
 
 def render_teacher(example: Example, tokenizer, chat_template: bool) -> Rendered:
     """The teacher's explicit-CoT rendering of ``example`` (``chat_template``: ``model.chat_template``), with the
-    rationale's bounds, its steps' ends and hand-overs, and the answer anchor."""
+    rationale's bounds, its steps' ends and hand-overs (lori.data.render.step_spans), and the answer anchor."""
     s = segments(example, tokenizer, chat_template)
-    ids = explicit_cot(s)["input_ids"]
-    # Step k ends where the encoding of the first k steps ends (exact for word-level tokenizers; for BPE the
-    # boundary token may merge differently, which moves a bound by at most one position).
-    steps = example.steps
-    ends = tuple(min(len(s.rationale), len(encode(tokenizer, " " + " ".join(steps[: k + 1]))))
-                 for k in range(len(steps))) if s.rationale else ()
-    # A step's result is its last token, or the token before a closing `>>` (a calculator note).
-    close = len(encode(tokenizer, " >>"))
-    handovers = tuple(end - 1 - (close if step.rstrip().endswith(">>") else 0) - 1
-                      for end, step in zip(ends, steps))
-    return Rendered(ids, len(s.prompt), len(s.rationale), answer_anchor(s), ends, handovers)
+    spans = step_spans(example, tokenizer)
+    ends = tuple(min(len(s.rationale), e) for e in spans.ends)
+    return Rendered(explicit_cot(s)["input_ids"], len(s.prompt), len(s.rationale), answer_anchor(s), ends,
+                    spans.handovers, spans.unlocated)
 
 
 @torch.no_grad()
@@ -142,14 +133,29 @@ def check_cache_dir(cfg: Config) -> None:
     check_writable(Path(cfg.lori.cache_dir), "lori.cache_dir")
 
 
-def precompute(cfg: Config) -> Path:
+Timer = Callable[[str, Sequence[Rendered]], AbstractContextManager]  # timer(stage, items) -> a context manager
+
+
+def _untimed(stage: str, items: Sequence[Rendered]) -> AbstractContextManager:
+    return nullcontext()
+
+
+def precompute(cfg: Config, timer: Timer | None = None) -> Path:
+    """Write the teacher-statistics cache of ``cfg`` (resuming what an interrupted call left) and return its folder.
+
+    ``timer(stage, items)``, if given, returns a context manager that wraps each stage (benchmarks/speed.py times
+    them); nothing computed changes. Stages: "load" (the teacher), "calibrate" / "forward" (a teacher forward on
+    ``items`` in the calibration / statistics pass), "fit" (the basis), "statistics" (of the forward just run),
+    "write" (the shard of ``items``)."""
+    span = timer or _untimed
     lc = cfg.lori
     check_cache_dir(cfg)
     state = process_state()
     rank, world, main, device = state.process_index, state.num_processes, state.is_main_process, state.device
     teacher = teacher_path(cfg)
     train = load_split(cfg.data, "train")
-    lm, tokenizer = open_model(teacher, cfg)
+    with span("load", ()):
+        lm, tokenizer = open_model(teacher, cfg)
     lm.eval().requires_grad_(False)
     lm.to(device)
     layers = resolve_layers(lc, num_layers(lm))
@@ -165,6 +171,7 @@ def precompute(cfg: Config) -> Path:
             print(f"[lori] removed {partial}: a file an interrupted precompute did not finish writing")
     state.wait_for_everyone()
     rendered = [render_teacher(ex, tokenizer, cfg.model.chat_template) for ex in train]
+    unlocated = [(ex.source, ex.steps[k]) for ex, r in zip(train, rendered) for k in r.unlocated]
     d = hidden_size(lm)
     pad_id = tokenizer.pad_token_id
     bs = lc.precompute_batch
@@ -183,18 +190,24 @@ def precompute(cfg: Config) -> Path:
         batches = [calib[i : i + bs] for i in range(0, len(calib), bs)]
         mine = batches[rank::world]
         for b in tqdm(mine, desc="calibrate subspace", leave=False, disable=not main):
-            h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad_id)
+            items = [rendered[i] for i in b]
+            with span("calibrate", items):
+                h, mask, _ = teacher_trajectories(lm, items, layers, pad_id)
             acc.update(h.cpu(), mask.cpu())
         acc.load_state_dict(all_reduce_sum(acc.state_dict(), world, device))
-        basis = fit_bases(acc, rank=lc.rank, energy=lc.energy, shared=lc.shared_basis) if main else None
+        with span("fit", ()):
+            basis = fit_bases(acc, rank=lc.rank, energy=lc.energy, shared=lc.shared_basis) if main else None
         basis = Basis.from_dict(broadcast_object(basis.to_dict() if main else None, world))
         if lc.layer_rank is not None:
             gram = LayerGramAccumulator(basis)
             for b in mine:
-                h, mask, _ = teacher_trajectories(lm, [rendered[i] for i in b], layers, pad_id)
+                items = [rendered[i] for i in b]
+                with span("calibrate", items):
+                    h, mask, _ = teacher_trajectories(lm, items, layers, pad_id)
                 gram.update(h.cpu(), mask.cpu())
             gram.load_state_dict(all_reduce_sum(gram.state_dict(), world, device))
-            basis = fit_layer_factor(basis, gram, rank=lc.layer_rank, energy=None) if main else None
+            with span("fit", ()):
+                basis = fit_layer_factor(basis, gram, rank=lc.layer_rank, energy=None) if main else None
             basis = Basis.from_dict(broadcast_object(basis.to_dict() if main else None, world))
         if main:
             info = {"rank": basis.rank, "layer_rank": basis.layer_rank,
@@ -217,16 +230,18 @@ def precompute(cfg: Config) -> Path:
         mine = {}
         for s in chunks[rank::world]:
             chunk = rendered[s : min(s + bs, end)]
-            h, mask, anchor = teacher_trajectories(lm, chunk, layers, pad_id)
-            mu, C, a = trajectory_statistics(basis_dev, h, mask, anchor, lc.centred)
-            per_step = (None,) * 4
-            if lc.cache_steps:
-                ends, _ = pad([r.ends for r in chunk], 0, width=max_steps)
-                prefix = prefix_means(basis_dev, h, ends.to(h.device))
-                hand, _ = pad([r.handovers for r in chunk], -1, width=max_steps)
-                steps = step_states(basis_dev, h, hand.to(h.device))
-                per_step = (prefix.cpu(), (ends > 0), steps.cpu(), hand >= 0)
-            mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu(), *per_step)
+            with span("forward", chunk):
+                h, mask, anchor = teacher_trajectories(lm, chunk, layers, pad_id)
+            with span("statistics", chunk):
+                mu, C, a = trajectory_statistics(basis_dev, h, mask, anchor, lc.centred)
+                per_step = (None,) * 4
+                if lc.cache_steps:
+                    ends, _ = pad([r.ends for r in chunk], 0, width=max_steps)
+                    prefix = prefix_means(basis_dev, h, ends.to(h.device))
+                    hand, _ = pad([r.handovers for r in chunk], -1, width=max_steps)
+                    steps = step_states(basis_dev, h, hand.to(h.device))
+                    per_step = (prefix.cpu(), (ends > 0), steps.cpu(), hand >= 0)
+                mine[s] = (mu.cpu(), triu_pack(C).cpu(), a.cpu(), mask.any(-1).cpu(), *per_step)
             if world == 1:
                 bar.update(len(chunk))
         gathered = gather_to_main(mine, world, rank)
@@ -236,12 +251,19 @@ def precompute(cfg: Config) -> Path:
             parts = {s: v for part in gathered for s, v in part.items()}
             mus, covs, anchors, valid, *per_step = zip(*(parts[s] for s in chunks))
             per_step = [torch.cat(x) if lc.cache_steps else None for x in per_step]
-            writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid),
-                               **dict(zip(("prefix_mu", "prefix_valid", "step_anchor", "step_valid"), per_step)))
+            with span("write", rendered[start:end]):
+                writer.write_shard(i, torch.cat(mus), torch.cat(covs), torch.cat(anchors), torch.cat(valid),
+                                   **dict(zip(("prefix_mu", "prefix_valid", "step_anchor", "step_valid"), per_step)))
     bar.close()
     if main:
         size = cache_bytes(Path(lc.cache_dir))
-        writer.finish({"raw_trajectory_bytes": raw_bytes, "cache_bytes": size})
+        n_steps = sum(len(r.handovers) for r in rendered)
+        writer.finish({"raw_trajectory_bytes": raw_bytes, "cache_bytes": size,
+                       "handovers": {"steps": n_steps, "unlocated": len(unlocated),
+                                     "unlocated_examples": [f"{src}: {step}" for src, step in unlocated[:20]]}})
+        if unlocated:
+            print(f"[lori] hand-overs: {len(unlocated)} of {n_steps} steps have a result that does not start at a "
+                  f"token boundary (e.g. {unlocated[0][0]}: {unlocated[0][1]!r}); their step anchors are left out")
         print(f"[lori] cache: {size / 2**20:.1f} MiB ({lc.cache_dtype}) for {len(train)} examples, against {raw_bytes / 2**20:.1f} MiB "
               f"of raw fp32 teacher trajectories ({raw_bytes / max(size, 1):.1f}x smaller); "
               f"{time.perf_counter() - t0:.0f}s")
