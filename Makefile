@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
 # pip extras installed into the venv (make demo needs no more); make test adds lm-evaluation-harness (~565 MB)
-# for its end-to-end test (tests/test_lm_eval.py)
+# for its end-to-end test (tests/commands/test_lm_eval.py)
 EXTRAS ?= test,real
 
 $(BIN)/lori: pyproject.toml

@@ -1,4 +1,4 @@
-"""Fixtures several test modules share."""
+"""Fixtures and paths several test modules share (``from conftest import DATA, REPO``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import torch
 
 from lori.models.build import tiny_model
 from lori.models.loading import builtin_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]  # the repository root
+DATA = REPO.parent / "shared" / "data"  # the real benchmark files, beside the checkout, never copied into it
 
 
 @pytest.fixture(scope="session")

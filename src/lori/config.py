@@ -58,7 +58,7 @@ class DataConfig:
         for key in ("train_size", "valid_size", "test_size", "max_length"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
-        # here (an upward import, allowed in tests/test_layers.py): lori.data's __init__ loads torch via lori.utils
+        # here (an upward import, allowed in tests/unit/test_layers.py): lori.data's __init__ loads torch via lori.utils
         from .data.chains import check_options
 
         try:

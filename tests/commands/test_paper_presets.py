@@ -4,20 +4,18 @@ on the CPU with a tiny random model of its architecture, a digit-wise BPE and GS
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from conftest import DATA, REPO
 from lori.config import load_config
 from lori.data import read_examples
 from lori.methods.lori.teacher import precompute
 from lori.models.tokenizer import build_bpe_tokenizer
 from lori.training.loop import train
 
-REPO = Path(__file__).resolve().parents[2]
-AUG_VALID = REPO.parent / "shared" / "data" / "gsm8k-aug" / "valid.txt"
+AUG_VALID = DATA / "gsm8k-aug" / "valid.txt"
 PRESETS = sorted((REPO / "configs" / "paper").glob("*-lori.yaml"))
 
 

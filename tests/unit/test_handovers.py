@@ -5,13 +5,12 @@ thought positions (curriculum.thought_positions) and which thought is anchored t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from conftest import DATA
 from lori.config import load_config
 from lori.data import read_examples
 from lori.data.chains import generate
@@ -23,7 +22,6 @@ from lori.models.hub import alias_source
 from lori.models.loading import builtin_tokenizer
 from lori.models.tokenizer import build_bpe_tokenizer
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 AUG_VALID = DATA / "gsm8k-aug" / "valid.txt"
 MULT = DATA / "multiplication" / "4x4" / "test.txt"
 

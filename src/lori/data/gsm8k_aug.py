@@ -54,10 +54,9 @@ def hub_examples(dataset: str = HUB_DATASET, split: str = "train") -> tuple[list
     return examples, str(revision) if revision is not None else "unknown"
 
 
-def prepare_gsm8k_aug(out: str | Path, source: str = "gsm8k-train",
-                      gsm8k_train: str | Path = "../shared/data/gsm8k/train.jsonl",
-                      valid: str | Path | None = "../shared/data/gsm8k-aug/valid.txt") -> dict:
-    """Write ``out/train.txt`` and ``out/manifest.json`` (module docstring); return the manifest."""
+def prepare_gsm8k_aug(out: str | Path, source: str, gsm8k_train: str | Path, valid: str | Path | None) -> dict:
+    """Write ``out/train.txt`` and ``out/manifest.json`` (module docstring); return the manifest. The default paths
+    are `lori prepare gsm8k-aug`'s (lori.commands.prepare.DATA); ``valid=None`` excludes nothing."""
     if source not in SOURCES:
         raise LoriError(f"--source {source!r}: choose one of {', '.join(SOURCES)}")
     out = Path(out)

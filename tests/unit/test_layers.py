@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from conftest import REPO
+
+SRC = REPO / "src"
 PKG = SRC / "lori"
 
 # Longest matching prefix wins.

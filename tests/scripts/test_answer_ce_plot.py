@@ -11,7 +11,7 @@ import pytest
 
 from lori.evaluation.plots import answer_token_curves, plot_answer_token_ce
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO
 
 
 def _run(folder: Path, records: list[dict]) -> Path:
@@ -42,17 +42,17 @@ def test_the_script_writes_both_figures(tmp_path):
                for s in (50, 100, 150)] + [{"step": 100, "valid_accuracy": 0.25}]
     a, b = _run(tmp_path / "icot", records), _run(tmp_path / "lori", records)
     out = tmp_path / "fig" / "x.png"
-    done = subprocess.run([sys.executable, str(ROOT / "runs" / "answer_ce_plot.py"), str(a), f"L={b}", "--out",
+    done = subprocess.run([sys.executable, str(REPO / "runs" / "answer_ce_plot.py"), str(a), f"L={b}", "--out",
                            str(out)], capture_output=True, text=True, check=True)
     assert out.stat().st_size > 1000 and (tmp_path / "fig" / "x-valid.png").stat().st_size > 1000
     assert "wrote" in done.stdout
-    missing = subprocess.run([sys.executable, str(ROOT / "runs" / "answer_ce_plot.py"), str(tmp_path), "--out",
+    missing = subprocess.run([sys.executable, str(REPO / "runs" / "answer_ce_plot.py"), str(tmp_path), "--out",
                               str(out)], capture_output=True, text=True)
     assert missing.returncode != 0 and "no metrics.jsonl" in missing.stderr
 
 
 def test_a_continuation_is_drawn_after_the_run_it_continues(tmp_path):
-    spec = importlib.util.spec_from_file_location("answer_ce_plot", ROOT / "runs" / "answer_ce_plot.py")
+    spec = importlib.util.spec_from_file_location("answer_ce_plot", REPO / "runs" / "answer_ce_plot.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.parse_run("phase 2=out/a-p2@36000") == ("phase 2", Path("out/a-p2"), 36000)

@@ -11,7 +11,8 @@ import lori.tasks.matching as tasks_mod
 from lori.errors import ConfigError, LoriError
 from lori.tasks import TASKS, NumericTask, Task, get_task
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import DATA, REPO
+
 NUMERIC = ["gsm8k", "gsm8k-hard", "svamp", "multiarith"]
 
 
@@ -204,7 +205,7 @@ def test_digit_matches_and_the_digit_table(tmp_path):
     bad.write_text('{"generated": "#### 1"}\n')
     with pytest.raises(LoriError, match=r"bad.jsonl:1: not a prediction line"):
         read_predictions(bad)
-    script = Path(__file__).parents[1] / "runs" / "digit_accuracy.py"
+    script = REPO / "runs" / "digit_accuracy.py"
     spec = importlib.util.spec_from_file_location("digit_accuracy", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

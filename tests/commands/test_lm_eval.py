@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -21,8 +20,9 @@ from lori.errors import LoriError
 from lori.lm_eval_model import cut_at, question_of
 from lori.training.loop import train
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k-aug" / "test.txt"  # what the task reads
-ROOT = Path(__file__).resolve().parents[1]  # the task's data path is relative to the repository root
+from conftest import DATA, REPO
+
+TEST_FILE = DATA / "gsm8k-aug" / "test.txt"  # what the task reads (its path is relative to the repository root)
 N = 6  # problems evaluated
 TRAINED = 4  # of them memorised: the accuracy is neither 0 nor 1
 SKIP = "lm-eval is optional and not installed: pip install -e '.[lm-eval]' (lm-eval==0.4.13) to run this test"
@@ -48,7 +48,7 @@ def gsm_run(tmp_path_factory):
     """A tiny Coconut student that has memorised the first TRAINED of N GSM8k-Aug test problems (problems.txt)."""
     pytest.importorskip("lm_eval", reason=SKIP)  # before training: nothing to compare without lm-eval
     root = tmp_path_factory.mktemp("gsm")
-    lines = DATA.read_text().splitlines()[:N]
+    lines = TEST_FILE.read_text().splitlines()[:N]
     f, seen = root / "problems.txt", root / "train.txt"
     f.write_text("\n".join(lines) + "\n")
     seen.write_text("\n".join(lines[:TRAINED]) + "\n")
@@ -84,7 +84,7 @@ def test_lm_eval_strict_match_equals_lori_eval(gsm_run, tmp_path, capsys):
     cmd = [sys.executable, "-m", "lori", "lm-eval", "--model", "lori", "--model_args", f"pretrained={run}",
            "--tasks", "gsm8k_aug_test", "--limit", str(N), "--batch_size", "4",
            "--output_path", str(tmp_path / "lm-eval"), "--log_samples"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     (results,) = list((tmp_path / "lm-eval").rglob("results_*.json"))
     score = json.loads(results.read_text())["results"]["gsm8k_aug_test"]["exact_match,strict-match"]

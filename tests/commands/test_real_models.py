@@ -33,8 +33,8 @@ from lori.models.lora import ADAPTER_DIR, ADAPTER_WEIGHTS
 from lori.training.loop import train
 from lori.models.loading import build_model
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from conftest import DATA
+
 GSM8K_TRAIN = DATA / "gsm8k" / "train.jsonl"
 AUG_VALID = DATA / "gsm8k-aug" / "valid.txt"
 AUG_TEST = DATA / "gsm8k-aug" / "test.txt"

@@ -19,7 +19,8 @@ from lori.errors import ConfigError
 from lori.methods import METHODS
 from lori.training.optim import batch_arithmetic
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 PRESETS = sorted((REPO / "configs").rglob("*.yaml"))  # configs/*.yaml and subfolders (configs/paper/)
 
 

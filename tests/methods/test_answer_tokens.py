@@ -1,5 +1,5 @@
 """Per-answer-token cross-entropy (``ce_ans1..ce_ansN`` in metrics.jsonl): the diagnostic that shows which answer
-digits a student has learned (issue 15: the middle digits of a 4x4 product are where students fail)."""
+digits a student has learned (the middle digits of a 4x4 product are where students fail)."""
 
 from __future__ import annotations
 

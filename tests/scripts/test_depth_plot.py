@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO
 
 
 def _results(folder: Path, rows: list[tuple[str, int, float]]) -> None:
@@ -18,7 +18,7 @@ def _results(folder: Path, rows: list[tuple[str, int, float]]) -> None:
 def test_depth_table_and_plot(tmp_path):
     _results(tmp_path / "L-2", [("no-cot", 0, 0.9), ("no-cot", 1, 0.7), ("lori", 0, 1.0), ("lori", 1, 1.0)])
     _results(tmp_path / "L-6", [("no-cot", 0, 0.1), ("lori", 0, 0.8)])
-    out = subprocess.run([sys.executable, str(ROOT / "runs" / "depth_plot.py"), str(tmp_path / "L-2"),
+    out = subprocess.run([sys.executable, str(REPO / "runs" / "depth_plot.py"), str(tmp_path / "L-2"),
                           str(tmp_path / "L-6"), "--out", str(tmp_path)], capture_output=True, text=True, check=True)
     table = (tmp_path / "depth.md").read_text()
     assert table == out.stdout.split("wrote")[0]

@@ -336,9 +336,9 @@ def test_step_anchors_point_at_each_steps_handover_and_train_the_thoughts(tmp_pa
     assert float(parts["step_anc"]) == 0.0
 
 
-# Golden values, as the baselines have (tests/test_baselines.py): produced once by running this code (torch 2.13 CPU,
-# transformers 5.23, float32) with
-#   OMP_NUM_THREADS=1 .venv/bin/pytest -q tests/test_lori.py -k golden   (the assertion message prints the values)
+# Golden values, as the baselines have (tests/methods/test_baselines.py): produced once by running this code (torch
+# 2.13 CPU, transformers 5.23, float32) with
+#   OMP_NUM_THREADS=1 .venv/bin/pytest -q tests/methods/test_lori.py -k golden   (the assertion prints the values)
 # and hard-coded; they must change whenever the LoRi loss, its rendering, the cache's statistics or the tiny-model
 # initialisation changes. The student is the seeded random teacher itself with a seeded projector (its latent
 # states are then not the teacher's rationale states, so every term is non-zero); final stage, K = 3, 8 examples.

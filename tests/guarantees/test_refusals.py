@@ -1,4 +1,4 @@
-"""Issue 12's input refusals and write guarantees.
+"""Input refusals and write guarantees.
 
 * A relative path in a YAML config is relative to that file's folder (a command-line override: to the working
   directory), so the shipped presets mean the same from any folder; a saved config holds absolute paths.
@@ -31,9 +31,10 @@ from lori.errors import ConfigError, LoriError
 from lori.training.checkpoint import STATE_FILE, checkpoint_dir, list_checkpoints
 from lori.utils import atomic_write_text, check_writable
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import DATA, REPO
+
 PRESETS = sorted((REPO / "configs").rglob("*.yaml"))
-SHARED_4X4 = REPO.parent / "shared" / "data" / "multiplication" / "4x4"
+SHARED_4X4 = DATA / "multiplication" / "4x4"
 
 TINY = [
     "data.digits=[2,2]", "data.train_size=120", "data.valid_size=8", "data.test_size=8",
@@ -116,8 +117,8 @@ def test_shipped_presets_mean_the_same_from_the_repository_and_from_another_fold
         assert all(p is None or p.startswith(str(REPO / "out") + os.sep) for p in outputs), (preset, outputs)
         for f in (cfg.data.train_file, cfg.data.valid_file, cfg.data.test_file):
             if f is not None and not f.startswith(str(REPO / "out")):  # the benchmark files beside the checkout
-                assert f.startswith(str(REPO.parent / "shared" / "data") + os.sep), (preset, f)
-                if (REPO.parent / "shared" / "data").is_dir():
+                assert f.startswith(str(DATA) + os.sep), (preset, f)
+                if DATA.is_dir():
                     assert os.path.isfile(f), (preset, f)
 
 

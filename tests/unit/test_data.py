@@ -25,8 +25,9 @@ from lori.data.readers import (
 )
 from lori.errors import DataError, LoriError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+from conftest import DATA, REPO
+
+FIXTURES = REPO / "tests" / "fixtures"
 MULT_SIZES = ("4x4", "5x5", "7x7", "9x9")
 MULT_FILES = [DATA / "multiplication" / size / f"{split}.txt" for size in MULT_SIZES for split in ("valid", "test")]
 ICOT_FILES = [DATA / "gsm8k-aug" / "test.txt", DATA / "gsm8k-aug" / "valid.txt", *MULT_FILES]

@@ -28,8 +28,9 @@ from lori.models.build import tiny_model
 from lori.training.checkpoint import save_checkpoint
 from lori.models.loading import builtin_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+from conftest import REPO
+
+README = REPO / "README.md"
 TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64"]
 DATA = ["data.digits=[2,2]", "data.train_size=16", "data.valid_size=4", "data.test_size=6"]
 K = {"no-cot": 0, "cot-sft": 0, "icot-si": 0, "coconut": 2, "codi": 2, "lori": 2}
@@ -102,7 +103,7 @@ def demo_root(tmp_path_factory):
         assert main(["demo", "--out", str(root / "out" / "demo"), *TOY_DEMO]) == 0
     assets = Path("src") / "lori" / "assets"
     (root / assets).mkdir(parents=True)
-    (root / assets / "chains-teacher").symlink_to(ROOT / assets / "chains-teacher")
+    (root / assets / "chains-teacher").symlink_to(REPO / assets / "chains-teacher")
     return root
 
 

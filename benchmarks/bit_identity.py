@@ -1,11 +1,13 @@
-"""Bit-identity check for restructurings (issue 13): train each of the six methods for 4 steps on a tiny 2x2
-multiplication config with a fixed seed and print the sha256 of every ``*.safetensors`` file of the final checkpoint.
-Run it before and after a change that must not change behaviour, and compare the two outputs (they must be equal):
+"""Bit-identity check for restructurings: train each of the six methods for 4 steps on a tiny 2x2 multiplication
+config with a fixed seed and print the sha256 of every ``*.safetensors`` file of the final checkpoint. Run it from
+the repository root before and after a change that must not change behaviour, and compare the two outputs (they
+must be equal):
 
-    nice -n 15 env OMP_NUM_THREADS=1 TQDM_DISABLE=1 .venv/bin/python tests/bit_identity.py > /tmp/bit_before.txt
+    nice -n 15 env OMP_NUM_THREADS=1 TQDM_DISABLE=1 .venv/bin/python benchmarks/bit_identity.py > /tmp/bit_before.txt
 
-Not a pytest module (the name does not start with ``test_``): it takes about a minute on one CPU core and is run by
-hand around a move. LoRi gets a random tiny teacher saved as a checkpoint folder and its statistics precomputed.
+then the same command into /tmp/bit_after.txt after the change, and ``diff`` the two files. It takes about a
+minute on one CPU core and is run by hand, not by the test suite. LoRi gets a random tiny teacher saved as a
+checkpoint folder and its statistics precomputed.
 """
 
 from __future__ import annotations
