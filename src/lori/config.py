@@ -13,9 +13,11 @@ given as a command-line override is relative to the working directory, as any pa
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -665,6 +667,26 @@ def absolute_paths(cfg: Config) -> Config:
     return config_from_dict(resolve_paths(to_dict(cfg), os.getcwd()))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as the presets mean it: a key given twice in one mapping is refused (PyYAML keeps the last silently), and
+    ``1e-3`` is a number (YAML 1.1 reads a float without a dot as text)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(f"{line}: key {key!r} is given twice in one mapping "
+                                  f"(lines {seen[key]} and {line}); YAML would keep the last one silently: keep one")
+            seen.setdefault(key, line) if isinstance(key, (str, int, float, bool)) else None
+        return super().construct_mapping(node, deep)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def load_tree(path: str | Path) -> dict[str, Any]:
     """The raw mapping of a YAML preset (not yet validated: overrides may still be applied to it), its relative
     paths made absolute against the file's folder (:func:`resolve_paths`)."""
@@ -672,9 +694,11 @@ def load_tree(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = yaml.load(path.read_text(encoding="utf-8-sig"), _StrictLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    except ConfigError as e:  # a duplicated key, "LINE: ..."
+        raise ConfigError(f"{path}:{e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except RecursionError:
@@ -687,14 +711,18 @@ def load_tree(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML preset (or the defaults) and apply dotted overrides; validate everything."""
-    tree = apply_overrides(load_tree(path) if path is not None else {}, parse_overrides(overrides or []))
-    try:
-        return _build(Config, tree, "")
-    except ConfigError as e:
-        if path is not None:
+    """Load a YAML preset (or the defaults) and apply dotted overrides; validate everything. An error the preset
+    alone has names the file; one the overrides bring says "(from the command line)"."""
+    tree = load_tree(path) if path is not None else {}
+    if path is not None:
+        try:
+            _build(Config, copy.deepcopy(tree), "")
+        except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
-        raise
+    try:
+        return _build(Config, apply_overrides(tree, parse_overrides(overrides or [])), "")
+    except ConfigError as e:
+        raise ConfigError(f"{e} (from the command line)") from None
 
 
 def command_line_config(words: list[str]) -> Config:

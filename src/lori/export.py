@@ -15,18 +15,24 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
+
+import yaml
 
 from safetensors.torch import save_file
 from transformers import GenerationConfig
 
 from . import __version__
+from .config import PATH_KEYS
 from .errors import LoriError
-from .evaluation.results import markdown_table, read_results
+from .evaluation.results import markdown_table, read_results, row_mismatch
 from .evaluation.scoring import eval_examples
 from .methods import METHODS
-from .models.checkpoint_folders import CONFIG_FILE, checkpoint_config, resolve_checkpoint
-from .student import load
+from .models.build import quiet_progress
+from .models.checkpoint_folders import (CONFIG_FILE, checkpoint_config, resolve_checkpoint, weights_digest,
+                                         write_weight_digests)
+from .student import inference_settings, load
 from .utils import check_writable, share_tree, write_failed
 
 STUDENT_FILE = "lori_student.json"
@@ -86,27 +92,36 @@ def training_data(cfg) -> str:
             f"data.seed={d.seed})")
 
 
-def find_results(run: Path, ckpt: Path, results: str | Path | None = None):
-    """``(results.json, rows)`` of the evaluation rows of ``ckpt``: from ``results`` when given, else from the run's
-    ``eval-*/results.json`` and the folder above it (``lori demo`` / ``lori compare``); rows of other checkpoints
-    are left out. ``(None, [])`` when there is none."""
+def find_results(run: Path, ckpt: Path, cfg, results: str | Path | None = None):
+    """``(results.json, rows)`` of the evaluation rows of ``ckpt`` as it is now: from ``results`` when given, else
+    from the run's ``eval-*/results.json`` and the folder above it (``lori demo`` / ``lori compare``). A row is taken
+    only when it names ``ckpt`` and records its weights (``weights_sha256``) and its own inference settings (``cfg``'s,
+    no override); each row of ``ckpt`` left out is said with the reason. ``(None, [])`` when there is none."""
     if results is not None:
         candidates = [Path(results)]
     else:
         candidates = sorted(run.glob("eval-*/results.json")) + [run.parent / "results.json"]
-    want = ckpt.resolve()
+    want, digest, own = ckpt.resolve(), weights_digest(ckpt), inference_settings(cfg)
+    reasons = []
     for path in candidates:
         if not (path.is_file() or path.is_dir()):
             if results is not None:
                 raise LoriError(f"--results {results}: no such results.json")
             continue
         _, _, _, rows = read_results(path)
-        mine = [r for r in rows if Path(r.checkpoint).resolve() == want]
+        ours = [r for r in rows if Path(r.checkpoint).resolve() == want]
+        mine = [r for r in ours if row_mismatch(r, digest, own) is None]
+        reasons += [f"{path}: a {r.method} row of {ckpt.name} is left out: it {row_mismatch(r, digest, own)}"
+                    for r in ours if r not in mine]
         if mine:
             return (path / "results.json" if path.is_dir() else path), mine
         if results is not None:
-            raise LoriError(f"--results {results} has no row of {ckpt} (its rows: "
-                            f"{', '.join(sorted({r.checkpoint for r in rows})) or 'none'})")
+            raise LoriError(f"--results {results} has no row of {ckpt} as it is now ("
+                            + ("; ".join(reasons) if reasons else
+                               f"its rows: {', '.join(sorted({r.checkpoint for r in rows})) or 'none'}")
+                            + "); evaluate it again with `lori eval`")
+    for reason in reasons:
+        print(f"[lori] {reason}; `lori eval {ckpt}` evaluates it again", flush=True)
     return None, []
 
 
@@ -201,10 +216,11 @@ def model_card(student, ckpt: Path, results_file: Path | None, rows: list, repo:
            f" (the `{projector_kind(cfg)}` projector has no weights).")
         if latent else "The weights load with `transformers.AutoModelForCausalLM.from_pretrained` too: prompt "
                        "`[bos] question ||` and greedy-decode.", "",
-        "With lm-evaluation-harness (`pip install 'lm-eval==0.4.13'`): `lori lm-eval --model lori --model_args "
-        f"pretrained={where} --tasks gsm8k --num_fewshot 0` runs the student's own generation under lm-eval's "
-        "scoring.", "",
     ]
+    if cfg.data.task == "gsm8k":  # the one task lm-eval scores too (gsm8k, lori's offline gsm8k_aug_test)
+        usage += ["With lm-evaluation-harness (`pip install 'lm-eval==0.4.13'`): `lori lm-eval --model lori "
+                  f"--model_args pretrained={where} --tasks gsm8k --num_fewshot 0` runs the student's own generation "
+                  "under lm-eval's scoring.", ""]
     title = [f"# {method} student ({cfg.data.task})", "",
              f"{'A latent-reasoning' if latent else 'An explicit-reasoning'} student trained with the `lori` harness "
              "(LoRi: [arXiv 2606.05315](https://arxiv.org/abs/2606.05315)) and exported with `lori export`.", ""]
@@ -230,9 +246,28 @@ def student_settings(student, ckpt: Path, folder: Path) -> dict:
         "task": cfg.data.task,
         "answer_policy": policy(student),
         "max_new_tokens": cfg.eval.max_new_tokens,
-        "source_checkpoint": str(Path(ckpt).resolve()),
+        "source_checkpoint": source_name(ckpt),
         "generate_with": "lori.load(folder).generate(questions)",
     }
+
+
+def source_name(ckpt: Path) -> str:
+    """The exported checkpoint as ``RUN/checkpoints/step-N`` (the run folder's name, no local path)."""
+    ckpt = Path(ckpt).resolve()
+    return f"{ckpt.parent.parent.name}/checkpoints/{ckpt.name}" if ckpt.parent.name == "checkpoints" else ckpt.name
+
+
+def portable_config(ckpt: Path, out: Path) -> str:
+    """The checkpoint's ``lori_config.yaml`` with its paths relative to the export folder ``out`` (the saved config
+    holds absolute local paths; ``lori.load`` reads relative ones against the folder): nothing local is published."""
+    tree = yaml.safe_load((ckpt / CONFIG_FILE).read_text())
+    for key in PATH_KEYS:
+        section, _, name = key.rpartition(".")
+        node = tree.get(section) if section else tree
+        value = node.get(name) if isinstance(node, dict) else None
+        if isinstance(value, str) and os.path.isabs(value):
+            node[name] = os.path.relpath(value, Path(out).resolve())
+    return yaml.safe_dump(tree, sort_keys=False, default_flow_style=None)
 
 
 def generation_config(student):
@@ -263,19 +298,22 @@ def export(run: str | Path, out: str | Path, *, max_shard_size: str | int = DEFA
         hub_preflight(push_to_hub)
     student = load(ckpt, device="cpu")
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
-    results_file, rows = find_results(run_dir, ckpt, results)
+    results_file, rows = find_results(run_dir, ckpt, student.cfg, results)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         lm = student.lm
         lm.generation_config = generation_config(student)
-        lm.save_pretrained(tmp, max_shard_size=max_shard_size)
+        with quiet_progress():
+            lm.save_pretrained(tmp, max_shard_size=max_shard_size)
         student.tokenizer.save_pretrained(tmp)
-        shutil.copyfile(ckpt / CONFIG_FILE, tmp / CONFIG_FILE)
+        (tmp / CONFIG_FILE).write_text(portable_config(ckpt, out))
         for name, tensors in (METHODS[student.method].extra_tensors(student.module) or {}).items():
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))
         (tmp / STUDENT_FILE).write_text(json.dumps(student_settings(student, ckpt, tmp), indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(student, ckpt, results_file, rows, push_to_hub))
+        card_rows = [replace(r, checkpoint=source_name(ckpt)) for r in rows]  # no local path on the card
+        (tmp / "README.md").write_text(model_card(student, ckpt, results_file, card_rows, push_to_hub))
+        write_weight_digests(tmp)
         share_tree(tmp)
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))

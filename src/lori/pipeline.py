@@ -25,15 +25,15 @@ import yaml
 
 from .config import Config, apply_overrides, config_from_dict, parse_overrides, to_dict
 from .errors import ConfigError
-from .evaluation.results import ResultRow, read_results, test_set_difference, write_results
 from .data.splits import load_split
 from .evaluation.evaluate import evaluate
+from .evaluation.results import ResultRow, read_results, row_mismatch, test_set_difference, write_results
 from .evaluation.scoring import evaluate_checkpoint, test_set_identity
-from .student import load_student
 from .methods import METHODS
 from .methods.lori.teacher import precompute
-from .models.checkpoint_folders import checkpoint_dir, list_checkpoints, resolve_checkpoint
+from .models.checkpoint_folders import checkpoint_dir, list_checkpoints, resolve_checkpoint, weights_digest
 from .models.loading import TINY_ARCH_KEYS
+from .student import inference_settings, load_student
 from .training.checkpoint import BEST_DIR, STATE_FILE, load_state, read_best
 from .training.identity import check_reuse
 from .training.loop import train
@@ -146,6 +146,11 @@ def pipeline_configs(teacher: dict, student: dict, overrides: list[str], out: Pa
     renders every stage alike (No-CoT). A config error names ``where`` (e.g. the preset files) and the run.
     """
     shared, per, per_method = split_overrides(overrides)
+    for side, preset in (("teacher", teacher), ("student", student)):  # a preset's own error names the preset
+        try:
+            config_from_dict(merge(preset, {}))
+        except ConfigError as e:
+            raise ConfigError(f"{where + ' ' if where else ''}({side} preset): {e}") from None
     out = Path(out)
     teacher_dir = str(out / TEACHER)
     trees = {TEACHER: merge(teacher, {})} | {m: merge(student, {}) for m in students if m != TEACHER}
@@ -182,7 +187,8 @@ def pipeline_configs(teacher: dict, student: dict, overrides: list[str], out: Pa
             cfgs[name] = config_from_dict(tree)
         except ConfigError as e:
             run = f"{name}{'' if seed is None else f', seed {seed}'}"
-            raise ConfigError(f"{where + ' ' if where else ''}({run}): {e}") from None
+            cause = " (from the command line)" if overrides else ""  # the presets alone were valid (above)
+            raise ConfigError(f"{where + ' ' if where else ''}({run}): {e}{cause}") from None
     return cfgs
 
 
@@ -281,7 +287,8 @@ def evaluate_run(cfg: Config, seed: int | None = None, tag: str = "lori", label:
 
     Writes ``OUT_DIR/eval-SPLIT/`` as ``lori eval`` does (``results.json``, ``results.md``,
     ``predictions-METHOD-STEP.jsonl``) plus ``eval_key.json``; with ``reuse``, an evaluation whose key matches (same
-    checkpoint files, data and eval settings) is read back instead of being run again. ``seed`` goes into the row.
+    checkpoint files, data and eval settings) and whose row records these weights and settings is read back instead
+    of being run again. ``seed`` goes into the row.
     """
     ckpt = resolve_checkpoint(checkpoint or cfg.out_dir)
     folder = Path(cfg.out_dir) / f"eval-{cfg.eval.split}"
@@ -295,7 +302,8 @@ def evaluate_run(cfg: Config, seed: int | None = None, tag: str = "lori", label:
             same = False
         if same:
             _, _, n, rows = read_results(folder)
-            if len(rows) == 1:
+            # and the row describes these weights under the run's own settings (not an older lori's row)
+            if len(rows) == 1 and row_mismatch(rows[0], weights_digest(ckpt), inference_settings(cfg)) is None:
                 print(f"[{tag}] {label}{cfg.method}: reusing its evaluation in {folder}")
                 return replace(rows[0], seed=seed), n, predictions
     key_file.unlink(missing_ok=True)  # written last: a folder without it holds no finished evaluation

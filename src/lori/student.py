@@ -13,17 +13,21 @@ never runs a latent student's K latent steps, so its answers are not the student
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .config import parse_overrides, to_dict
 from .data.schema import Example
+from .errors import ConfigError, LoriError
 from .evaluation.generate import decode, generate_batches
 from .methods import METHODS
 from .models.checkpoint_folders import checkpoint_config, resolve_checkpoint
 from .models.loading import open_model
+from .models.tokenizer import unknown_words, word_vocabulary
 from .tasks import TASKS
 
 
@@ -103,15 +107,15 @@ class Student:
         if not qs:
             return []
         tok = self.tokenizer
+        budget = self.cfg.eval.max_new_tokens if max_new_tokens is None else max_new_tokens
+        prompts = self._checked_prompts(qs, budget)
         was_training = self.module.training
         self.module.eval()
         try:
             g = generate_batches(
-                self.lm, [self.prompt_ids(q) for q in qs],
-                batch_size or self.cfg.eval.batch_size, progress=progress, desc=f"generate {self.method}",
-                eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                max_new_tokens=self.cfg.eval.max_new_tokens if max_new_tokens is None else max_new_tokens,
-                **self.generation_kwargs())
+                self.lm, prompts, batch_size or self.cfg.eval.batch_size, progress=progress,
+                desc=f"generate {self.method}", eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                max_new_tokens=budget, **self.generation_kwargs())
         finally:
             self.module.train(was_training)
         out = []
@@ -120,10 +124,87 @@ class Student:
             out.append(Generated(q, text, self.task.extract_answer(text), self.latent_steps, len(toks), steps, cut))
         return out[0] if single else out
 
+    def _checked_prompts(self, qs: list[str], budget: int) -> list[list[int]]:
+        """The prompts of ``qs``; an empty question or one longer than the model's positions is refused; words a
+        word-level vocabulary reads as ``<unk>`` (``−``, ``×``, fullwidth digits) and prompts that leave less than
+        ``budget`` positions are warned about (one line each per call)."""
+        vocab = word_vocabulary(self.tokenizer)
+        config = self.lm.config
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        prompts, unknown, short = [], {}, []
+        for i, q in enumerate(qs):
+            if not isinstance(q, str) or not q.strip():
+                raise LoriError(f"generate: question {i} is {'empty' if isinstance(q, str) else type(q).__name__}; "
+                                "give the question text")
+            unknown.update(dict.fromkeys(unknown_words(self.tokenizer, q, vocab), i))
+            prompt = self.prompt_ids(q)
+            used = len(prompt) + self.latent_steps + (self.latent_steps > 0)
+            if limit and used >= limit:
+                raise LoriError(f"generate: question {i} takes {used} positions (prompt and {self.latent_steps} latent "
+                                f"steps), but the model has {limit}: shorten the question")
+            if limit and used + budget > limit:
+                short.append(i)
+            prompts.append(prompt)
+        if unknown:
+            print(f"[lori] warning: generate: {', '.join(map(repr, unknown))} (question {min(unknown.values())}"
+                  f"{' and others' if len(set(unknown.values())) > 1 else ''}) not in the model's word-level "
+                  f"vocabulary, read as {self.tokenizer.unk_token}: write questions as the training data does (e.g. "
+                  "'-' and '*', ASCII digits)", file=sys.stderr, flush=True)
+        if short:
+            print(f"[lori] warning: generate: {len(short)} question(s) (first: {short[0]}) leave fewer than "
+                  f"max_new_tokens={budget} of the model's {limit} positions for the answer: it may be cut or degrade",
+                  file=sys.stderr, flush=True)
+        return prompts
+
     def is_correct(self, generated: Generated | str, gold: str) -> bool:
         """Whether a generation (or its text) answers ``gold`` under the task's policy (what ``lori eval`` scores)."""
         text = generated.text if isinstance(generated, Generated) else generated
         return bool(self.task.is_correct(text, gold))
+
+
+def inference_settings(cfg) -> dict:
+    """The settings of ``cfg`` that change how trained weights generate: K, the projector, the thought positions (latent
+    methods), the chat template and the dtype. A results row records them (``inference``)."""
+    thoughts = METHODS[cfg.method].thoughts
+    settings = {"latent_steps": 0 if thoughts is None else thoughts.latent_steps(cfg),
+                "projector": None if thoughts is None else thoughts.projector(cfg)}
+    if thoughts is not None:  # where the thoughts sit: every curriculum.thought_* key
+        settings |= {k: v for k, v in to_dict(cfg.curriculum).items() if k.startswith("thought_")}
+    return settings | {"chat_template": cfg.model.chat_template, "dtype": cfg.model.dtype}
+
+
+EVAL_SECTIONS = ("eval.", "data.")  # what an evaluation may set freely (the test set, the budget)
+
+
+def inference_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides that are not ``eval.*`` / ``data.*``: those that change how the weights generate."""
+    return [o for o, (key, _) in zip(overrides, parse_overrides(list(overrides))) if not key.startswith(EVAL_SECTIONS)]
+
+
+def eval_config(ckpt: Path, overrides: Sequence[str] = ()):
+    """The config a checkpoint was trained with plus command-line ``overrides`` for evaluating or loading it.
+
+    ``eval.*`` and ``data.*`` apply; any other key must change :func:`inference_settings` (``lori.latent_steps=3``),
+    else it cannot apply to trained weights (``model.hidden_size=32``, ``train.lr``) and is refused in one line."""
+    overrides = list(overrides)
+    try:
+        cfg = checkpoint_config(ckpt, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (from the command line)") from None
+    base = checkpoint_config(ckpt, [])
+    own = inference_settings(base)
+    for item in inference_overrides(overrides):
+        try:
+            one = checkpoint_config(ckpt, [item])
+        except ConfigError:
+            continue  # valid only together with another override: the combination is what was checked above
+        if to_dict(one) != to_dict(base) and inference_settings(one) == own:
+            key = item.split("=", 1)[0].strip()
+            why = "the weights fix the model" if key.startswith("model.") else "only training reads it"
+            raise ConfigError(f"{item} (from the command line) cannot apply to the trained weights of {ckpt}: {why}; "
+                              "an evaluation takes eval.* and data.* keys and the settings that change generation "
+                              "(K, the thought positions, the projector, model.chat_template, model.dtype)")
+    return cfg
 
 
 def default_device() -> torch.device:
@@ -152,7 +233,7 @@ def load(path: str | Path, device: str | torch.device | None = None, overrides: 
     Raises :class:`lori.errors.LoriError` (one line naming the folder and what is missing) for a folder that holds
     no student, e.g. no ``lori_config.yaml`` or a latent student without its projector file."""
     ckpt = resolve_checkpoint(path)
-    return load_student(ckpt, checkpoint_config(ckpt, list(overrides)), device)
+    return load_student(ckpt, eval_config(ckpt, overrides), device)
 
 
-__all__ = ["Generated", "Student", "load", "load_student"]
+__all__ = ["Generated", "Student", "eval_config", "inference_settings", "load", "load_student"]

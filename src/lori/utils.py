@@ -58,10 +58,14 @@ def write_failed(path: Path, e: OSError, kept: str = "") -> WriteError:
     file system); ``kept`` says what is still intact."""
     why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-           errno.EPERM: "permission denied"}.get(e.errno, e.strerror or str(e))
+           errno.EPERM: "permission denied", errno.ENOTDIR: "a part of the path is a file, not a folder",
+           errno.EEXIST: "a part of the path is a file, not a folder",
+           errno.EISDIR: "it is a folder"}.get(e.errno, e.strerror or str(e))
     detail = e.strerror or str(e)
+    fix = ("free some space or choose a writable folder" if e.errno in (errno.ENOSPC, errno.EDQUOT) else
+           "choose another path" if e.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST) else "choose a writable folder")
     return WriteError(f"could not write {path}: {why}{f' ({detail})' if detail != why else ''}; "
-                      f"{kept + '; ' if kept else ''}free some space or choose a writable folder, then run again", e)
+                      f"{kept + '; ' if kept else ''}{fix}, then run again", e)
 
 
 def check_writable(folder: Path, what: str) -> None:

@@ -138,7 +138,8 @@ def test_lori_eval_cli(cot_run, tmp_path, capsys):
     assert results["task"] == "multiplication" and results["split"] == "test" and results["n"] == 8
     (row,) = results["results"]
     assert set(row) == {"method", "checkpoint", "accuracy", "ci95", "mean_generated_tokens",
-                        "latency_ms_per_problem", "throughput_problems_per_s", "truncated", "test_set"}
+                        "latency_ms_per_problem", "throughput_problems_per_s", "truncated", "test_set",
+                        "weights_sha256", "inference"}
     assert row["test_set"]["n"] == 8 and 0 <= row["truncated"] <= 8
     assert row["method"] == "cot-sft"
     assert Path(row["checkpoint"]) == cot_run / "checkpoints" / "step-000010"

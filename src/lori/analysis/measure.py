@@ -47,7 +47,7 @@ from ..subspace.spectrum import (
 from .figures import ANALYSIS_JSON, MODES, REPORT_MD, write_figures
 from .necessity import necessity_checks
 from .report import render_report
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, check_writable
 
 
 CONDITIONS = {
@@ -90,6 +90,10 @@ def analysis_configs(teacher: Path, student: Path | None, overrides: list[str]) 
         raise ConfigError(f"lori analyze takes data.* and lori.* overrides only, got {bad[0]!r}")
     tcfg = checkpoint_config(teacher, overrides)
     scfg = None if student is None else checkpoint_config(student, overrides)
+    if tcfg.method != "cot-sft":
+        raise LoriError(f"{teacher} was trained with method {tcfg.method!r}, which writes no chain of thought: lori "
+                        "analyze measures the reasoning trajectories of an explicit-CoT teacher; give a cot-sft "
+                        "checkpoint (e.g. the run of configs/chains-cot-sft.yaml), and a latent one with --student")
     if scfg is not None and METHODS[scfg.method].thoughts is None:
         raise LoriError(f"--student {student}: a latent student checkpoint (lori, coconut, codi) is expected, but "
                         f"it was trained with method {scfg.method!r}, which has no latent steps")
@@ -349,6 +353,7 @@ def analyze(checkpoint: str | Path, overrides: list[str] | None = None, student:
     tcfg, scfg = analysis_configs(teacher_ckpt, student_ckpt, list(overrides or []))
     lcfg: LoRiConfig = (scfg or tcfg).lori
     out_dir = Path(out) if out else teacher_ckpt.parent.parent / f"analysis-{opts.split}"
+    check_writable(out_dir, "--out" if out else "the analysis folder")  # before the analysis, not after it
 
     examples = load_split(tcfg.data, opts.split)
     rng = random.Random(tcfg.data.seed)

@@ -1,4 +1,5 @@
-"""``lori precompute CONFIG.yaml [key=value ...]``: the LoRi teacher statistics (lori.methods.lori.teacher)."""
+"""``lori precompute CONFIG.yaml [key=value ...]``: the LoRi teacher statistics (lori.methods.lori.teacher). The main
+process holds ``lori.cache_dir/.lock`` meanwhile, so two precomputes never write one cache."""
 
 from __future__ import annotations
 
@@ -11,7 +12,19 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
-    from ..config import command_line_config
-    from ..methods.lori.teacher import precompute
+    from pathlib import Path
 
-    precompute(command_line_config([*([args.config] if args.config else []), *args.overrides]))
+    from ..config import command_line_config
+    from ..distributed import process_state
+    from ..methods.lori.teacher import check_cache_dir, precompute
+    from ..training.identity import acquire_lock, release_lock
+
+    cfg = command_line_config([*([args.config] if args.config else []), *args.overrides])
+    check_cache_dir(cfg)  # before the lock creates the folder
+    main = process_state().is_main_process  # accelerate's state, formed as precompute forms it (the CPU flag)
+    lock = acquire_lock(Path(cfg.lori.cache_dir), "lori.cache_dir") if main else None
+    try:
+        precompute(cfg)
+    finally:
+        if lock is not None:
+            release_lock(lock)

@@ -8,6 +8,7 @@ lines, no steps). Numeric answers go through :func:`format_number`. What each fo
 docs/data.md (Formats).
 
 Blank (whitespace-only) lines are skipped in line-based formats; line numbers in errors are 1-based and count them.
+A file that starts with a UTF-8 byte-order mark is refused (it would glue to the first question), naming line 1.
 """
 
 from __future__ import annotations
@@ -57,9 +58,13 @@ def _open_text(path: Path) -> str:
         raise DataError(path, None, "not a regular file")
     try:
         # Universal newlines: '\r\n' files read like '\n' files.
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    if text.startswith("\ufeff"):
+        raise DataError(path, 1, "the file starts with a UTF-8 byte-order mark (U+FEFF), which would be read as part "
+                        "of the first problem", "save it as UTF-8 without a BOM, e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' FILE")
+    return text
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:

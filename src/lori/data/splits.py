@@ -5,7 +5,9 @@ Before a split is read, its file (and for the train split every file the config 
 tests on them) is checked cheaply: a file with no problem (empty, or blank lines only) is refused, and so is one
 whose first problems contradict the generator's settings: ``data.digits`` (multiplication) or
 ``data.chain_steps`` (chains). Otherwise a 3x3 run with the 4x4 preset's files would train on 3x3 problems and
-validate and test on 4x4 ones."""
+validate and test on 4x4 ones. Every gold answer of a file is checked by the task's own normaliser when the file
+is read (a ``#### abc`` is one line naming the file and line, not a failure at the first scoring), and for the
+train split the valid and test files are read too, so a run fails before it trains, not when it first evaluates."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..config import DataConfig
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, LoriError
+from ..tasks import TASKS
 from . import chains
 from .multiplication import generate as generate_multiplication
 from .readers import read_examples
@@ -32,18 +35,23 @@ def load_split(cfg: DataConfig, split: str) -> list[Example]:
     key = _key(cfg)
     for other in SPLITS if split == "train" else (split,):
         _check_file(key, other)
+    if split == "train":  # every file's gold answers, before a run trains (_load checks them)
+        for other in ("valid", "test"):
+            if getattr(cfg, f"{other}_file") is not None:
+                _load(key, other)
     return list(_load(key, split))
 
 
-def _head(path: Path, n: int) -> list[tuple[int, str]]:
+def _head(path: Path, n: int, field: str) -> list[tuple[int, str]]:
     """The first ``n`` non-blank lines of ``path`` with their 1-based numbers (undecodable bytes replaced: the
-    reader reports them)."""
+    reader reports them). ``field`` (``data.test_file``) is named when the file is missing."""
     if not path.exists():
-        raise DataError(path, None, "file does not exist", "check the path; data files are never downloaded silently")
+        raise DataError(path, None, "file does not exist", f"{field} names it: check the path, or give "
+                        f"{field}=PATH on the command line; data files are never downloaded silently")
     if not path.is_file():
-        raise DataError(path, None, "not a regular file")
+        raise DataError(path, None, "not a regular file", f"{field} must name a data file")
     out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for lineno, line in enumerate(f, start=1):
             if line.strip():
                 out.append((lineno, line.rstrip("\r\n")))
@@ -76,7 +84,7 @@ def _check_file(key: tuple, split: str) -> None:
     if path is None:
         return
     field = f"data.{split}_file"
-    head = _head(Path(path), HEAD_LINES)
+    head = _head(Path(path), HEAD_LINES, field)
     if not head:
         raise DataError(path, None, "no problems: the file is empty or holds only blank lines",
                         f"{field} must name a file with at least one problem")
@@ -97,6 +105,22 @@ def _check_file(key: tuple, split: str) -> None:
                         f"data.chain_steps={got[0]}, or {field} to a {want[0]}-step file (null generates one)")
 
 
+def _check_answers(examples: tuple[Example, ...], task: str, split: str) -> None:
+    """Refuse a gold answer the task's policy cannot score (``#### abc`` for a numeric task), naming its line."""
+    policy = TASKS.get(task)
+    if policy is None:  # an unknown task is refused by name where the run starts
+        return
+    for ex in examples:
+        try:
+            policy.normalize(ex.answer)
+        except LoriError:
+            path, _, line = ex.source.rpartition(":")
+            raise DataError(path, int(line) if line.isdigit() else None,
+                            f"the gold answer {ex.answer!r} is not {'a number' if policy.numeric else 'a digit string'}",
+                            f"the {task} task scores the {policy.rule.split(' (')[0]}; fix the line in data.{split}_file") \
+                from None
+
+
 def _key(cfg: DataConfig) -> tuple:
     return (cfg.task, cfg.format, cfg.train_file, cfg.valid_file, cfg.test_file, tuple(cfg.digits),
             cfg.train_size, cfg.valid_size, cfg.test_size, cfg.seed,
@@ -114,6 +138,7 @@ def _load(key: tuple, split: str) -> tuple[Example, ...]:
         if not examples:  # a JSON list with no items (line formats are caught by _check_file)
             raise DataError(path, None, "no problems in the file", f"data.{split}_file must name a file with at "
                             "least one problem")
+        _check_answers(examples, task, split)
         return examples
     if task not in ("multiplication", "chains"):
         raise ConfigError(f"data.{split}_file is required for task {task!r}; only multiplication and chains can be "

@@ -2,13 +2,19 @@
 
 ``results.json`` is ``{"task", "split", "n", "results": [row, ...]}``, a row holding ``method``, ``checkpoint``,
 ``accuracy`` and ``ci95`` (fractions in [0, 1]), ``mean_generated_tokens``, ``latency_ms_per_problem``,
-``throughput_problems_per_s``, ``truncated`` and ``test_set`` (when known), ``seed`` and ``extra`` (only when set);
+``throughput_problems_per_s``, ``truncated``, ``test_set``, ``weights_sha256`` and ``inference`` (when known),
+``seed`` and ``extra`` (only when set);
 docs/evaluation.md has the schema. Both files are written atomically (temporary file, then ``os.replace``).
 
 A row's ``test_set`` names the problems it was scored on (task, split, n, source, a sha256 of the problems).
 Rows of different test sets are never put in one table or one speedup: :func:`check_one_test_set` refuses them with
 one line naming both rows and what differs, and every table here calls it. Rows without one (written by an older
 lori) can only be tabled among themselves.
+
+``weights_sha256`` and ``inference`` tie a row to the weights it scored (the model's and a projector's files) and to
+how they generated (K, the thought positions, the projector, the chat template, the dtype, and ``overrides``: the
+command-line settings that changed them). ``lori export`` puts a row on a model card only when both are the
+published checkpoint's own (:func:`row_mismatch`).
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ class ResultRow:
     extra: dict[str, Any] = field(default_factory=dict)
     truncated: int | None = None  # generations that hit eval.max_new_tokens without ending (None: not recorded)
     test_set: dict[str, Any] | None = None  # the identity of the problems evaluated (module docstring)
+    weights_sha256: str | None = None  # the digest of the weights evaluated (module docstring)
+    inference: dict[str, Any] | None = None  # the settings generation ran under (module docstring)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -75,6 +83,10 @@ class ResultRow:
             d["truncated"] = int(self.truncated)
         if self.test_set is not None:
             d["test_set"] = dict(self.test_set)
+        if self.weights_sha256 is not None:
+            d["weights_sha256"] = self.weights_sha256
+        if self.inference is not None:
+            d["inference"] = dict(self.inference)
         if self.seed is not None:
             d["seed"] = int(self.seed)
         if self.extra:
@@ -105,6 +117,11 @@ class ResultRow:
             return f"truncated: must be an integer >= 0 or None, got {self.truncated!r}"
         if self.test_set is not None and _test_set_problem(self.test_set):
             return f"test_set: {_test_set_problem(self.test_set)}"
+        if self.weights_sha256 is not None and (not isinstance(self.weights_sha256, str)
+                                                or len(self.weights_sha256) != 64):
+            return f"weights_sha256: must be a sha256 hex digest, got {self.weights_sha256!r}"
+        if self.inference is not None and not isinstance(self.inference, dict):
+            return f"inference: must be an object (a dict), got {type(self.inference).__name__}"
         return None
 
     @classmethod
@@ -123,7 +140,8 @@ class ResultRow:
             raise ValueError(problem)
         return replace(row, accuracy=float(row.accuracy), ci95=(float(row.ci95[0]), float(row.ci95[1])),
                        **{k: float(getattr(row, k)) for k in _NONNEG_KEYS}, extra=dict(row.extra),
-                       test_set=None if row.test_set is None else dict(row.test_set))
+                       test_set=None if row.test_set is None else dict(row.test_set),
+                       inference=None if row.inference is None else dict(row.inference))
 
 
 # a row's keys: the fields of ResultRow, those without a default required
@@ -150,6 +168,22 @@ def _test_set_problem(ts: Any) -> str | None:
     for k in ("task", "split", "source", "sha256"):
         if not isinstance(ts[k], str):
             return f"{k} must be a string, got {ts[k]!r}"
+    return None
+
+
+def row_mismatch(row: ResultRow, weights_sha256: str, inference: dict[str, Any]) -> str | None:
+    """Why ``row`` does not describe a checkpoint whose weights have ``weights_sha256`` and which generates with
+    ``inference`` (its own settings, no override), or None when it does."""
+    if row.weights_sha256 is None:
+        return "records no digest of its weights (evaluated by an older lori)"
+    if row.weights_sha256 != weights_sha256:
+        return ("scored other weights than the checkpoint's now (the run was retrained or the files changed since "
+                "the evaluation)")
+    used = {k: v for k, v in (row.inference or {}).items() if k != "overrides"}
+    diff = [f"{k} {used.get(k)!r} vs {v!r}" for k, v in inference.items() if used.get(k) != v]
+    if row.inference is None or diff or row.inference.get("overrides"):
+        said = ", ".join(diff) or " ".join((row.inference or {}).get("overrides") or []) or "not recorded"
+        return f"was generated under other inference settings than the checkpoint's own ({said})"
     return None
 
 
@@ -443,5 +477,5 @@ def aggregate_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> s
 
 
 __all__ = ["Aggregate", "BASELINE_METHOD", "RESULTS_JSON", "RESULTS_MD", "ResultRow", "TEST_SET_KEYS", "aggregate_rows",
-           "aggregate_table", "check_one_test_set", "markdown_table", "read_results", "test_set_difference",
-           "unfinished", "write_results"]
+           "aggregate_table", "check_one_test_set", "markdown_table", "read_results", "row_mismatch",
+           "test_set_difference", "unfinished", "write_results"]

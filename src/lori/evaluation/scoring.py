@@ -10,7 +10,9 @@ from pathlib import Path
 
 from ..config import Config
 from ..data.splits import load_split
-from ..student import load_student
+from ..models.checkpoint_folders import weights_digest
+from ..models.tokenizer import check_vocabulary
+from ..student import inference_settings, load_student
 from ..utils import sha256_file
 from .evaluate import Evaluation, evaluate
 
@@ -49,10 +51,12 @@ def test_set_identity(cfg: Config, examples: list | None = None) -> dict:
     return identity
 
 
-def evaluate_checkpoint(ckpt: Path, cfg: Config, progress: bool = True) -> Evaluation:
-    """Evaluate ``ckpt`` on ``cfg``'s test set; the row carries its :func:`test_set_identity`."""
+def evaluate_checkpoint(ckpt: Path, cfg: Config, progress: bool = True, overrides: list[str] = ()) -> Evaluation:
+    """Evaluate ``ckpt`` on ``cfg``'s test set; the row carries its :func:`test_set_identity`, the digest of the
+    weights evaluated and the inference settings (with ``overrides``: the command-line ones that changed them)."""
     student = load_student(ckpt, cfg)  # what lori.load(...) returns: one way to load and prompt a student
     examples = eval_examples(cfg)
+    check_vocabulary(student.tokenizer, examples, f"data.{cfg.eval.split}_file")
     identity = test_set_identity(cfg, examples)
     ev = evaluate(
         student.lm, student.tokenizer, [student.prompt_ids(ex) for ex in examples], examples,
@@ -60,6 +64,6 @@ def evaluate_checkpoint(ckpt: Path, cfg: Config, progress: bool = True) -> Evalu
         max_new_tokens=cfg.eval.max_new_tokens, latency_problems=cfg.eval.latency_problems,
         progress=progress, **student.generation_kwargs(),
     )
-    if not hasattr(ev.row, "test_set"):  # pragma: no cover - a long-lived process that imported the report module
-        return ev  # before this version was installed (a sweep running across an upgrade): its rows cannot hold it
-    return dataclasses.replace(ev, row=dataclasses.replace(ev.row, test_set=identity))
+    inference = inference_settings(cfg) | ({"overrides": list(overrides)} if overrides else {})
+    return dataclasses.replace(ev, row=dataclasses.replace(ev.row, test_set=identity, weights_sha256=weights_digest(ckpt),
+                                                           inference=inference))

@@ -100,7 +100,7 @@ def wrap(lm, tokenizer, cfg, checkpoint=None) -> AuxSumStudent:
     student = AuxSumStudent(lm, layer)
     # the head of the run being resumed, else that of the checkpoint the weights start from (a second, lower-lr
     # phase from an aux-sum run keeps its head; from any other checkpoint the head starts fresh)
-    source = checkpoint or (resolve_checkpoint(cfg.model.init_from) if cfg.model.init_from else None)
+    source = checkpoint or (resolve_checkpoint(cfg.model.init_from, "model.init_from") if cfg.model.init_from else None)
     if source is not None and (Path(source) / HEAD_FILE).is_file():
         student.head.load_state_dict(load_file(str(Path(source) / HEAD_FILE)))
     return student.to(next(lm.parameters()).device)

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from ..config import ModelConfig
 from ..errors import LoriError
+from .checkpoint_folders import verify_weights
 from .hub import resolve_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@contextlib.contextmanager
+def quiet_progress():
+    """Hide transformers' own progress bars ("Loading weights", "Writing model shards") meanwhile: they would print
+    inside lori's training and evaluation bars at every checkpoint and every ``lori.load``."""
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, max_positions: int) -> PreTrainedModel:
@@ -71,7 +87,8 @@ def load_pretrained(name_or_path: str | Path, dtype: str = "float32"):
         check_weights(Path(name_or_path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=DTYPES[dtype])
+        with quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=DTYPES[dtype])
     except OSError as e:
         raise LoriError(
             f"cannot load model {name_or_path!r}: {e}. Give a local folder with config.json and weights, "
@@ -90,7 +107,8 @@ def load_pretrained(name_or_path: str | Path, dtype: str = "float32"):
 def check_weights(folder: Path) -> None:
     """Refuse a local model folder whose safetensors files are truncated or damaged, naming the file, before
     ``from_pretrained`` fails on it with a bare ``SafetensorError`` (the header of a safetensors file must cover the
-    file exactly, so a cut-off copy or a write a full disk stopped is caught here; reads only the headers)."""
+    file exactly, so a cut-off copy or a write a full disk stopped is caught here), then their content against the
+    folder's ``weights.sha256`` (:func:`lori.models.checkpoint_folders.verify_weights`: a flipped byte)."""
     for f in sorted(Path(folder).glob("*.safetensors")):
         try:
             with safe_open(str(f), framework="pt"):
@@ -99,6 +117,7 @@ def check_weights(folder: Path) -> None:
             raise LoriError(f"{f} is truncated or damaged ({str(e).splitlines()[0][:100]}); copy the checkpoint "
                             f"folder {folder} again from where it was written, or use another checkpoint (e.g. an "
                             "earlier step-* folder)") from None
+    verify_weights(folder)
 
 
 def hidden_size(model: PreTrainedModel) -> int:

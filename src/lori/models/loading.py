@@ -45,7 +45,7 @@ def build_model(cfg: Config, method, train_set: list[Example], resume_from=None)
     the adapter from ``resume_from`` (lori.models.lora); the checkpoint's merged weights are for use, not resume."""
     lora = cfg.model.lora_r is not None
     source = None if lora else resume_from
-    source = source or (resolve_checkpoint(cfg.model.init_from) if cfg.model.init_from else None)
+    source = source or (resolve_checkpoint(cfg.model.init_from, "model.init_from") if cfg.model.init_from else None)
     if source is not None:
         lm, tokenizer = open_model(source, cfg)
         if cfg.model.name == "tiny":

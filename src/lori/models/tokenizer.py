@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from ..errors import DataError
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 # Latent-reasoning markers, always in the built-in vocabulary so that a teacher and its students share ids.
 BOT, EOT = "<bot>", "<eot>"
@@ -58,3 +60,47 @@ def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
     core.train_from_iterator([*texts, " ".join(STRUCTURAL)], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, bos_token=BOS, eos_token=EOS,
                                    additional_special_tokens=[BOT, EOT], padding_side="left")
+
+
+def word_vocabulary(tokenizer) -> dict[str, int] | None:
+    """The vocabulary of a word-level tokenizer (this module's); None for a subword tokenizer, which spells any text
+    in bytes and has no unknown words."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(backend.model, models.WordLevel):
+        return None
+    return tokenizer.get_vocab()
+
+
+def unknown_words(tokenizer, text: str, vocab: dict[str, int] | None = None) -> list[str]:
+    """The words of ``text`` a word-level tokenizer reads as ``<unk>``, in order, once each (none for a subword
+    tokenizer). ``vocab``: its :func:`word_vocabulary`, when already at hand."""
+    vocab = word_vocabulary(tokenizer) if vocab is None else vocab
+    return [] if vocab is None else [w for w in dict.fromkeys(text.split()) if w not in vocab]
+
+
+def check_vocabulary(tokenizer, examples, field: str) -> None:
+    """Refuse a problem (question, rationale or answer) with a non-ASCII character no word of a word-level vocabulary
+    holds, naming its file and line: its word would be read as ``<unk>``, so fullwidth digits or a ``−`` in a data
+    file would be scored silently. (Unseen ASCII words, natural text's usual gap in a tiny vocabulary, are left
+    alone.)"""
+    vocab = word_vocabulary(tokenizer)
+    if vocab is None:
+        return
+    chars = set("".join(w for w in vocab if w not in SPECIALS))
+    seen: set[str] = set()
+    for ex in examples:  # the characters of all problems first (fast), then the first problem with a bad one
+        seen.update(ex.question, ex.rationale, ex.answer)
+    unseen = {c for c in seen - chars if not c.isascii() and not c.isspace()}
+    if not unseen:
+        return
+    for ex in examples:
+        text = f"{ex.question} {ex.rationale} {ex.answer}"
+        bad = next((c for c in text if c in unseen), None)
+        if bad is not None:
+            word = next(w for w in text.split() if bad in w)
+            path, _, line = (ex.source or "?").rpartition(":")
+            raise DataError(path or ex.source, int(line) if line.isdigit() else None,
+                            f"{bad!r} (U+{ord(bad):04X}, in {word!r}) is a character the model's word-level vocabulary "
+                            f"never saw: {word!r} would be read as {UNK}",
+                            f"the vocabulary is the words of the training data the model was built from: write "
+                            f"{field} as that data is written (e.g. ASCII digits and operators)")

@@ -31,8 +31,10 @@ from ..distributed import all_gather, broadcast_object
 from ..errors import LoriError, WriteError
 # The folder layout and its reading live with the models (evaluation, precompute and analysis read checkpoints);
 # the writer and the resumable state stay here with the loop.
-from ..models.checkpoint_folders import CONFIG_FILE, checkpoint_dir, list_checkpoints, resolve_checkpoint, step_dir
+from ..models.checkpoint_folders import (CONFIG_FILE, checkpoint_dir, list_checkpoints, resolve_checkpoint, step_dir,
+                                         write_weight_digests)
 from ..utils import rng_state, set_rng_state, share_tree, write_failed
+from ..models.build import quiet_progress
 from ..models.lora import is_peft_model, save_lora_checkpoint
 from . import sharding as fsdp
 from .identity import truncate_metrics
@@ -134,11 +136,12 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, sta
     final = step_dir(out_dir, step)
     tmp = tmp or temporary_folder(out_dir, step)
     try:
-        if is_peft_model(model):  # merged weights for use + the adapter for exact resume (lori.models.lora)
-            save_lora_checkpoint(model, tmp)
-        else:
-            model.save_pretrained(tmp, safe_serialization=True, **({} if state_dict is None else
-                                                                   {"state_dict": state_dict}))
+        with quiet_progress():
+            if is_peft_model(model):  # merged weights for use + the adapter for exact resume (lori.models.lora)
+                save_lora_checkpoint(model, tmp)
+            else:
+                model.save_pretrained(tmp, safe_serialization=True, **({} if state_dict is None else
+                                                                       {"state_dict": state_dict}))
         tokenizer.save_pretrained(tmp)
         save_config(cfg, tmp / CONFIG_FILE)
         if extra_tensors:
@@ -146,6 +149,7 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, cfg: Config, sta
                 save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))
         torch.save(state, tmp / STATE_FILE)
         _verify(tmp)
+        write_weight_digests(tmp)
         share_tree(tmp)
         if final.exists():  # re-saving the same step (e.g. a resumed run that stops where it started)
             shutil.rmtree(final)
@@ -195,8 +199,9 @@ def load_state(ckpt: Path) -> dict:
     try:
         return torch.load(f, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError, ValueError) as e:  # a truncated or overwritten zip archive
-        raise LoriError(f"{f} is damaged or truncated ({str(e).splitlines()[0][:100]}); resume from an earlier "
-                        "checkpoint (train.resume=FOLDER) or start over with train.resume=never") from None
+        raise LoriError(f"{f} is damaged or truncated ({str(e).splitlines()[0][:100]}); delete {ckpt} and run the "
+                        "same command again: it resumes from the checkpoint before it and reaches the same weights "
+                        "(or resume from another one with train.resume=FOLDER)") from None
 
 
 def read_best(out_dir: Path) -> dict | None:

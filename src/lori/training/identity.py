@@ -74,28 +74,28 @@ def _weights_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _input(path: str | None, kind: str) -> dict | None:
+def _input(path: str | None, kind: str, field: str) -> dict | None:
     if path is None:
         return None
     if kind == "file":
         p = Path(path)
         if not p.is_file():
             raise DataError(p, None, "not a regular file" if p.exists() else "file does not exist",
-                            "check the path; data files are never downloaded silently")
+                            f"{field} names it: check the path; data files are never downloaded silently")
         return {"path": str(path), "digest": sha256_file(p)}
-    return {"path": str(path), "digest": _weights_digest(resolve_checkpoint(path))}
+    return {"path": str(path), "digest": _weights_digest(resolve_checkpoint(path, field))}
 
 
 def run_identity(cfg: Config) -> dict[str, Any]:
     """The dotted config keys of ``cfg`` with each input path replaced by ``{"path", "digest"}``."""
     flat = _flatten(to_dict(cfg))
     for split in ("train", "valid", "test"):
-        flat[f"data.{split}_file"] = _input(flat[f"data.{split}_file"], "file")
-    flat["model.init_from"] = _input(flat["model.init_from"], "checkpoint")
+        flat[f"data.{split}_file"] = _input(flat[f"data.{split}_file"], "file", f"data.{split}_file")
+    flat["model.init_from"] = _input(flat["model.init_from"], "checkpoint", "model.init_from")
     if Path(cfg.model.name).is_dir():
-        flat["model.name"] = _input(cfg.model.name, "checkpoint")
+        flat["model.name"] = _input(cfg.model.name, "checkpoint", "model.name")
     if METHODS[cfg.method].teacher_cache and cfg.lori.teacher is not None:
-        flat["lori.teacher"] = _input(cfg.lori.teacher, "checkpoint")
+        flat["lori.teacher"] = _input(cfg.lori.teacher, "checkpoint", "lori.teacher")
     return flat
 
 
@@ -103,6 +103,15 @@ def _free(key: str, old: dict, new: dict) -> bool:
     if key in FREE_KEYS or key in PATH_ONLY or key.startswith(FREE_SECTIONS):
         return True
     return key == "train.steps" and old.get("train.schedule") == new.get("train.schedule") == "constant"
+
+
+# each method's own config section, read by that method alone
+_OWN_SECTIONS = {"lori.": "lori", "codi.": "codi", "coconut.": "coconut", "aux_sum.": "aux-sum"}
+
+
+def _unread(key: str, identity: dict) -> bool:
+    owner = next((m for prefix, m in _OWN_SECTIONS.items() if key.startswith(prefix)), None)
+    return owner is not None and identity.get("method") != owner
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -120,11 +129,12 @@ def differences(old: dict, new: dict) -> tuple[list[str], list[str]]:
     """``(refused, allowed)``: the dotted keys whose values differ and change the run, and those that may differ.
 
     A key the old identity lacks (added to the config since) counts as its default there; a key only the old one
-    has (since removed) no longer means anything."""
+    has (since removed) no longer means anything; a key of another method's own section (``lori.rank`` of a No-CoT
+    run, which ``lori demo ... student.lori.rank=4`` also sets) does not change the run."""
     refused, allowed = [], []
     for key in sorted(new):
         a, b = old[key] if key in old else _defaults().get(key), new[key]
-        if _same(a, b):
+        if _same(a, b) or _unread(key, new):
             continue
         (allowed if _free(key, old, new) else refused).append(key)
     return refused, allowed
@@ -242,9 +252,11 @@ def start_run(cfg: Config, out_dir: Path, resume_from: Path | None) -> str:
 
 def clear_run(run_dir: Path) -> list[str]:
     """Delete an earlier run's checkpoints, metrics, TensorBoard events (``OUT/tensorboard``: the local files of the
-    trackers, lori.training.trackers) and identity (``train.resume=never``)."""
+    trackers, lori.training.trackers), evaluations (``OUT/eval-*``: their rows describe the deleted weights) and
+    identity (``train.resume=never``)."""
     removed = []
-    for name in (checkpoint_dir(Path()).name, "metrics.jsonl", "tensorboard", IDENTITY_FILE):
+    evaluations = sorted(p.name for p in Path(run_dir).glob("eval-*") if p.is_dir())
+    for name in (checkpoint_dir(Path()).name, "metrics.jsonl", "tensorboard", *evaluations, IDENTITY_FILE):
         p = Path(run_dir) / name
         if p.is_dir():
             shutil.rmtree(p)
@@ -293,11 +305,12 @@ def _alive(pid: int) -> bool:
 _CREATED: set[Path] = set()
 
 
-def acquire_lock(run_dir: Path) -> Path:
+def acquire_lock(run_dir: Path, field: str = "out_dir") -> Path:
     """Take ``run_dir/.lock`` for this process or raise :class:`LoriError` naming the process that holds it.
 
     The first write of a run, so an out_dir that cannot be written (no permission, a read-only file system, a full
-    disk, a path under a file) is refused here, before any work, naming the folder."""
+    disk, a path under a file) is refused here, before any work, naming the folder. ``field``: the setting that
+    names the folder (``lori.cache_dir`` for ``lori precompute``)."""
     run_dir = Path(run_dir)
     lock = run_dir / LOCK_FILE
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -309,7 +322,7 @@ def acquire_lock(run_dir: Path) -> Path:
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise LoriError(f"out_dir {run_dir} cannot be written ({e.strerror or e}); choose a writable out_dir") \
+        raise LoriError(f"{field} {run_dir} cannot be written ({e.strerror or e}); choose a writable {field}") \
             from None
     if created:
         _CREATED.add(run_dir.resolve())
@@ -330,7 +343,7 @@ def acquire_lock(run_dir: Path) -> Path:
             if held is not None and (host != me["host"] or _alive(pid)):
                 where = "" if host == me["host"] else f" on host {host}"
                 raise LoriError(f"{run_dir} is in use by another lori run (pid {pid}{where}, started "
-                                f"{held.get('started', '?')}); wait for it to finish or use a new out_dir (if no "
+                                f"{held.get('started', '?')}); wait for it to finish or use a new {field} (if no "
                                 f"run is using the folder, delete {lock})")
             if attempt == 1:
                 break

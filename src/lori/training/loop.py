@@ -32,6 +32,7 @@ from ..evaluation.evaluate import evaluate
 from ..methods import METHODS
 from ..methods.common import step_norm
 from ..models.loading import build_model
+from ..models.tokenizer import check_vocabulary
 from ..tasks import TASKS
 from ..utils import seed_everything
 from . import sharding as fsdp
@@ -226,11 +227,18 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     resume_from = resume_point(cfg, out_dir)
     # The run folder's identity (lori.training.identity): a resumed run's settings checked, a fresh run's recorded.
     run_id = _on_main(lambda: start_run(cfg, out_dir, resume_from), main, world)
+    if cfg.train.resume == "auto" and resume_from is not None and resume_from.name == f"step-{cfg.train.steps:06d}":
+        if main:  # validating and logging again would append a second final line to metrics.jsonl
+            print(f"[lori] {out_dir} already finished: its newest checkpoint {resume_from.name} is at train.steps="
+                  f"{cfg.train.steps}; nothing to train (raise train.steps to train on, or train.resume=never to start "
+                  "over)", flush=True)
+        return resume_from
 
     seed_everything(cfg.train.seed)
     train_set = load_split(cfg.data, "train")
     valid_set = load_split(cfg.data, "valid")
     module, tokenizer = build_model(cfg, method, train_set, resume_from)
+    check_vocabulary(tokenizer, [*train_set, *valid_set], "data.train_file and data.valid_file")
     method_state = method.setup_training(module, cfg, train_set, accelerator.device)  # what its loss reads
     # With one process there is nothing to shard over: train.sharding=fsdp then trains (and saves) unsharded.
     sharded = cfg.train.sharding == "fsdp" and world > 1

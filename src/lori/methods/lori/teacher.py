@@ -56,7 +56,7 @@ def resolve_layers(lcfg: LoRiConfig, n_layers: int) -> list[int]:
 def teacher_path(cfg: Config) -> Path:
     if cfg.lori.teacher is None:
         raise ConfigError("lori.teacher is required: the explicit-CoT (cot-sft) checkpoint to distil from")
-    return resolve_checkpoint(cfg.lori.teacher)
+    return resolve_checkpoint(cfg.lori.teacher, "lori.teacher")
 
 
 def fingerprint(cfg: Config, teacher: Path, train: list[Example], n_layers: int) -> dict:
@@ -131,6 +131,17 @@ def teacher_trajectories(lm, items: list[Rendered], layers: list[int], pad_id: i
     return h, mask, anchor
 
 
+def check_cache_dir(cfg: Config) -> None:
+    """Refuse a config without a writable ``lori.cache_dir`` (before any work; nothing is created)."""
+    if cfg.lori.cache_dir is None:
+        if cfg.method != "lori":
+            raise ConfigError(f"lori precompute writes the teacher statistics a LoRi student trains on, but this "
+                              f"config's method is {cfg.method}, which reads none: give a LoRi preset (e.g. "
+                              "configs/chains-lori.yaml), or set method=lori with lori.teacher and lori.cache_dir")
+        raise ConfigError("lori.cache_dir is required: where to write the teacher statistics")
+    check_writable(Path(cfg.lori.cache_dir), "lori.cache_dir")
+
+
 Timer = Callable[[str, Sequence[Rendered]], AbstractContextManager]  # timer(stage, items) -> a context manager
 
 
@@ -147,9 +158,7 @@ def precompute(cfg: Config, timer: Timer | None = None) -> Path:
     "write" (the shard of ``items``)."""
     span = timer or _untimed
     lc = cfg.lori
-    if lc.cache_dir is None:
-        raise ConfigError("lori.cache_dir is required: where to write the teacher statistics")
-    check_writable(Path(lc.cache_dir), "lori.cache_dir")  # before any work; nothing is created yet
+    check_cache_dir(cfg)
     state = process_state()
     rank, world, main, device = state.process_index, state.num_processes, state.is_main_process, state.device
     teacher = teacher_path(cfg)
