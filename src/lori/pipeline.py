@@ -1,15 +1,12 @@
 """The teacher -> students pipeline shared by ``lori demo`` and ``lori compare``.
 
-One folder ``OUT`` holds a CoT-SFT teacher in ``OUT/cot-sft`` and one student per method in ``OUT/METHOD``, each
-initialised from the teacher's weights; a LoRi student also distils from it through the teacher statistics in
-``OUT/lori-cache``. :func:`pipeline_configs` builds those configs from a teacher and a student config tree plus
-command-line overrides (``teacher.``/``student.`` prefixes target one side, ``METHOD:`` one run, other keys apply
-to all);
-:func:`with_protocol` adds ``lori compare``'s protocol settings (:data:`PROTOCOL`) to a tree first;
-:func:`train_runs` trains them in order, reusing finished runs; :func:`evaluate_run` evaluates one run's final
-checkpoint (or the one given, e.g. :func:`best_checkpoint`, the best of the final stage), reusing an earlier evaluation
-of the same checkpoint with the same data and eval settings; :func:`run_facts` reads what a run's last checkpoint
-records (its curriculum stage, wall time) and :func:`train_accuracy` scores a checkpoint on training problems.
+``OUT/cot-sft`` holds a CoT-SFT teacher and ``OUT/METHOD`` one student per method, initialised from the teacher (a
+LoRi student distils from it through ``OUT/lori-cache``). :func:`pipeline_configs` builds the configs from a teacher
+and a student tree plus overrides (``teacher.``/``student.`` for one side, ``METHOD:`` for one run);
+:func:`with_protocol` adds ``lori compare``'s protocol (:data:`PROTOCOL`); :func:`train_runs` trains them in order,
+reusing finished runs; :func:`evaluate_run` evaluates a run's final checkpoint (or :func:`best_checkpoint`), reusing
+an evaluation of the same checkpoint and settings; :func:`run_facts` and :func:`train_accuracy` read what a run
+reached.
 """
 
 from __future__ import annotations

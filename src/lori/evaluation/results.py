@@ -1,20 +1,12 @@
-"""The results file every tool reads and writes: ``results.json`` (+ a human ``results.md``).
+"""The results file every tool reads and writes: ``results.json`` (+ a human ``results.md``), written atomically.
 
-``results.json`` is ``{"task", "split", "n", "results": [row, ...]}``, a row holding ``method``, ``checkpoint``,
-``accuracy`` and ``ci95`` (fractions in [0, 1]), ``mean_generated_tokens``, ``latency_ms_per_problem``,
-``throughput_problems_per_s``, ``truncated``, ``test_set``, ``weights_sha256`` and ``inference`` (when known),
-``seed`` and ``extra`` (only when set);
-docs/evaluation.md has the schema. Both files are written atomically (temporary file, then ``os.replace``).
-
-A row's ``test_set`` names the problems it was scored on (task, split, n, source, a sha256 of the problems).
-Rows of different test sets are never put in one table or one speedup: :func:`check_one_test_set` refuses them with
-one line naming both rows and what differs, and every table here calls it. Rows without one (written by an older
-lori) can only be tabled among themselves.
-
-``weights_sha256`` and ``inference`` tie a row to the weights it scored (the model's and a projector's files) and to
-how they generated (K, the thought positions, the projector, the chat template, the dtype, and ``overrides``: the
-command-line settings that changed them). ``lori export`` puts a row on a model card only when both are the
-published checkpoint's own (:func:`row_mismatch`).
+A row holds ``method``, ``checkpoint``, ``accuracy`` and ``ci95`` (fractions), tokens, latency, throughput,
+``truncated``, ``test_set`` (the problems it was scored on: task, split, n, source, a sha256 of the problems),
+``weights_sha256`` and ``inference`` (the weights it scored and how they generated: K, thought positions, projector,
+chat template, dtype, command-line ``overrides``), ``seed`` and ``extra``; docs/evaluation.md has the schema.
+Rows of different test sets are never put in one table or speedup (:func:`check_one_test_set`, called by every
+table here); ``lori export`` puts a row on a model card only when its weights and settings are the published
+checkpoint's own (:func:`row_mismatch`).
 """
 
 from __future__ import annotations

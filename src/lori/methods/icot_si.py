@@ -6,11 +6,10 @@ Plain causal-LM fine-tuning whose rendering loses rationale tokens from the left
     r_k = min(|rationale|, k * remove_per_stage + o),  P(o) = (1 - e^-lambda) e^(-lambda o)   ("removal smoothing")
     final stage:          [bos] question || #### answer <eos>                      (the No-CoT rendering)
 
-The offset ``o`` is drawn per example and stage from a generator seeded by (train.seed, stage, the example), so a
-stage renders alike whenever it is rendered and a resumed run matches an uninterrupted one. The loop resets the
-optimizer at every stage change. How this maps to the authors' schedule: docs/methods.md (iCoT-SI).
-With ``curriculum.keep_positions`` the text left keeps its teacher position ids; at the final stage and in
-generation the answer starts ``stages x remove_per_stage`` positions after the prompt.
+The offset ``o`` is seeded by (train.seed, stage, the example): a stage renders alike whenever it is rendered, so a
+resumed run matches an uninterrupted one. With ``curriculum.keep_positions`` the text left keeps its teacher position
+ids (the answer then starts ``stages x remove_per_stage`` positions after the prompt). The authors' schedule and
+how it maps: docs/methods.md (iCoT-SI).
 """
 
 from __future__ import annotations

@@ -1,18 +1,13 @@
-"""SIM-CoT, step-level supervision of implicit chain of thought (arXiv 2509.20317; the authors' code
-InternLM/SIM-CoT, ``Coconut/coconut.py`` with ``explain_mode: v1_aug``), on Coconut's student and curriculum.
-
-An auxiliary decoder reads the c thoughts of group g (c = ``curriculum.thoughts_per_step``) as input embeddings,
-followed by the word embeddings (the student's, shared) of rationale step g, and is trained to write that step and
-EOS::
+"""SIM-CoT, step-level supervision of implicit chain of thought (arXiv 2509.20317; the authors' code InternLM/SIM-CoT,
+``Coconut/coconut.py``, ``explain_mode: v1_aug``), on Coconut's student and curriculum::
 
     decoder input, group g:   [thought (g-1)c+1 .. gc] step_g <eos>      CE on step_g <eos>
     L = CE_student + weight * 1/G sum_g CE_decoder(g)     (CE_decoder summed over tokens, averaged over examples)
 
-G = an example's thoughts // c (its stage's replaced steps; K // c at the final stage). At the final stage the steps
-past group G are merged into group G, and groups past the last step are padded with the answer (``#### 5``),
-as in the authors' code. The decoder starts as a copy of the student's initial weights (the authors start it from
-the base pretrained model), is saved beside the model (``sim_cot_decoder.safetensors``) for resume and a second
-phase, and is never used in generation: the student generates as Coconut's.
+An auxiliary decoder reads group g's c thoughts, then the student's word embeddings of step g. At the final stage the
+steps past the last group merge into it and groups past the last step are padded with the answer, as the authors do.
+The decoder starts as a copy of the student's initial weights (theirs: the base model), is saved beside the model
+(``sim_cot_decoder.safetensors``) and is never used in generation. docs/methods.md (SIM-CoT).
 """
 
 from __future__ import annotations

@@ -227,11 +227,7 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     resume_from = resume_point(cfg, out_dir)
     # The run folder's identity (lori.training.identity): a resumed run's settings checked, a fresh run's recorded.
     run_id = _on_main(lambda: start_run(cfg, out_dir, resume_from), main, world)
-    if cfg.train.resume == "auto" and resume_from is not None and resume_from.name == f"step-{cfg.train.steps:06d}":
-        if main:  # validating and logging again would append a second final line to metrics.jsonl
-            print(f"[lori] {out_dir} already finished: its newest checkpoint {resume_from.name} is at train.steps="
-                  f"{cfg.train.steps}; nothing to train (raise train.steps to train on, or train.resume=never to start "
-                  "over)", flush=True)
+    if _already_finished(cfg, out_dir, resume_from, main):
         return resume_from
 
     seed_everything(cfg.train.seed)
@@ -337,6 +333,17 @@ def _train(cfg: Config, accelerator: Accelerator, mixed: str) -> Path:
     module = optimizer = save = validation = None  # the Saver holds them too: this drops the last references
     _tear_down(accelerator)
     return final
+
+
+def _already_finished(cfg: Config, out_dir: Path, resume_from: Path | None, main: bool) -> bool:
+    """A run whose newest checkpoint is at train.steps says so and trains nothing: validating and logging again
+    would append a second final line to metrics.jsonl."""
+    done = cfg.train.resume == "auto" and resume_from is not None and resume_from.name == f"step-{cfg.train.steps:06d}"
+    if done and main:
+        print(f"[lori] {out_dir} already finished: its newest checkpoint {resume_from.name} is at train.steps="
+              f"{cfg.train.steps}; nothing to train (raise train.steps to train on, or train.resume=never to start "
+              "over)", flush=True)
+    return done
 
 
 def _step_totals(parts_sum: dict[str, float], accelerator) -> dict[str, float]:

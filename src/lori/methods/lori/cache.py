@@ -2,15 +2,12 @@
 
     manifest.json            fingerprint, options, shard list (only finished shards), sizes and sha256s
     basis.safetensors        the fitted subspace (lori.subspace.Basis.to_dict())
-    stats-00000.safetensors  mu [n, L, r], cov [n, L, r(r+1)/2] (upper triangle; with lori.cache_cov=false its
-                             trace cov_trace [n, L] instead), anchor [n, L, r], valid [n],
-                             prefix_mu [n, S, L, r] (mean over the first k steps, row k-1), prefix_valid [n, S],
-                             step_anchor [n, S, L, r] (the state handing each step's result over), step_valid [n, S]
-                             (the four per-step tensors only with lori.cache_steps)
+    stats-00000.safetensors  mu, cov (upper triangle, or its trace without lori.cache_cov), anchor, valid; with
+                             lori.cache_steps prefix_mu, prefix_valid, step_anchor, step_valid (shapes: docs/methods.md)
 
 Stored in ``lori.cache_dtype``, loaded as float32. Files are written atomically and a shard enters the manifest
 only when complete (a precompute resumes at the first missing one); :func:`load_cache` checks every file's sha256
-and refuses a stale fingerprint, naming the part. docs/methods.md (LoRi).
+and refuses a stale fingerprint, naming the part.
 """
 
 from __future__ import annotations
