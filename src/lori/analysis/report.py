@@ -138,7 +138,7 @@ def render_report(res: dict) -> str:
         lines += [f"![Cumulative energy per layer with 80/90/95/99% lines]({figs['energy']})", ""]
     if "ranks" in figs:
         lines += [f"![Effective rank, participation ratio and energy at r per layer]({figs['ranks']})", ""]
-    lines += [f"| layer | condition | entropy eff. rank | participation ratio | "
+    lines += ["| layer | condition | entropy eff. rank | participation ratio | "
               + " | ".join(f"r{float(x) * 100:g}" for x in th) + f" | energy at r = {r} | centred eff. rank | "
               "centred energy at r |",
               "|---|---|---|---|" + "---|" * len(th) + "---|---|---|"]

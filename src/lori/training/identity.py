@@ -235,7 +235,7 @@ def start_run(cfg: Config, out_dir: Path, resume_from: Path | None) -> str:
             truncate_metrics(out_dir / "metrics.jsonl", 0)
     else:
         run = run_dir_of(resume_from)
-        fix = (f"start it over with train.resume=never (deletes its checkpoints and metrics) or use a new out_dir"
+        fix = ("start it over with train.resume=never (deletes its checkpoints and metrics) or use a new out_dir"
                if run.resolve() == out_dir.resolve() else
                f"set those keys back to resume from {resume_from}, or train from scratch with train.resume=never")
         old, allowed = check_reuse(cfg, run, fix, identity)
