@@ -12,14 +12,10 @@ import argparse
 from transformers import AutoTokenizer
 
 from lori.data import read_examples
-from lori.data.render import encode, result_span, segments, step_spans
+from lori.data.render import encode, hands_over, segments, step_spans
 from lori.models.hub import alias_source
 from lori.models.loading import builtin_tokenizer
 from lori.models.tokenizer import build_bpe_tokenizer
-
-
-def right_after(tok, rationale: list[int], handover: int, result: str) -> bool:
-    return handover >= 0 and tok.decode(rationale[handover + 1:]).lstrip().startswith(result)
 
 
 def check(name: str, tok, examples) -> str:
@@ -29,11 +25,10 @@ def check(name: str, tok, examples) -> str:
         spans, rat = step_spans(ex, tok), segments(ex, tok, False).rationale
         close = len(encode(tok, " >>"))
         for k, step in enumerate(ex.steps):
-            a, b = result_span(step)
             total += 1
-            new += right_after(tok, rat, spans.handovers[k], step[a:b])
+            new += hands_over(tok, rat, spans.handovers[k], step)
             end = min(len(rat), len(encode(tok, " " + " ".join(ex.steps[: k + 1]))))
-            old += right_after(tok, rat, end - 1 - (close if step.rstrip().endswith(">>") else 0) - 1, step[a:b])
+            old += hands_over(tok, rat, end - 1 - (close if step.rstrip().endswith(">>") else 0) - 1, step)
             if k in spans.unlocated:
                 unlocated.append(step)
     shown = ", ".join(sorted(set(unlocated))[:4])

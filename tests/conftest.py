@@ -27,3 +27,18 @@ def save_random_teacher():
         return folder
 
     return save
+
+
+def gpt2_style_bpe(texts, vocab_size: int = 1000, specials=("<s>", "</s>")):
+    """A GPT-2-style byte-level BPE trained offline on ``texts`` (no merges across the ByteLevel pre-tokens), with
+    <s>/</s> and no pad, <bot> or <eot> token, as many hub tokenizers: the tests of anything token-positional."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(list(texts), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials),
+                                                              show_progress=False,
+                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>")

@@ -725,9 +725,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{e} (from the command line)") from None
 
 
-def command_line_config(words: list[str]) -> Config:
+def command_line_config(config: str | None, overrides: list[str]) -> Config:
     """``lori train|precompute [CONFIG.yaml] [key=value ...]``: the preset, when the first word is not an override,
-    with the overrides applied."""
+    with the overrides applied (argparse puts a first override in ``config`` when no preset is named)."""
+    words = [*([config] if config else []), *overrides]
     if words and "=" not in words[0]:
         return load_config(words[0], words[1:])
     return load_config(None, words)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from lori.cli import main
@@ -33,7 +32,7 @@ from lori.models.lora import ADAPTER_DIR, ADAPTER_WEIGHTS
 from lori.training.loop import train
 from lori.models.loading import build_model
 
-from conftest import DATA
+from conftest import DATA, gpt2_style_bpe
 
 GSM8K_TRAIN = DATA / "gsm8k" / "train.jsonl"
 AUG_VALID = DATA / "gsm8k-aug" / "valid.txt"
@@ -107,16 +106,9 @@ def bpe() -> PreTrainedTokenizerFast:
     for line in lines:
         obj = json.loads(line)
         texts += [obj["question"], obj["answer"]]
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
     # <|endoftext|> as in Qwen2's vocabulary: transformers loads a qwen2 folder's tokenizer as Qwen2Tokenizer,
     # which adds it (as pad and unk) when it is missing.
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<s>", "</s>", "<|endoftext|>"],
-                                  show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(texts + ["|| ####"], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>")
+    return gpt2_style_bpe(texts + ["|| ####"], specials=("<s>", "</s>", "<|endoftext|>"))
 
 
 def tiny_folder(root: Path, arch: str, tokenizer, seed: int = 0) -> Path:

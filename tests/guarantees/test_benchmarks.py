@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA, REPO
+from conftest import DATA, REPO, gpt2_style_bpe
 
 ENV = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
@@ -81,20 +81,13 @@ def tiny_hf_model(tmp_path_factory) -> Path:
     """A random 2-layer LLaMA with a small byte-level BPE trained on GSM8K text, as a Hugging Face model folder:
     what gpu_check.py's --model takes instead of SmolLM2-135M."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     texts = []
     for line in (DATA / "gsm8k" / "train.jsonl").read_text().splitlines()[:300]:
         obj = json.loads(line)
         texts += [obj["question"], obj["answer"]]
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(texts + ["|| ####"], trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<s>", "</s>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>")
+    tok = gpt2_style_bpe(texts + ["|| ####"], vocab_size=400)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,

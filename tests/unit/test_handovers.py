@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer
 
-from conftest import DATA
+from conftest import DATA, gpt2_style_bpe
 from lori.config import load_config
 from lori.data import read_examples
 from lori.data.chains import generate
-from lori.data.render import result_span, segments, step_spans
+from lori.data.render import hands_over, result_span, segments, step_spans
 from lori.errors import ConfigError
 from lori.methods.lori.method import step_targets
 from lori.methods.thoughts import aligned_positions, render_latent
@@ -46,13 +45,12 @@ def located_exactly(examples, tok) -> tuple[int, int, list[str]]:
         assert len(spans.ends) == len(ex.steps) and list(spans.ends) == sorted(spans.ends)
         for k, step in enumerate(ex.steps):
             total += 1
-            a, b = result_span(step)
             h = spans.handovers[k]
             if k in spans.unlocated:
                 assert h == -1
                 unlocated.append(step)
-            elif h >= 0 and tok.decode(rat[h + 1:]).lstrip().startswith(step[a:b]):
-                right += 1
+            else:
+                right += hands_over(tok, rat, h, step)
     return right, total, unlocated
 
 
@@ -74,15 +72,6 @@ def test_multiplication_hand_overs_are_exact():
     assert not unlocated and right == total - len(exs)
     assert all(step_spans(ex, tok).handovers[0] == -1 for ex in exs)
 
-
-def gpt2_style_bpe(texts) -> PreTrainedTokenizerFast:
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<s>", "</s>"],
-                                                        show_progress=False,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>")
 
 
 @pytest.fixture(scope="module")

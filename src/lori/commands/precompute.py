@@ -19,7 +19,7 @@ def run(args) -> None:
     from ..methods.lori.teacher import check_cache_dir, precompute
     from ..training.identity import acquire_lock, release_lock
 
-    cfg = command_line_config([*([args.config] if args.config else []), *args.overrides])
+    cfg = command_line_config(args.config, args.overrides)
     check_cache_dir(cfg)  # before the lock creates the folder
     main = process_state().is_main_process  # accelerate's state, formed as precompute forms it (the CPU flag)
     lock = acquire_lock(Path(cfg.lori.cache_dir), "lori.cache_dir") if main else None

@@ -14,4 +14,4 @@ def run(args) -> None:
     from ..config import command_line_config
     from ..training.loop import train
 
-    train(command_line_config([*([args.config] if args.config else []), *args.overrides]))
+    train(command_line_config(args.config, args.overrides))

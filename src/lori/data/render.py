@@ -95,6 +95,13 @@ def result_span(step: str) -> tuple[int, int]:
     return start, end
 
 
+def hands_over(tokenizer: PreTrainedTokenizerBase, rationale: list[int], handover: int, step: str) -> bool:
+    """Whether the rationale's text from the token after ``handover`` starts with ``step``'s result: the check that
+    a hand-over is right, whatever rule chose it (tests, runs/handover_check.py)."""
+    a, b = result_span(step)
+    return handover >= 0 and tokenizer.decode(rationale[handover + 1:]).lstrip().startswith(step[a:b])
+
+
 def step_spans(example: Example, tokenizer: PreTrainedTokenizerBase) -> StepSpans:
     """Each step's end and hand-over in the tokens of ``segments(...).rationale``, located through the tokenizer's
     character offsets, so they are right for any tokenizer (a BPE that splits ``300`` into three tokens included)."""
