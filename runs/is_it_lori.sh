@@ -3,7 +3,7 @@
 # teacher and the demo's student recipe (configs/chains-lori.yaml: 700 steps x 64, the loss-driven curriculum, K = 6),
 # SEEDS training seeds per row; each run evaluated on the 500 test problems as soon as it is trained, then one table.
 # The step-anchor rows keep the anchors alone (no L_rat, no L_anc: they do nothing here, runs/chains_ablation.sh) and
-# change only the anchor's target; the LoRi, Coconut (lori.alpha=0) and No-CoT rows are runs/chains_ablation.sh's.
+# change only the anchor's target; the LoRi and No-CoT rows are runs/chains_ablation.sh's.
 #   bash runs/is_it_lori.sh                          # from the repository root, after `make venv`
 #   ROWS="random-r16 token" SEEDS="0" bash runs/is_it_lori.sh
 # Cost on 2 cores: ~4.5 min per student alone, ~1 min per statistics cache, ~4 min for the values-only teacher;
@@ -12,7 +12,7 @@ set -euo pipefail
 LORI=${LORI:-.venv/bin/lori}
 OUT=${OUT:-out/is-it-lori}
 SEEDS=${SEEDS:-"0 1 2"}
-ROWS=${ROWS:-"pca-r16 pca-r4 random-r16 random-r4 full-std full-raw token sim-cot values-cot"}
+ROWS=${ROWS:-"pca-r16 pca-r4 random-r16 random-r4 full-std full-raw token sim-cot coconut values-cot"}
 TEACHER=${TEACHER:-src/lori/assets/chains-teacher}
 COMMON=(model.init_from=$TEACHER lori.teacher=$TEACHER)
 ANCHORS_ONLY="lori.first_order=false lori.second_order=false lori.anchor=false"
@@ -24,7 +24,10 @@ declare -A ROW=(
   [full-std]="$ANCHORS_ONLY lori.basis=full"                        # no projection, each direction standardised
   [full-raw]="$ANCHORS_ONLY lori.basis=full lori.step_norm=none"    # plain hidden-state MSE at full width (CCoT)
   [token]="$ANCHORS_ONLY lori.step_target=token"                    # CE of the LM head at the fed state vs step k's value
-  [sim-cot]="method=sim-cot"                                        # SIM-CoT's step decoder on Coconut's curriculum
+  # the curriculum methods without step anchors do not pass their stages by loss within 700 steps: their stages are
+  # capped so that the final stage (all 6 thoughts) has the last quarter of the budget
+  [sim-cot]="method=sim-cot curriculum.final_share=0.25"            # SIM-CoT's step decoder on Coconut's curriculum
+  [coconut]="method=coconut curriculum.final_share=0.25"            # Coconut: the curriculum and the answer's CE only
 )
 # the subspace is part of the statistics cache's identity: rows that change it get a cache of their own
 declare -A CACHE=([pca-r4]=pca-r4 [random-r16]=random-r16 [random-r4]=random-r4 [full-std]=full [full-raw]=full)
