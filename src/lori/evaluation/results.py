@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -404,7 +405,7 @@ def markdown_table(rows: list[ResultRow], baseline: str = BASELINE_METHOD) -> st
 class Aggregate:
     """One method's rows (one per seed) summarised: means, and the 95% t-interval of the mean accuracy."""
 
-    method: str
+    method: str  # the group's name: the method, or what aggregate_rows' key gave
     seeds: list[int | None]
     accuracy: float  # mean over seeds, a fraction
     ci95: tuple[float, float]  # Student-t interval of the mean over seeds (NaN with one seed)
@@ -415,13 +416,13 @@ class Aggregate:
     unfinished: int = 0  # seeds whose run ended before its final curriculum stage
 
 
-def aggregate_rows(rows: list[ResultRow]) -> list[Aggregate]:
-    """Group ``rows`` by method (in order of first appearance) and average over their seeds
+def aggregate_rows(rows: list[ResultRow], key: Callable[[ResultRow], str] = lambda r: r.method) -> list[Aggregate]:
+    """Group ``rows`` by ``key`` (the method; in order of first appearance) and average over their seeds
     (:func:`lori.evaluation.metrics.mean_ci` for accuracy, plain means for the rest)."""
     check_one_test_set(rows)
     groups: dict[str, list[ResultRow]] = {}
     for r in rows:
-        groups.setdefault(r.method, []).append(r)
+        groups.setdefault(key(r), []).append(r)
     out = []
     for method, rs in groups.items():
         mean, lo, hi = mean_ci([r.accuracy for r in rs])
