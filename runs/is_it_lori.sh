@@ -25,9 +25,9 @@ declare -A ROW=(
   [full-raw]="$ANCHORS_ONLY lori.basis=full lori.step_norm=none"    # plain hidden-state MSE at full width (CCoT)
   [token]="$ANCHORS_ONLY lori.step_target=token"                    # CE of the LM head at the fed state vs step k's value
   # the curriculum methods without step anchors do not pass their stages by loss within 700 steps: their stages are
-  # capped so that the final stage (all 6 thoughts) has the last quarter of the budget
-  [sim-cot]="method=sim-cot curriculum.final_share=0.25"            # SIM-CoT's step decoder on Coconut's curriculum
-  [coconut]="method=coconut curriculum.final_share=0.25"            # Coconut: the curriculum and the answer's CE only
+  # capped so that the final stage (all 6 thoughts) has the last 30% of the budget (lori compare's protocol)
+  [sim-cot]="method=sim-cot curriculum.final_share=0.3"            # SIM-CoT's step decoder on Coconut's curriculum
+  [coconut]="method=coconut curriculum.final_share=0.3"            # Coconut: the curriculum and the answer's CE only
 )
 # the subspace is part of the statistics cache's identity: rows that change it get a cache of their own
 declare -A CACHE=([pca-r4]=pca-r4 [random-r16]=random-r16 [random-r4]=random-r4 [full-std]=full [full-raw]=full)
