@@ -5,7 +5,7 @@
 # The step-anchor rows keep the anchors alone (no L_rat, no L_anc: they do nothing here, runs/chains_ablation.sh) and
 # change only the anchor's target; the LoRi and No-CoT rows are runs/chains_ablation.sh's.
 #   bash runs/is_it_lori.sh                          # from the repository root, after `make venv`
-#   ROWS="random-r16 token" SEEDS="0" bash runs/is_it_lori.sh
+#   ROWS="random-r16 token" SEEDS="0" bash runs/is_it_lori.sh    # also: pca-r2 random-r2 (not in the default rows)
 # Cost on 2 cores: ~4.5 min per student alone, ~1 min per statistics cache, ~4 min for the values-only teacher;
 # finished runs are reused (two streams: OMP_NUM_THREADS=1 and disjoint ROWS).
 set -euo pipefail
@@ -21,6 +21,8 @@ declare -A ROW=(
   [pca-r4]="$ANCHORS_ONLY lori.rank=4"
   [random-r16]="$ANCHORS_ONLY lori.basis=random"                    # a seeded random orthonormal basis per layer
   [random-r4]="$ANCHORS_ONLY lori.basis=random lori.rank=4"
+  [pca-r2]="$ANCHORS_ONLY lori.rank=2"                              # where a subspace could matter: 2 directions
+  [random-r2]="$ANCHORS_ONLY lori.basis=random lori.rank=2"
   [full-std]="$ANCHORS_ONLY lori.basis=full"                        # no projection, each direction standardised
   [full-raw]="$ANCHORS_ONLY lori.basis=full lori.step_norm=none"    # plain hidden-state MSE at full width (CCoT)
   [token]="$ANCHORS_ONLY lori.step_target=token"                    # CE of the LM head at the fed state vs step k's value
@@ -30,9 +32,10 @@ declare -A ROW=(
   [coconut]="method=coconut curriculum.final_share=0.3"            # Coconut: the curriculum and the answer's CE only
 )
 # the subspace is part of the statistics cache's identity: rows that change it get a cache of their own
-declare -A CACHE=([pca-r4]=pca-r4 [random-r16]=random-r16 [random-r4]=random-r4 [full-std]=full [full-raw]=full)
+declare -A CACHE=([pca-r4]=pca-r4 [random-r16]=random-r16 [random-r4]=random-r4 [full-std]=full [full-raw]=full
+                  [pca-r2]=pca-r2 [random-r2]=random-r2)
 declare -A CACHE_ARGS=([pca-r4]="lori.rank=4" [random-r16]="lori.basis=random" [random-r4]="lori.basis=random lori.rank=4"
-                       [full]="lori.basis=full")
+                       [full]="lori.basis=full" [pca-r2]="lori.rank=2" [random-r2]="lori.basis=random lori.rank=2")
 for row in $ROWS; do
   if [[ $row == values-cot ]]; then    # the shortest honest explicit CoT: `|| 9 9 0 1 3 5 #### 5`, from scratch
     for s in $SEEDS; do
