@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Is it LoRi that wins, or per-step supervision that any method would win with? 6-step chains mod 10, the shipped
 # teacher and the demo's student recipe (configs/chains-lori.yaml: 700 steps x 64, the loss-driven curriculum, K = 6),
-# SEEDS training seeds per row; each run evaluated on the 500 test problems as soon as it is trained, then one table.
+# SEEDS training seeds per row; each run evaluated on the 500 test problems as soon as it is trained (tables:
+# runs/seed_table.py, runs/necessity_table.py).
 # The step-anchor rows keep the anchors alone (no L_rat, no L_anc: they do nothing here, runs/chains_ablation.sh) and
 # change only the anchor's target; the LoRi and No-CoT rows are runs/chains_ablation.sh's.
 #   bash runs/is_it_lori.sh                          # from the repository root, after `make venv`
@@ -12,6 +13,7 @@ set -euo pipefail
 LORI=${LORI:-.venv/bin/lori}
 OUT=${OUT:-out/is-it-lori}
 SEEDS=${SEEDS:-"0 1 2"}
+ANALYZE_SEEDS=${ANALYZE_SEEDS:-0}   # the seeds whose students get `lori analyze --student` (~35 s each)
 ROWS=${ROWS:-"pca-r16 pca-r4 random-r16 random-r4 full-std full-raw token sim-cot coconut values-cot"}
 TEACHER=${TEACHER:-src/lori/assets/chains-teacher}
 COMMON=(model.init_from=$TEACHER lori.teacher=$TEACHER)
@@ -54,5 +56,8 @@ for row in $ROWS; do
     run=$OUT/$row-seed$s
     $LORI train configs/chains-lori.yaml "${COMMON[@]}" lori.cache_dir=$cache out_dir=$run train.seed=$s ${ROW[$row]}
     [[ -f $run/eval-test/results.json ]] || $LORI eval "$run"
+    # the latent-necessity checks (zeroed, noise, shuffled, swapped, per-step interventions) on 200 validation problems
+    [[ " $ANALYZE_SEEDS " != *" $s "* || -f $run/analysis-valid/analysis.json ]] || \
+        $LORI analyze "$TEACHER" --student "$run" --data-split valid --n 200 --out "$run/analysis-valid"
   done
 done
