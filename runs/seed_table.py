@@ -26,7 +26,8 @@ def seed_row(run: Path, split: str):
     folder = run / f"eval-{split}"
     _, _, _, rows = read_results(folder / "results.json")
     (row,) = rows
-    cfg = checkpoint_config(Path(row.checkpoint), [])
+    # the row names its checkpoint as `lori eval` was given it (relative to where it ran): find it in the run
+    cfg = checkpoint_config(run / "checkpoints" / Path(row.checkpoint).name, [])
     top, gold_top = answer_shares([p for f in folder.glob("predictions-*.jsonl") for p in read_predictions(f)],
                                   TASKS[cfg.data.task])
     return replace(row, extra={**row.extra, **run_facts(cfg), "top_answer_share": top, "gold_top_share": gold_top})
