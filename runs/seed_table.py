@@ -51,9 +51,12 @@ def main() -> None:
         one = f" [{100 * group[0].ci95[0]:.1f}, {100 * group[0].ci95[1]:.1f}] (Wilson)" if len(group) == 1 else ""
         seeds = " / ".join(f"{100 * r.accuracy:.1f}" for r in group)
         reached = [r.extra.get("final_stage_reached") for r in group]
-        stage = ("n/a" if all(x is None for x in reached) else "yes" if all(reached)
-                 else f"NO in {reached.count(False)} ({', '.join(str(r.extra['stage']) for r in group)} of "
-                      f"{group[0].extra['stages'] + 1})")
+        if False in reached:
+            stage = (f"NO in {reached.count(False)} ({', '.join(str(r.extra['stage']) for r in group)} of "
+                     f"{group[0].extra['stages'] + 1})")
+        else:  # None: the checkpoint did not record its curriculum clock
+            stage = "n/a" if None in reached and True not in reached else "yes" + (
+                f" (n/a in {reached.count(None)})" if None in reached else "")
         top = max(r.extra["top_answer_share"] for r in group)
         print(f"| {agg.method} | {len(group)} | {acc:.1f}{half}{one} | {seeds} | {stage} | {100 * top:.1f} | "
               f"{agg.mean_generated_tokens:.1f} | {agg.latency_ms_per_problem:.1f} |")
