@@ -198,7 +198,8 @@ class EvalConfig:
 @dataclass
 class CurriculumConfig:
     """A staged curriculum. Latent methods (Coconut's; LoRi and CODI combine with it): stage k = 1..stages replaces
-    the first k rationale steps by k x thoughts_per_step latent thoughts and keeps the rest as supervised language;
+    the first k x steps_per_group rationale steps by k x thoughts_per_step latent thoughts and keeps the rest as
+    supervised language;
     after ``stages x steps_per_stage`` optimizer steps the final stage replaces every step (K = the method's
     latent_steps). iCoT-SI: stage k deletes the first k x remove_per_stage rationale tokens (plus a random offset);
     the final stage deletes the whole rationale (No-CoT format)."""
@@ -206,6 +207,9 @@ class CurriculumConfig:
     stages: int = 0  # 0: no curriculum, the final rendering from the first step
     steps_per_stage: int = 500
     thoughts_per_step: int = 1  # c
+    # s: rationale steps one group of c thoughts replaces (stage k: the first k x s steps become k groups); 2 is
+    # compression, K = L/2 thoughts for L steps, each group anchored to the last step it carries (docs/methods.md)
+    steps_per_group: int = 1
     reset_optimizer: bool = True  # fresh optimizer state at every stage change (as Coconut and iCoT-SI do)
     # iCoT-SI only (Deng et al. 2024; their repo's --remove_per_epoch 8 with one stage = one epoch). The paper's exact
     # schedule, one token at a time with an optimizer reset each, is remove_per_stage=1 with steps_per_stage = 1/8 epoch.
@@ -243,6 +247,8 @@ class CurriculumConfig:
                               f"{self.thought_stride} and {self.thought_offset}")
         if self.advance_window < 1:
             raise ConfigError(f"curriculum.advance_window must be >= 1, got {self.advance_window}")
+        if self.steps_per_group < 1:
+            raise ConfigError(f"curriculum.steps_per_group must be >= 1, got {self.steps_per_group}")
         if self.stages < 0 or self.steps_per_stage < 1 or self.thoughts_per_step < 1:
             raise ConfigError("curriculum.stages must be >= 0, curriculum.steps_per_stage and "
                               "curriculum.thoughts_per_step >= 1")

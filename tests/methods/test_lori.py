@@ -323,7 +323,7 @@ def test_step_anchors_point_at_each_steps_handover_and_train_the_thoughts(tmp_pa
     state = lori_method.setup_training(student, cfg, train)
     for stage, replaced in ((2, 2), (4, 3)):
         items = [lori_method.METHOD.render(ex, tok, cfg, stage) | {"index": i} for i, ex in enumerate(train[:4])]
-        assert {it["replaced_steps"] for it in items} == {replaced}
+        assert {it["groups"] for it in items} == {replaced} and {it["carried"] for it in items} == {replaced}
         batch = lori_method.METHOD.collate(items, tok.pad_token_id)
         student.zero_grad()
         norm = Norm(tokens=sum(it["n_target"] for it in items), examples=4)
@@ -331,9 +331,23 @@ def test_step_anchors_point_at_each_steps_handover_and_train_the_thoughts(tmp_pa
         assert float(parts["step_anc"]) > 0
         loss.backward()
         assert student.lm.get_input_embeddings().weight.grad.abs().sum() > 0
-    batch["replaced_steps"][:] = 0  # no replaced step: the term is exactly zero
+    batch["groups"][:] = 0  # no thought group: the term is exactly zero
     _, parts = lori_method.loss(student, batch, Norm(tokens=1, examples=4), state)
     assert float(parts["step_anc"]) == 0.0
+    # two steps per group (curriculum.steps_per_group=2): stage 1 replaces steps 1-2 with one thought anchored to
+    # the teacher's hand-over of step 2, which is exactly the one-step-per-group term with step 2's target
+    pair = dataclasses.replace(cfg, curriculum=dataclasses.replace(cfg.curriculum, steps_per_group=2))
+    items = [lori_method.METHOD.render(ex, tok, pair, 1) | {"index": i} for i, ex in enumerate(train[:4])]
+    assert {(it["latent_steps"], it["groups"], it["carried"]) for it in items} == {(1, 1, 2)}
+    batch = lori_method.METHOD.collate(items, tok.pad_token_id)
+    _, parts = lori_method.loss(student, batch, Norm(tokens=1, examples=4), state)
+    out = student(batch["prompt_ids"], batch["prompt_mask"], batch["suffix_ids"], batch["suffix_mask"],
+                  latent_steps=batch["latent_steps"])
+    rows = torch.arange(4)
+    t = state.stats.batch(batch["index"], "cpu")
+    z = state.basis.project(out.prompt_states[:, state.layers, None])[:, :, 0]  # the <bot> state feeds thought 1
+    expected = ((z - t["step_anchor"][rows, 1]) ** 2 / (state.step_var[1] + 1e-6)).mean(-1)  # [B, L]: step 2's
+    torch.testing.assert_close(parts["step_anc"], expected.mean(1).sum() / 4, atol=1e-5, rtol=1e-4)
 
 
 # Golden values, as the baselines have (tests/methods/test_baselines.py): produced once by running this code (torch

@@ -220,3 +220,37 @@ def test_step_targets_spread_steps_over_thought_groups():
     assert targets(3, 6) == [1, 3, 5]  # K = L/2: each thought carries two steps, anchored to the second
     assert targets(2, 3) == [0, 2]  # the tail merges into the last thought, which carries the final value
     assert targets(1, 5) == [4]
+
+
+def test_two_steps_per_group_compress_every_stage():
+    """curriculum.steps_per_group=2: stage k replaces the first 2k steps with k thoughts, each group anchored to the
+    second of its steps (K = L/2), with the same anchoring rule as the final stage; the aligned positions are those of
+    one thought per step at its second step; SIM-CoT's decoder writes both steps of a group."""
+    from lori.methods.sim_cot import group_targets
+    from lori.methods.thoughts import group_step
+
+    exs = generate(20, 0, steps=6)
+    tok = builtin_tokenizer(exs)
+    tok.add_special_tokens({"additional_special_tokens": ["<bot>", "<eot>"]})
+    cfg = chains_cfg("curriculum.steps_per_group=2", "curriculum.stages=3", "lori.latent_steps=3",
+                     "curriculum.thought_positions=aligned")
+    for ex in exs:
+        for stage, (thoughts, carried, rest) in {1: (1, 2, 4), 2: (2, 4, 2), 3: (3, 6, 0), 4: (3, 6, 0)}.items():
+            item = render_latent(ex, tok, cfg, stage=stage, latent_steps=3)
+            assert (item["latent_steps"], item["groups"], item["carried"]) == (thoughts, thoughts, carried)
+            assert item["prefix_steps"] == (carried if stage <= 3 else 0)
+            language = tok.decode(item["suffix_ids"][1:]).split("####")[0].split()
+            assert len(language) == 5 * rest  # the steps left as language: five words each
+            groups, carried_t = torch.tensor([thoughts]), torch.tensor([carried])
+            assert step_targets(groups, carried_t, 6)[0, :thoughts].tolist() == [1, 3, 5][:thoughts]
+            assert [group_step(g, carried, thoughts) for g in range(thoughts)] == [1, 3, 5][:thoughts]
+        one_per_step, _ = aligned_positions(ex, tok, 6, 1)
+        for k in (2, 4, 6):
+            pos, suffix = aligned_positions(ex, tok, k, 1, per=2)
+            assert pos == one_per_step[1:k:2] and suffix == one_per_step[k - 1] + 1
+        assert aligned_positions(ex, tok, 3, 1, per=2)[0] == [one_per_step[1], one_per_step[2]]  # a short last group
+        sim = chains_cfg("method=sim-cot", "curriculum.steps_per_group=2", "curriculum.stages=3")
+        texts = [tok.decode(t[:-1]) for t in group_targets(ex, tok, sim, 2, final=False)]
+        assert texts == [" ".join(ex.steps[0:2]), " ".join(ex.steps[2:4])]
+    with pytest.raises(ConfigError, match="steps_per_group"):
+        chains_cfg("curriculum.steps_per_group=0")

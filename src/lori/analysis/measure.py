@@ -30,6 +30,7 @@ from ..errors import ConfigError, LoriError
 from ..evaluation.generate import greedy_generate
 from ..methods import METHODS
 from ..methods.lori.teacher import Rendered, render_teacher, resolve_layers
+from ..methods.thoughts import group_step
 from ..models.build import DTYPES, hidden_size, num_layers
 from ..models.checkpoint_folders import checkpoint_config, resolve_checkpoint
 from ..models.loading import open_model
@@ -244,8 +245,9 @@ def step_value_probe(student, tokenizer, cfg: Config, examples, batch_size: int)
     """Does the latent chain hold the value of rationale step k? For every step k whose result is a calculator note's
     value (``<< ... = v >>``, e.g. chains), the share of problems where the state that feeds step k's thought
     (``<bot>`` for k = 1, else the thought before, index (k-1) c with c = curriculum.thoughts_per_step) decodes
-    through the LM head to ``v`` as its top token: with the identity projector that state *is* the thought. None
-    when the rationales have no such values."""
+    through the LM head to ``v`` as its top token: with the identity projector that state *is* the thought. With
+    fewer thought groups than steps, group g is probed for the step it is anchored to (``group_step``; ``step`` is
+    that step for the longest problems). None when the rationales have no such values."""
     try:
         values = [intermediate_values(ex) for ex in examples]
     except (ValueError, IndexError):
@@ -254,18 +256,24 @@ def step_value_probe(student, tokenizer, cfg: Config, examples, batch_size: int)
         return None
     head = student.lm.get_output_embeddings()
     c = cfg.curriculum.thoughts_per_step
-    n_steps = min(max(len(v) for v in values), METHODS[cfg.method].thoughts.latent_steps(cfg) // c)
-    hits, counts = [0] * n_steps, [0] * n_steps
+    groups = METHODS[cfg.method].thoughts.latent_steps(cfg) // c
+    n_groups = min(max(len(v) for v in values), groups)
+    hits, counts, steps = [0] * n_groups, [0] * n_groups, [0] * n_groups
     i = 0
     for latent, prompt in _student_batches(student, tokenizer, cfg, examples, batch_size):
         feed = torch.cat([prompt[:, -1:], latent[:, -1, :-1]], dim=1)  # [B, K, d]: what feeds thought j
         top = head(feed.to(head.weight.dtype)).argmax(-1)
         for b in range(latent.shape[0]):
-            for k, v in enumerate(values[i + b][:n_steps]):
-                counts[k] += 1
-                hits[k] += _token_text(tokenizer, int(top[b, k * c])).strip() == str(v)
+            v = values[i + b]
+            G = min(len(v), groups)  # this problem's groups; with fewer than its steps, each carries several
+            for g in range(G):
+                k = group_step(g, len(v), G)
+                counts[g] += 1
+                steps[g] = max(steps[g], k + 1)
+                hits[g] += _token_text(tokenizer, int(top[b, g * c])).strip() == str(v[k])
         i += latent.shape[0]
-    return [{"step": k + 1, "n": counts[k], "share": hits[k] / max(counts[k], 1)} for k in range(n_steps)]
+    return [{"step": steps[g], "group": g + 1, "n": counts[g], "share": hits[g] / max(counts[g], 1)}
+            for g in range(n_groups)]
 
 
 @torch.no_grad()

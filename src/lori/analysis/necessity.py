@@ -4,7 +4,8 @@ Greedy answers on the sampled problems with the thoughts (the embeddings fed at 
 (Cui et al. 2026, arXiv 2602.22441; ../shared/docs/fair-comparison.md): **zeroed**; **noise**, Gaussian, of each
 thought's own norm (seeded); **shuffled**, problem i fed problem d(i)'s thoughts (d a seeded derangement);
 **swapped** in pairs, with the share of answers equal to the partner's gold answer (the answer follows the
-thoughts). **Per step k**: only the thought that carries step k (index (k-1)c, the one the step-value probe reads)
+thoughts). **Per step k**: only the first thought of the group that carries step k (index (k-1)c with a group per
+step; with fewer groups than steps, `thoughts.group_step`), the one the step-value probe reads,
 is set to problem d(i)'s, the later thoughts computed by the student from it: the share of answers that change and,
 for chains, the share equal to what step k's new value implies (``data.chains.answer_with_step``). A student whose
 accuracy does not fall under these is not reasoning in its thoughts.
@@ -21,6 +22,7 @@ from ..config import Config
 from ..data.chains import answer_with_step, intermediate_values
 from ..evaluation.generate import decode, greedy_generate
 from ..methods import METHODS
+from ..methods.thoughts import group_step
 from ..tasks import TASKS
 
 Replace = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]  # (problem rows, step j, thought [B, 1, d])
@@ -116,17 +118,21 @@ def necessity_checks(student, tokenizer, cfg: Config, examples, batch_size: int,
     return out
 
 
-def per_step(run, task, cfg: Config, examples, T, donor, clean_ans, n_steps: int, c: int) -> list[dict]:
-    """Step k's thought (index (k-1)c) from problem ``donor[i]``; for chains, the answer step k's new value implies."""
+def per_step(run, task, cfg: Config, examples, T, donor, clean_ans, groups: int, c: int) -> list[dict]:
+    """The first thought of the group that carries step k (index g c, group g anchored to step k by
+    ``thoughts.group_step``: g = k - 1 with a group per step) from problem ``donor[i]``; for chains, the answer
+    step k's new value implies."""
     try:
         values = [intermediate_values(ex) for ex in examples] if cfg.data.task == "chains" else None
     except (ValueError, IndexError):
         values = None
-    n_steps = n_steps if values is None else min(n_steps, min(len(v) for v in values))
+    n = None if values is None else min(len(v) for v in values)
+    G = groups if n is None else min(groups, n)
     rows = []
-    for k in range(1, n_steps + 1):
-        texts = run(from_thoughts(T, donor, (k - 1) * c))
-        row = {"step": k, "thought": (k - 1) * c + 1,
+    for g in range(G):
+        k = g + 1 if n is None else group_step(g, n, G) + 1
+        texts = run(from_thoughts(T, donor, g * c))
+        row = {"step": k, "thought": g * c + 1,
                "changed": sum(task.extract_answer(t) != a for t, a in zip(texts, clean_ans)) / len(texts),
                "accuracy": sum(task.is_correct(t, ex.answer) for t, ex in zip(texts, examples)) / len(texts),
                "implied": None, "follows_implied": None}

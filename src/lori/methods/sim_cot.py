@@ -44,9 +44,11 @@ THOUGHTS = Thoughts(latent_steps=final_thoughts, projector=lambda cfg: cfg.sim_c
 
 
 def group_targets(example: Example, tokenizer, cfg, groups: int, final: bool) -> list[list[int]]:
-    """The decoder's target of each of ``groups`` thought groups: its rationale step + EOS; at the final stage the
-    steps past the last group merged into it and missing steps padded with the answer (``#### answer <eos>``)."""
-    steps = list(example.steps)
+    """The decoder's target of each of ``groups`` thought groups: its rationale step (its ``curriculum.steps_per_group``
+    steps) + EOS; at the final stage the steps past the last group merged into it and missing steps padded with the
+    answer (``#### answer <eos>``)."""
+    per = cfg.curriculum.steps_per_group
+    steps = [" ".join(example.steps[i : i + per]) for i in range(0, len(example.steps), per)]
     if final and len(steps) > groups:
         steps = steps[: groups - 1] + [" ".join(steps[groups - 1 :])]
     eos = tokenizer.eos_token_id

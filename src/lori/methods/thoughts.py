@@ -4,9 +4,10 @@ itself, its teacher-forced cross-entropy, its generation settings and its checkp
 Rendering (the final curriculum stage, and stage k before it)::
 
     final stage:  [bos] question || <bot> [K thoughts] <eot> #### answer <eos>
-    stage k:      [bos] question || <bot> [k x c thoughts] <eot> steps[k:] #### answer <eos>
+    stage k:      [bos] question || <bot> [k x c thoughts] <eot> steps[k s:] #### answer <eos>
 
-with c = ``curriculum.thoughts_per_step``; the CE covers the remaining language steps and ``#### answer <eos>``. Each
+with c = ``curriculum.thoughts_per_step`` and s = ``curriculum.steps_per_group`` (a group of c thoughts replaces s
+steps); the CE covers the remaining language steps and ``#### answer <eos>``. Each
 method chooses its K and its projector once, in its :class:`Thoughts` (from its own config section), and rendering
 and the student both ask it.
 """
@@ -29,21 +30,24 @@ from . import common
 
 def render_latent(example: Example, tokenizer, cfg: Config, stage: int, latent_steps: int) -> dict:
     """Final stage: ``prompt <bot> [K thoughts] <eot> #### answer <eos>`` with K = ``latent_steps``. Curriculum
-    stage k: the first k steps become k x c thoughts and the remaining steps stay as supervised language before
-    ``####``."""
+    stage k: the first k x s steps become k groups of c thoughts (fewer when the example has fewer steps) and the
+    remaining steps stay as supervised language before ``####``."""
     s = segments(example, tokenizer, cfg.model.chat_template)
     bot, eot = tokenizer.convert_tokens_to_ids(["<bot>", "<eot>"])
+    c, per = cfg.curriculum.thoughts_per_step, cfg.curriculum.steps_per_group
+    n = len(example.steps)
     k = 0
     final = cfg.curriculum.is_final(stage)
     if final:
         thoughts, language = latent_steps, []
+        groups = min(n, thoughts // c)
     else:
-        k = min(stage, len(example.steps))
-        thoughts = k * cfg.curriculum.thoughts_per_step
+        k = min(stage * per, n)
+        groups = -(-k // per)
+        thoughts = groups * c
         rest = example.steps[k:]
         language = encode(tokenizer, " " + " ".join(rest)) if rest else []
     target = language + s.answer
-    c = cfg.curriculum.thoughts_per_step
     item = {
         "prompt_ids": s.prompt + [bot],
         "suffix_ids": [eot] + target,
@@ -52,25 +56,35 @@ def render_latent(example: Example, tokenizer, cfg: Config, stage: int, latent_s
         "anchor": len(language) + s.marker_len,
         "latent_steps": thoughts,
         "prefix_steps": 0 if final else k,  # rationale steps the thoughts replace
-        # thought groups anchored to steps (lori.step_anchors): k, or at the final stage as many as K holds
-        "replaced_steps": min(len(example.steps), thoughts // c) if final else k,
-        "n_steps": len(example.steps),
+        # thought groups anchored to steps (lori.step_anchors; lori.method.step_targets spreads the carried steps
+        # over them): ceil(k / s), or at the final stage as many as K holds
+        "groups": groups,
+        "carried": n if final else k,  # the steps the groups carry
+        "n_steps": n,
         "final": int(final),
         "n_target": len(target),
     }
     if cfg.curriculum.thought_positions == "aligned" and not final:
-        item["thought_pos"], item["suffix_pos"] = aligned_positions(example, tokenizer, k, c)
+        item["thought_pos"], item["suffix_pos"] = aligned_positions(example, tokenizer, k, c, per)
     return item
 
 
-def aligned_positions(example: Example, tokenizer, k: int, c: int) -> tuple[list[int], int]:
-    """Positions, relative to ``<bot>``, of the thoughts that replace the first ``k`` steps (``c`` per step) and of
-    ``<eot>`` (curriculum.thought_positions=aligned): step s's thoughts end where the teacher's rationale starts
-    step s's result (its last word where that is not at a token boundary), and ``<eot>`` takes the position just
-    before step k's text, so the language after it keeps the teacher's positions."""
+def group_step(g: int, carried: int, groups: int) -> int:
+    """The step (0-based) thought group ``g`` is anchored to when ``carried`` steps are spread evenly over ``groups``
+    groups, each anchored to the last step it carries (the rule of lori.methods.lori.method.step_targets)."""
+    return (g + 1) * carried // groups - 1
+
+
+def aligned_positions(example: Example, tokenizer, k: int, c: int, per: int = 1) -> tuple[list[int], int]:
+    """Positions, relative to ``<bot>``, of the thoughts that replace the first ``k`` steps (a group of ``c`` per
+    ``per`` steps) and of ``<eot>`` (curriculum.thought_positions=aligned): a group's thoughts end where the
+    teacher's rationale starts the result of the last step it carries (its last word where that is not at a token
+    boundary), and ``<eot>`` takes the position just before step k's text, so the language after it keeps the
+    teacher's positions."""
     spans = step_spans(example, tokenizer)
     thought_pos: list[int] = []
-    for h, end in zip(spans.handovers[:k], spans.ends[:k]):
+    for last in [min(g + per, k) - 1 for g in range(0, k, per)]:
+        h, end = spans.handovers[last], spans.ends[last]
         at = h + 1 if h >= 0 else end - 1
         thought_pos += [at - (c - 1) + i for i in range(c)]
     suffix = max(spans.ends[k - 1] - 1, thought_pos[-1] + 1) if k else 1
@@ -123,7 +137,8 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         # loop masks the steps past an example's count.
         "latent_steps": torch.tensor([it["latent_steps"] for it in items]),
         "prefix_steps": torch.tensor([it.get("prefix_steps", 0) for it in items]),
-        "replaced_steps": torch.tensor([it.get("replaced_steps", 0) for it in items]),
+        "groups": torch.tensor([it.get("groups", 0) for it in items]),
+        "carried": torch.tensor([it.get("carried", 0) for it in items]),
         "n_steps": torch.tensor([it.get("n_steps", 0) for it in items]),
         "final": items[0]["final"],
     }

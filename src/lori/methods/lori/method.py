@@ -163,7 +163,7 @@ def step_targets(groups: torch.Tensor, carried: torch.Tensor, S: int) -> torch.T
     """Which step each thought group is anchored to, ``[B, S]`` (lori.step_anchors; docs/methods.md): the ``carried``
     steps are spread evenly over the ``groups`` (group g carries steps floor(g n / G) .. floor((g+1) n / G) - 1) and
     is anchored to the last of them, so with fewer groups than steps (K < L) the last thought carries the final
-    value; with as many, group g is step g."""
+    value; with as many, group g is step g (:func:`lori.methods.thoughts.group_step` for one group)."""
     g = torch.arange(S, device=groups.device)[None]
     G = groups.clamp(min=1)[:, None]
     return ((g + 1) * carried[:, None] // G - 1).clamp(0, S - 1)
@@ -181,9 +181,8 @@ def step_anchor_loss(state: LoriState, out: LatentOutput, batch, t: dict, norm) 
     layers, c = state.layers, state.thoughts_per_step
     feed = torch.cat([out.prompt_states[:, layers, None], out.latent_states[:, layers, :-1]], dim=2)  # [B, L, K, d]
     S = t["step_anchor"].shape[1]
-    groups = batch["replaced_steps"].to(device)
-    # before the final stage the thoughts carry exactly the replaced steps; at the final stage every step
-    carried = batch["n_steps"].to(device).clamp(max=S) if batch["final"] else groups
+    groups = batch["groups"].to(device)
+    carried = batch["carried"].to(device).clamp(max=S)  # the replaced steps; at the final stage every step
     steps = torch.arange(S, device=device)
     pos = (steps * c).clamp(max=feed.shape[2] - 1)[None].expand(feed.shape[0], -1)  # [B, S]
     z = step_states(state.basis, feed, pos)  # [B, S, L', r]
@@ -220,8 +219,8 @@ def step_token_loss(module, state: LoriState, out: LatentOutput, batch, norm) ->
     steps = torch.arange(S, device=feed.device)
     pos = (steps * c).clamp(max=feed.shape[1] - 1)
     logits = head(feed[:, pos]).float()  # [B, S, V]
-    groups = batch["replaced_steps"].to(feed.device)
-    carried = batch["n_steps"].to(feed.device).clamp(max=S) if batch["final"] else groups
+    groups = batch["groups"].to(feed.device)
+    carried = batch["carried"].to(feed.device).clamp(max=S)
     targets = targets.gather(1, step_targets(groups, carried, S))  # each group's step (as the step anchors)
     valid = (steps[None] < groups[:, None]) & (targets != IGNORE_INDEX)
     ce = F.cross_entropy(logits.flatten(0, 1), targets.clamp(min=0).flatten(), reduction="none").view_as(valid)
