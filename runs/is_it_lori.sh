@@ -7,7 +7,7 @@
 # change only the anchor's target; the LoRi and No-CoT rows are runs/chains_ablation.sh's.
 #   bash runs/is_it_lori.sh                          # from the repository root, after `make venv`
 #   ROWS="random-r16 token" SEEDS="0" bash runs/is_it_lori.sh    # also: pca-r2 random-r2 (not in the default rows)
-# Cost on 2 cores: ~4.5 min per student alone, ~1 min per statistics cache, ~4 min for the values-only teacher;
+# Cost on 2 cores: ~4.5 min per student alone, ~1 min per statistics cache, ~8 min for the values-only teacher;
 # finished runs are reused (two streams: OMP_NUM_THREADS=1 and disjoint ROWS).
 set -euo pipefail
 LORI=${LORI:-.venv/bin/lori}
@@ -42,9 +42,9 @@ declare -A CACHE_ARGS=([pca-r4]="lori.rank=4" [random-r16]="lori.basis=random" [
                        [full]="lori.basis=full" [pca-r2]="lori.rank=2" [random-r2]="lori.basis=random lori.rank=2")
 for row in $ROWS; do
   if [[ $row == values-cot ]]; then    # the shortest honest explicit CoT: `|| 9 9 0 1 3 5 #### 5`, from scratch
-    for s in $SEEDS; do
+    for s in $SEEDS; do               # (its accuracy jumps later than the value form's: 24% at step 900, 79% at 1,000)
       run=$OUT/values-cot-seed$s
-      $LORI train configs/chains-cot-sft.yaml data.chain_rationale=values out_dir=$run train.seed=$s
+      $LORI train configs/chains-cot-sft.yaml data.chain_rationale=values train.steps=2000 out_dir=$run train.seed=$s
       [[ -f $run/eval-test/results.json ]] || $LORI eval "$run"
     done
     continue

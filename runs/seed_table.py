@@ -27,7 +27,7 @@ def seed_row(run: Path, split: str):
     _, _, _, rows = read_results(folder / "results.json")
     (row,) = rows
     # the row names its checkpoint as `lori eval` was given it (relative to where it ran): find it in the run
-    cfg = checkpoint_config(run / "checkpoints" / Path(row.checkpoint).name, [])
+    cfg = replace(checkpoint_config(run / "checkpoints" / Path(row.checkpoint).name, []), out_dir=str(run))  # moved?
     top, gold_top = answer_shares([p for f in folder.glob("predictions-*.jsonl") for p in read_predictions(f)],
                                   TASKS[cfg.data.task])
     return replace(row, extra={**row.extra, **run_facts(cfg), "top_answer_share": top, "gold_top_share": gold_top})
@@ -51,7 +51,9 @@ def main() -> None:
         one = f" [{100 * group[0].ci95[0]:.1f}, {100 * group[0].ci95[1]:.1f}] (Wilson)" if len(group) == 1 else ""
         seeds = " / ".join(f"{100 * r.accuracy:.1f}" for r in group)
         reached = [r.extra.get("final_stage_reached") for r in group]
-        if False in reached:
+        if not group[0].extra.get("stages"):
+            stage = "no curriculum"
+        elif False in reached:
             stage = (f"NO in {reached.count(False)} ({', '.join(str(r.extra['stage']) for r in group)} of "
                      f"{group[0].extra['stages'] + 1})")
         else:  # None: the checkpoint did not record its curriculum clock
