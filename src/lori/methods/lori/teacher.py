@@ -149,6 +149,11 @@ def _untimed(stage: str, items: Sequence[Rendered]) -> AbstractContextManager:
     return nullcontext()
 
 
+def _size_ratio(raw: int, cached: int) -> str:
+    """"11.0x smaller", or "2.5x larger" (a full-width cache with its covariance outgrows the trajectories)."""
+    return f"{raw / max(cached, 1):.1f}x smaller" if cached <= raw else f"{cached / max(raw, 1):.1f}x larger"
+
+
 def precompute(cfg: Config, timer: Timer | None = None) -> Path:
     """Write the teacher-statistics cache of ``cfg`` (resuming what an interrupted call left) and return its folder.
 
@@ -281,7 +286,7 @@ def precompute(cfg: Config, timer: Timer | None = None) -> Path:
         print(f"[lori] cache: {size / 2**20:.1f} MiB ({lc.cache_dtype}, {lc.basis} basis of rank {basis.rank}"
               f"{'' if lc.cache_cov else ', no covariance'}{'' if lc.cache_steps else ', no per-step statistics'}) "
               f"for {len(train)} examples, against {raw_bytes / 2**20:.1f} MiB "
-              f"of raw fp32 teacher trajectories ({raw_bytes / max(size, 1):.1f}x smaller); "
+              f"of raw fp32 teacher trajectories ({_size_ratio(raw_bytes, size)}); "
               f"{time.perf_counter() - t0:.0f}s")
         if not writer.manifest["complete"]:  # pragma: no cover - every shard was just written
             raise LoriError(f"{lc.cache_dir}: precompute ended with missing shards")
