@@ -150,7 +150,7 @@ def _untimed(stage: str, items: Sequence[Rendered]) -> AbstractContextManager:
 
 
 def _size_ratio(raw: int, cached: int) -> str:
-    """"11.0x smaller", or "2.5x larger" (a full-width cache with its covariance outgrows the trajectories)."""
+    """The cache against the raw trajectories: 11.0x smaller, or 2.5x larger (full width with its covariance)."""
     return f"{raw / max(cached, 1):.1f}x smaller" if cached <= raw else f"{cached / max(raw, 1):.1f}x larger"
 
 
