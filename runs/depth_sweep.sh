@@ -1,30 +1,82 @@
 #!/usr/bin/env bash
-# When do latent steps help? The six methods on chains of depth L = 2, 4, 6 (lori.data.chains), one
-# `lori compare` per depth (a teacher per seed, then every student from it under the student preset's budget),
-# then accuracy against depth and accuracy against generated tokens, one line per method with its interval.
-#   bash runs/depth_sweep.sh                       # from the repository root, after `make venv`
-#   DEPTHS="2 4 6 8" SEEDS=0,1,2 bash runs/depth_sweep.sh    # L = 8: the teacher gets 1,600 steps
-# Cost on 2 CPU cores: about 30 minutes per depth and seed alone (teacher ~5 min, precompute ~1 min, five students
-# ~5 min each), so the default (3 depths x 1 seed) is about 1.5 hours; measured here as two one-thread streams beside
-# other work: L = 2 and 4 in ~75 min, L = 6 in 76 min. Every finished run is reused when it is run again.
+# When do latent steps help, and does LoRi help more than the others? Every method on chains of depth L under
+# `lori compare`'s protocol (one budget, curricula finished inside it, the best final-stage validation checkpoint,
+# sanity checks; docs/evaluation.md), each with its recipe tuned once on validation at L = TUNE_L (runs/chains_grid.yaml,
+# `lori tune`), SEEDS training seeds, then accuracy against depth (runs/depth_plot.py).
+#   bash runs/depth_sweep.sh                               # tune, the sanity gates, then DEPTHS; finished runs reused
+#   DEPTHS="1 2" bash runs/depth_sweep.sh                  # land a few depths per sitting
+#   VARIANTS="k-half back-ref mod23" DEPTHS="" bash runs/depth_sweep.sh
+# Gates (runs/sanity_gate.py; the sweep stops when one fails): No-CoT >= 95% at L = 1 and on the `+-`-only control at
+# L = 6 (a budget that cannot teach a lookup or a sum decides nothing: raise student.train.steps), teachers >= 99%.
+# m = 10 has only 200 / 4,800 distinct questions at L = 1 / 2, so those depths use m = 97 / 23 (chance 1 / m).
+# Cost on 2 cores: ~5 min per 700-step student and per teacher alone; the tuning is 24 students (~2 h), each depth
+# 3 teachers + 18 students (~1.7 h); run as two one-thread streams and land depths as they finish.
 set -euo pipefail
 LORI=${LORI:-.venv/bin/lori}
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-out/depth}
-DEPTHS=${DEPTHS:-"2 4 6"}
-SEEDS=${SEEDS:-0}
-METHODS=${METHODS:-no-cot,cot-sft,icot-si,coconut,codi,lori}
+DEPTHS=${DEPTHS-"1 2 3 4 6 8 12"}
+SEEDS=${SEEDS:-0,1,2}
+METHODS=${METHODS:-no-cot,cot-sft,icot-si,coconut,codi,sim-cot,lori}
+TUNE_L=${TUNE_L:-6}
+VARIANTS=${VARIANTS:-}
+NOCOT_MIN=${NOCOT_MIN:-0.95}
+TEACHER_MIN=${TEACHER_MIN:-0.99}
+EXTRA=(${EXTRA:-})   # overrides for every run after the sweep's own (tests shrink the model and data with them)
+PRESETS=(--teacher configs/chains-cot-sft.yaml --student configs/chains-lori.yaml)
+RECIPES=$OUT/tune/recipes.yaml
+
+modulus() { case $1 in 1) echo 97 ;; 2) echo 23 ;; *) echo 10 ;; esac; }
+
+# The overrides of one comparison at depth L with K thoughts (K = L, or L/2: a group of one thought per two steps)
+# and modulus M: the teacher gets 300 more steps per step beyond 6 and room to write its L notes; every latent method
+# has K thoughts at the teacher's result positions (CODI runs without a curriculum, as published: codi_args).
+depth_args() {
+  local L=$1 K=$2 M=$3 per=$(($1 / $2))
+  local size=()
+  [[ $L == 1 ]] && size=(data.train_size=18000)    # of 18,818 distinct questions at m = 97
+  echo data.chain_steps="$L" data.chain_modulus="$M" eval.max_new_tokens=$((5 * L + 8 > 48 ? 5 * L + 8 : 48)) \
+    teacher.train.steps=$((1000 + (L > 6 ? (L - 6) * 300 : 0))) student.curriculum.stages=$((L / per)) \
+    student.curriculum.steps_per_group=$per student.curriculum.thought_offset=$((2 + 5 * (per - 1))) \
+    student.curriculum.thought_stride=$((5 * per)) student.lori.latent_steps="$K" student.coconut.latent_steps="$K" \
+    student.codi.latent_steps="$K" student.sim_cot.latent_steps="$K" "${size[@]}"
+}
+
+codi_args() { [[ ,$1, == *,codi,* ]] && echo codi:curriculum.stages=0 || true; }  # METHODS -> CODI as published
+
+compare() {  # OUT_DIR METHODS OVERRIDES...
+  local out=$1 methods=$2
+  shift 2
+  $LORI compare "${PRESETS[@]}" --methods "$methods" --seeds "$SEEDS" --out "$out" --recipes "$RECIPES" "$@" \
+      $(codi_args "$methods") "${EXTRA[@]}"
+}
+
+# 1. each method's recipe, chosen on validation at one depth with one seed (the teacher is trained there too)
+tuned=$(echo "$METHODS" | tr ',' '\n' | grep -v '^cot-sft$' | paste -sd,)
+[[ -f $RECIPES ]] || $LORI tune "${PRESETS[@]}" --methods "$tuned" --grid runs/chains_grid.yaml --out "$OUT/tune" \
+    $(depth_args "$TUNE_L" "$TUNE_L" "$(modulus "$TUNE_L")") $(codi_args "$tuned") "${EXTRA[@]}"
+
+# 2. the gates: No-CoT must learn a lookup (L = 1) and a sum (+- only) within the budget
+compare "$OUT/L-1" no-cot,cot-sft $(depth_args 1 1 97)
+$PY runs/sanity_gate.py "$OUT/L-1/results.json" --method no-cot --min "$NOCOT_MIN" --teacher-min "$TEACHER_MIN"
+compare "$OUT/control-plus-minus" no-cot,cot-sft $(depth_args 6 6 10) data.chain_ops=+-
+$PY runs/sanity_gate.py "$OUT/control-plus-minus/results.json" --method no-cot --min "$NOCOT_MIN" \
+    --teacher-min "$TEACHER_MIN"
+
+# 3. every method at every depth
 for L in $DEPTHS; do
-  # 2-step chains mod 10 have only 10 x 24 x 20 = 4,800 distinct questions: 4,000 for training beside the
-  # 700 held out (the teacher then sees each ~16 times in its 1,000 steps).
-  SIZE=(); if [ "$L" -le 2 ]; then SIZE=(data.train_size=4000); fi
-  # K = L thoughts for every latent method; CODI as published (no curriculum); iCoT-SI removes one 5-token
-  # note per stage; the teacher gets 300 more steps per step beyond 6 (its accuracy jumps later on longer chains).
-  $LORI compare --teacher configs/chains-cot-sft.yaml --student configs/chains-lori.yaml \
-      --methods "$METHODS" --seeds "$SEEDS" --out "$OUT/L-$L" \
-      data.chain_steps=$L teacher.train.steps=$((1000 + (L > 6 ? (L - 6) * 300 : 0))) \
-      student.lori.latent_steps=$L student.curriculum.stages=$L student.coconut.latent_steps=$L \
-      student.codi.latent_steps=$L codi:curriculum.stages=0 \
-      icot-si:curriculum.remove_per_stage=5 "${SIZE[@]}" "$@"
+  compare "$OUT/L-$L" "$METHODS" $(depth_args "$L" "$L" "$(modulus "$L")")
 done
-$PY runs/depth_plot.py "$OUT"/L-*
+[[ -z $DEPTHS ]] || $PY runs/depth_plot.py "$OUT"/L-*
+
+# 4. K = L/2, the one place a latent student can beat every explicit CoT on sequential passes; harder L = 6 tasks
+for v in $VARIANTS; do
+  case $v in
+    k-half) for L in 4 8; do
+              compare "$OUT/k-half-L-$L" cot-sft,coconut,codi,sim-cot,lori $(depth_args "$L" $((L / 2)) 10)
+            done ;;
+    back-ref) compare "$OUT/back-ref-L-6" "$METHODS" $(depth_args 6 6 10) data.chain_back_ref=0.5 ;;
+    mod23) compare "$OUT/mod23-L-6" "$METHODS" $(depth_args 6 6 23) ;;
+    *) echo "unknown variant $v (k-half, back-ref, mod23)" >&2; exit 2 ;;
+  esac
+done

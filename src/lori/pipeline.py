@@ -78,9 +78,10 @@ def method_override(method: str, key: str, value) -> str:
     return f"{method}:{key}={json.dumps(value)}"
 
 
-def recipe_overrides(path: str | Path) -> list[str]:
+def recipe_overrides(path: str | Path, methods: list[str] | None = None) -> list[str]:
     """``recipes.yaml`` (``{METHOD: {dotted key: value}}``, as written by ``lori tune``) as ``METHOD:key=value``
-    overrides for ``lori compare --recipes``."""
+    overrides for ``lori compare --recipes``: those of ``methods`` (None: every method in the file), so that a
+    comparison of some of the tuned methods takes one file."""
     path = Path(path)
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -88,7 +89,8 @@ def recipe_overrides(path: str | Path) -> list[str]:
         raise ConfigError(f"--recipes {path}: not valid YAML: {e}") from None
     if not isinstance(tree, dict) or not all(isinstance(v, dict) for v in tree.values()):
         raise ConfigError(f"--recipes {path}: expected METHOD: {{dotted key: value}} as lori tune writes it")
-    out = [method_override(m, k, v) for m, settings in tree.items() for k, v in settings.items()]
+    out = [method_override(m, k, v) for m, settings in tree.items() for k, v in settings.items()
+           if methods is None or m in methods]
     parse_overrides([o.partition(":")[2] for o in out])  # a value that does not parse is refused here
     return out
 

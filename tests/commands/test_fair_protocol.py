@@ -336,6 +336,10 @@ def test_tune_writes_scores_and_recipes_that_compare_applies(tmp_path, capsys):
                            [*overrides, *TOY])[0]
     assert cfgs["coconut"].curriculum.final_share == recipes["coconut"]["curriculum.final_share"]
     assert cfgs["no-cot"].train.weight_decay == recipes["no-cot"]["train.weight_decay"]
+    # a comparison of some of the tuned methods takes the same file: the others' recipes are left out
+    only = recipe_overrides(out / "recipes.yaml", ["cot-sft", "no-cot"])
+    assert only and all(o.startswith("no-cot:") for o in only)
+    compare_configs(teacher, student, ["cot-sft", "no-cot"], [0], tmp_path / "c", [*only, *TOY])
 
 
 def test_config_defaults_keep_every_other_run_as_it_was():

@@ -64,7 +64,7 @@ def add_arguments(c) -> None:
 
 
 def run(args) -> None:
-    recipes = recipe_overrides(args.recipes) if args.recipes else []
+    recipes = recipe_overrides(args.recipes, parse_methods(args.methods)) if args.recipes else []
     run_compare(args.teacher, args.student, args.methods, args.seeds, Path(args.out), [*recipes, *args.overrides],
                 per_method_budgets=args.per_method_budgets)
 
