@@ -60,7 +60,6 @@ def render_latent(example: Example, tokenizer, cfg: Config, stage: int, latent_s
         # over them): ceil(k / s), or at the final stage as many as K holds
         "groups": groups,
         "carried": n if final else k,  # the steps the groups carry
-        "n_steps": n,
         "final": int(final),
         "n_target": len(target),
     }
@@ -139,7 +138,6 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         "prefix_steps": torch.tensor([it.get("prefix_steps", 0) for it in items]),
         "groups": torch.tensor([it.get("groups", 0) for it in items]),
         "carried": torch.tensor([it.get("carried", 0) for it in items]),
-        "n_steps": torch.tensor([it.get("n_steps", 0) for it in items]),
         "final": items[0]["final"],
     }
     if "thought_pos" in items[0]:  # curriculum.thought_positions=aligned, before the final stage
